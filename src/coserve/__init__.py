@@ -1,0 +1,42 @@
+"""coserve: serve Collaboration-of-Experts models on machines whose memory cannot hold
+all the experts.
+
+    from coserve import open_repository, Engine, EngineConfig, Request
+    model = open_repository("path/to/repo")
+    with Engine(model, EngineConfig(policy="coserve", budget_fraction=0.3)) as engine:
+        result = engine.infer_sync(Request("r1", {"component_type": "R"}, image))
+
+Names are imported lazily so that the pure policy modules (scheduler, manager) can be
+used without importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "open_repository": "coserve.repository",
+    "CoEModel": "coserve.repository",
+    "Engine": "coserve.engine.engine",
+    "EngineConfig": "coserve.engine.config",
+    "ExecutorSpec": "coserve.engine.config",
+    "parse_executors": "coserve.engine.config",
+    "Request": "coserve.engine.results",
+    "Result": "coserve.engine.results",
+    "Step": "coserve.engine.results",
+    "EngineStats": "coserve.engine.stats",
+    "read_trace": "coserve.trace",
+    "write_trace": "coserve.trace",
+    "POLICY_NAMES": "coserve.policies",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'coserve' has no attribute {name!r}")

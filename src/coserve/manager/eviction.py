@@ -1,0 +1,116 @@
+"""Eviction: which resident experts leave a pool to make room for an incoming one.
+
+coserve's `TwoStageEviction` uses expert dependency and usage probability, not recency:
+1. subsequent experts whose preliminary experts are resident nowhere (no request can
+   reach them soon), largest first, until the incoming expert fits;
+2. then the rest in ascending usage probability.
+Protected experts (in use, or needed by a task queued ahead of the incoming one) never
+leave. The baselines (LRU, FIFO) are other objects behind the same method."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class PoolEntry:
+    """What eviction may know of one resident expert."""
+
+    expert: str
+    num_bytes: int
+    loaded_s: float
+    last_used_s: float
+    subsequent: bool  # a subsequent expert (reached only through another expert)
+
+
+@dataclass(frozen=True)
+class EvictionContext:
+    usage: Mapping[str, float]  # P(a request uses expert e)
+    predecessors: Callable[[str], Set[str]]  # experts that route to e
+    resident_anywhere: Set[str]  # experts resident in any executing pool
+
+
+class EvictionPolicy(Protocol):
+    def victims(
+        self,
+        entries: Sequence[PoolEntry],
+        need_bytes: int,
+        protected: Set[str],
+        ctx: EvictionContext,
+    ) -> list[str] | None:
+        """Experts to evict, in order, freeing at least `need_bytes`; None if impossible
+        without touching a protected expert."""
+        ...
+
+
+def _take_until(candidates: Iterable[PoolEntry], need_bytes: int, taken: list[str]) -> int:
+    """Append candidates to `taken` until `need_bytes` are freed; return bytes still needed."""
+    for entry in candidates:
+        if need_bytes <= 0:
+            break
+        taken.append(entry.expert)
+        need_bytes -= entry.num_bytes
+    return need_bytes
+
+
+def _ordered_victims(
+    entries: Sequence[PoolEntry], need_bytes: int, protected: Set[str], key: Callable
+) -> list[str] | None:
+    taken: list[str] = []
+    free = [e for e in entries if e.expert not in protected]
+    left = _take_until(sorted(free, key=key), need_bytes, taken)
+    return taken if left <= 0 else None
+
+
+class TwoStageEviction:
+    def victims(
+        self,
+        entries: Sequence[PoolEntry],
+        need_bytes: int,
+        protected: Set[str],
+        ctx: EvictionContext,
+    ) -> list[str] | None:
+        if need_bytes <= 0:
+            return []
+        free = [e for e in entries if e.expert not in protected]
+        unreachable = [
+            e
+            for e in free
+            if e.subsequent and not (ctx.predecessors(e.expert) & ctx.resident_anywhere)
+        ]
+        taken: list[str] = []
+        left = _take_until(sorted(unreachable, key=lambda e: -e.num_bytes), need_bytes, taken)
+        rest = sorted(
+            (e for e in free if e.expert not in taken),
+            key=lambda e: (ctx.usage.get(e.expert, 0.0), -e.num_bytes),
+        )
+        left = _take_until(rest, left, taken)
+        return taken if left <= 0 else None
+
+
+class LruEviction:
+    """samba: least recently used first."""
+
+    def victims(
+        self,
+        entries: Sequence[PoolEntry],
+        need_bytes: int,
+        protected: Set[str],
+        ctx: EvictionContext,
+    ) -> list[str] | None:
+        return _ordered_victims(entries, need_bytes, protected, key=lambda e: e.last_used_s)
+
+
+class FifoEviction:
+    """samba-fifo: earliest loaded first."""
+
+    def victims(
+        self,
+        entries: Sequence[PoolEntry],
+        need_bytes: int,
+        protected: Set[str],
+        ctx: EvictionContext,
+    ) -> list[str] | None:
+        return _ordered_victims(entries, need_bytes, protected, key=lambda e: e.loaded_s)

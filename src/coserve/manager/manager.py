@@ -1,0 +1,215 @@
+"""The expert manager: owns every executor's model pool (and the host RAM cache in front
+of CUDA pools), decides what is resident, and loads experts through the loader.
+
+Memory operations come in ask/act form under one condition variable: a load first
+*reserves* its bytes (evicting with the eviction policy), publishes a loading entry so the
+scheduler already counts the expert as resident, then reads outside the lock. Waiters are
+woken when a load finishes or a batch releases its expert."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence, Set
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+from coserve.engine.stats import StatsRecorder
+from coserve.errors import ExpertError
+from coserve.manager.eviction import EvictionContext, EvictionPolicy
+from coserve.manager.pool import ModelPool, Resident
+from coserve.manager.usage import UsageTracker
+from coserve.plan import processor_kind
+
+log = logging.getLogger(__name__)
+
+
+class Loader(Protocol):
+    def read(self, expert: str) -> tuple[dict[str, Any], float]:
+        """Storage -> host tensors; returns (tensors, seconds)."""
+        ...
+
+    def to_device(self, tensors: dict[str, Any], processor: str) -> tuple[dict[str, Any], float]:
+        """Host -> device copy; returns (device tensors, seconds)."""
+        ...
+
+
+class ExpertManager:
+    def __init__(
+        self,
+        processors: Sequence[str],
+        budgets: Sequence[int | None],
+        expert_bytes: Mapping[str, int],
+        subsequent: Set[str],
+        predecessors: Callable[[str], Set[str]],
+        evict: EvictionPolicy,
+        loader: Loader,
+        usage: UsageTracker,
+        stats: StatsRecorder,
+        clock: Callable[[], float],
+        host_cache_bytes: int = 0,
+    ) -> None:
+        self.processors = list(processors)
+        self._pools = [ModelPool(b) for b in budgets]
+        self._host = ModelPool(host_cache_bytes)  # only used in front of CUDA pools
+        self._expert_bytes = expert_bytes
+        self._subsequent = subsequent
+        self._predecessors = predecessors
+        self._evict = evict
+        self._loader = loader
+        self.usage = usage
+        self._stats = stats
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._prefetchers = [
+            ThreadPoolExecutor(1, thread_name_prefix=f"coserve-prefetch-{i}") for i in budgets
+        ]
+
+    # -- what the scheduler reads --------------------------------------------------------
+    def resident(self, executor: int) -> Set[str]:
+        """Experts in the pool, loading ones included (a live view, no copy)."""
+        return self._pools[executor].entries.keys()
+
+    def in_host(self, expert: str) -> bool:
+        return expert in self._host.entries
+
+    def pool_bytes(self, executor: int) -> int:
+        return self._pools[executor].used_bytes
+
+    # -- initial placement ---------------------------------------------------------------
+    def place(self, placement: Sequence[Sequence[str]]) -> None:
+        for executor, experts in enumerate(placement):
+            for expert in experts:
+                with self._cond:
+                    reserved = self._reserve(executor, expert, frozenset())
+                if reserved:
+                    self._load(executor, expert)
+
+    # -- ensure resident -----------------------------------------------------------------
+    def acquire(self, executor: int, expert: str) -> Resident:
+        """Make `expert` resident in the executor's pool and mark it in use. Blocks while
+        the room it needs is held by loads in flight or batches running."""
+        pool = self._pools[executor]
+        with self._cond:
+            while True:
+                entry = pool.entries.get(expert)
+                if entry is not None and not entry.loading:
+                    self._stats.pool_lookup(hit=True)
+                    return self._use(entry)
+                if entry is None and self._reserve(executor, expert, frozenset()):
+                    break
+                self._cond.wait()
+        self._stats.pool_lookup(hit=False)
+        self._load(executor, expert)
+        with self._cond:
+            return self._use(pool.entries[expert])
+
+    def release(self, executor: int, entry: Resident) -> None:
+        with self._cond:
+            entry.in_use -= 1
+            entry.last_used_s = self._clock()
+            self._cond.notify_all()
+
+    def prefetch(self, executor: int, expert: str, protected: Set[str]) -> None:
+        """Start loading `expert` in the background if room can be made without touching
+        `protected` experts; otherwise do nothing (acquire will load it later)."""
+        with self._cond:
+            if expert in self._pools[executor].entries:
+                return
+            if not self._reserve(executor, expert, protected):
+                return
+        self._prefetchers[executor].submit(self._load_quietly, executor, expert)
+
+    def close(self) -> None:
+        for p in self._prefetchers:
+            p.shutdown(wait=True)
+
+    # -- internals -----------------------------------------------------------------------
+    def _use(self, entry: Resident) -> Resident:
+        entry.in_use += 1
+        entry.last_used_s = self._clock()
+        return entry
+
+    def _context(self) -> EvictionContext:
+        anywhere: set[str] = set()
+        for pool in self._pools:
+            anywhere.update(pool.entries)
+        return EvictionContext(self.usage.usage(), self._predecessors, anywhere)
+
+    def _make_room(self, pool: ModelPool, size: int, protected: Set[str]) -> bool:
+        """Caller holds the lock. Evict until `size` bytes are free; False if impossible."""
+        need = size - pool.free_bytes()
+        if need <= 0:
+            return True
+        entries = pool.evictable(self._subsequent.__contains__, protected)
+        victims = self._evict.victims(entries, int(need), protected, self._context())
+        if victims is None:
+            return False
+        for victim in victims:
+            pool.remove(victim)
+        return True
+
+    def _reserve(self, executor: int, expert: str, protected: Set[str]) -> bool:
+        """Caller holds the lock. Make room and publish a loading entry."""
+        pool = self._pools[executor]
+        size = self._expert_bytes[expert]
+        if not self._make_room(pool, size, protected):
+            return False
+        now = self._clock()
+        pool.add(Resident(expert, size, loaded_s=now, last_used_s=now))
+        return True
+
+    def _load(self, executor: int, expert: str) -> None:
+        """Fill a reserved entry; on failure drop it and raise ExpertError."""
+        try:
+            tensors = self._fetch(executor, expert)
+        except Exception as exc:
+            with self._cond:
+                self._pools[executor].remove(expert)
+                self._cond.notify_all()
+            if isinstance(exc, ExpertError):
+                raise
+            raise ExpertError(f"expert {expert!r} failed to load: {exc}") from exc
+        with self._cond:
+            self._pools[executor].entries[expert].tensors = tensors
+            self._cond.notify_all()
+
+    def _load_quietly(self, executor: int, expert: str) -> None:
+        try:
+            self._load(executor, expert)
+        except ExpertError as exc:
+            log.warning("prefetch of %s failed: %s", expert, exc)
+
+    def _fetch(self, executor: int, expert: str) -> dict[str, Any]:
+        processor = self.processors[executor]
+        size = self._expert_bytes[expert]
+        if processor_kind(processor) == "cpu":
+            tensors, seconds = self._loader.read(expert)
+            self._stats.switch(executor, "storage->cpu", size, seconds)
+            return tensors
+        host = self._host_tensors(expert)
+        tensors, seconds = self._loader.to_device(host, processor)
+        self._stats.switch(executor, f"host->{processor}", size, seconds)
+        return tensors
+
+    def _host_tensors(self, expert: str) -> dict[str, Any]:
+        """Host copy for a device load: from the host cache, else storage (cached if the
+        host budget allows, evicting by the same policy)."""
+        with self._cond:
+            cached = self._host.entries.get(expert)
+            if cached is not None and not cached.loading:
+                return cached.tensors  # type: ignore[return-value]
+        tensors, seconds = self._loader.read(expert)
+        self._stats.switch(None, "storage->host", self._expert_bytes[expert], seconds)
+        with self._cond:
+            if expert not in self._host.entries and self._reserve_host(expert):
+                self._host.entries[expert].tensors = tensors
+        return tensors
+
+    def _reserve_host(self, expert: str) -> bool:
+        size = self._expert_bytes[expert]
+        if not self._make_room(self._host, size, frozenset()):
+            return False
+        now = self._clock()
+        self._host.add(Resident(expert, size, loaded_s=now, last_used_s=now))
+        return True

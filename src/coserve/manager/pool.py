@@ -1,0 +1,54 @@
+"""A model pool: the experts resident in one executor's memory, within a byte budget.
+Bookkeeping only; the expert manager decides what enters and leaves."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Set
+from dataclasses import dataclass, field
+from typing import Any
+
+from coserve.manager.eviction import PoolEntry
+
+
+@dataclass(eq=False)
+class Resident:
+    expert: str
+    num_bytes: int
+    loaded_s: float
+    last_used_s: float
+    tensors: dict[str, Any] | None = None  # None while loading
+    in_use: int = 0  # batches running on it now
+    error: BaseException | None = field(default=None, repr=False)
+
+    @property
+    def loading(self) -> bool:
+        return self.tensors is None
+
+
+class ModelPool:
+    def __init__(self, budget_bytes: int | None) -> None:
+        self.budget_bytes = budget_bytes  # None = unlimited
+        self.entries: dict[str, Resident] = {}
+        self.used_bytes = 0
+
+    def free_bytes(self) -> float:
+        return math.inf if self.budget_bytes is None else self.budget_bytes - self.used_bytes
+
+    def add(self, entry: Resident) -> None:
+        assert entry.expert not in self.entries, entry.expert
+        self.entries[entry.expert] = entry
+        self.used_bytes += entry.num_bytes
+
+    def remove(self, expert: str) -> Resident:
+        entry = self.entries.pop(expert)
+        self.used_bytes -= entry.num_bytes
+        return entry
+
+    def evictable(self, is_subsequent: Callable[[str], bool], protected: Set[str]) -> list[PoolEntry]:
+        """Entries eviction may choose from: loaded, not in use, not protected."""
+        return [
+            PoolEntry(e.expert, e.num_bytes, e.loaded_s, e.last_used_s, is_subsequent(e.expert))
+            for e in self.entries.values()
+            if not e.loading and e.in_use == 0 and e.expert not in protected
+        ]

@@ -1,0 +1,81 @@
+"""The cost model the scheduler predicts with: per architecture x processor latency
+(K*n + B), maximum useful batch, activation bytes per item, and load bandwidth per tier
+path. The offline profiler will write these; until then the engine measures a quick
+version at start-up or uses the defaults below, and says which (`CostModel.source`).
+
+Pure Python (no torch) so that the policies, the engine and the simulator share it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from coserve.errors import ConfigError
+
+# Conservative defaults for a modern x86 core, used only when nothing was measured.
+DEFAULT_K_S = 0.004
+DEFAULT_B_S = 0.002
+DEFAULT_MAX_BATCH = 16
+DEFAULT_ITEM_BYTES = 8 << 20
+DEFAULT_STORAGE_BYTES_PER_S = 500e6
+DEFAULT_HOST_TO_DEVICE_BYTES_PER_S = 10e9
+
+
+@dataclass(frozen=True)
+class ArchCost:
+    """Latency model of one architecture on one processor: a batch of n takes k_s*n + b_s."""
+
+    k_s: float
+    b_s: float
+    max_batch: int
+    item_bytes: int
+
+    def __post_init__(self) -> None:
+        if self.k_s <= 0 or self.b_s < 0:
+            raise ConfigError(f"ArchCost needs k_s > 0 and b_s >= 0, got {self.k_s}, {self.b_s}")
+        if self.max_batch < 1:
+            raise ConfigError(f"ArchCost.max_batch must be >= 1, got {self.max_batch}")
+
+    def exec_s(self, num_items: int) -> float:
+        return self.k_s * num_items + self.b_s
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Costs keyed by (architecture, processor kind). `processor` is 'cpu' or 'cuda:N';
+    all CUDA devices share the 'cuda' entry."""
+
+    arch_of: Mapping[str, str]  # expert -> architecture
+    expert_bytes: Mapping[str, int]  # expert -> resident bytes
+    arch_costs: Mapping[tuple[str, str], ArchCost]
+    storage_bytes_per_s: float = DEFAULT_STORAGE_BYTES_PER_S
+    host_to_device_bytes_per_s: float = DEFAULT_HOST_TO_DEVICE_BYTES_PER_S
+    source: str = "defaults"
+    _fallback: ArchCost = field(
+        default=ArchCost(DEFAULT_K_S, DEFAULT_B_S, DEFAULT_MAX_BATCH, DEFAULT_ITEM_BYTES),
+        repr=False,
+    )
+
+    def arch_cost(self, expert: str, processor: str) -> ArchCost:
+        key = (self.arch_of[expert], processor_kind(processor))
+        return self.arch_costs.get(key, self._fallback)
+
+    def exec_s(self, expert: str, processor: str, num_items: int) -> float:
+        return self.arch_cost(expert, processor).exec_s(num_items)
+
+    def per_item_s(self, expert: str, processor: str) -> float:
+        return self.arch_cost(expert, processor).k_s
+
+    def load_s(self, expert: str, processor: str, from_host: bool) -> float:
+        """Switch latency of bringing `expert` into an executor on `processor`."""
+        num_bytes = self.expert_bytes[expert]
+        if processor_kind(processor) == "cpu":
+            # On the CPU the host pool is the executing tier: the switch is the storage read.
+            return num_bytes / self.storage_bytes_per_s
+        to_device_s = num_bytes / self.host_to_device_bytes_per_s
+        return to_device_s if from_host else to_device_s + num_bytes / self.storage_bytes_per_s
+
+
+def processor_kind(processor: str) -> str:
+    return processor.split(":", 1)[0]

@@ -1,0 +1,28 @@
+"""The scheduler: assignment of tasks to executor queues, arrangement inside a queue,
+and batch splitting. Pure policies; no torch."""
+
+from coserve.scheduler.arrange import ArrangePolicy, FifoArrange, GroupByExpertArrange
+from coserve.scheduler.assign import (
+    AssignPolicy,
+    MinMaxLatencyAssign,
+    QueueView,
+    RoundRobinAssign,
+    ShortestQueueAssign,
+    added_latency_s,
+)
+from coserve.scheduler.split import split_batch
+from coserve.scheduler.task import Task
+
+__all__ = [
+    "ArrangePolicy",
+    "AssignPolicy",
+    "FifoArrange",
+    "GroupByExpertArrange",
+    "MinMaxLatencyAssign",
+    "QueueView",
+    "RoundRobinAssign",
+    "ShortestQueueAssign",
+    "Task",
+    "added_latency_s",
+    "split_batch",
+]

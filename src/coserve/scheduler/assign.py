@@ -1,0 +1,89 @@
+"""Assignment: which executor queue a new task joins.
+
+`MinMaxLatencyAssign` is coserve's: predict, for every queue, the latency this task adds
+(execution K*n+B, or only K when the queue already holds the same expert, plus the switch
+latency unless the expert is resident there or already queued there) and pick the queue
+that minimises the longest queue time over all executors; ties go to the smallest added
+latency. The baselines are other objects behind the same `assign` method."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence, Set
+from dataclasses import dataclass
+from typing import Protocol
+
+from coserve.plan import CostModel
+
+
+@dataclass(frozen=True)
+class QueueView:
+    """What assignment may know of one executor."""
+
+    processor: str
+    backlog_s: float  # predicted time until this executor drains its queue
+    queued: Mapping[str, int]  # expert -> number of queued tasks
+    resident: Set[str]  # experts in this executor's pool (or being loaded into it)
+
+    @property
+    def num_queued(self) -> int:
+        return sum(self.queued.values())
+
+
+class AssignPolicy(Protocol):
+    def assign(
+        self, expert: str, queues: Sequence[QueueView], costs: CostModel, in_host: bool
+    ) -> int:
+        """Index of the queue that takes a new task for `expert`. `in_host` says whether
+        the expert sits in the host RAM cache (a cheaper switch than storage)."""
+        ...
+
+
+def added_latency_s(expert: str, queue: QueueView, costs: CostModel, in_host: bool) -> float:
+    """Predicted latency a task for `expert` adds to `queue`."""
+    if queue.queued.get(expert, 0) > 0:
+        # It joins the batch of the tasks already queued: no B, no switch.
+        return costs.per_item_s(expert, queue.processor)
+    exec_s = costs.exec_s(expert, queue.processor, 1)
+    if expert in queue.resident:
+        return exec_s
+    return exec_s + costs.load_s(expert, queue.processor, in_host)
+
+
+class MinMaxLatencyAssign:
+    """coserve: minimise the longest predicted queue time; ties to the smallest added latency."""
+
+    def assign(
+        self, expert: str, queues: Sequence[QueueView], costs: CostModel, in_host: bool
+    ) -> int:
+        added = [added_latency_s(expert, q, costs, in_host) for q in queues]
+        backlogs = [q.backlog_s for q in queues]
+
+        def score(i: int) -> tuple[float, float]:
+            longest = max(
+                b + (added[i] if j == i else 0.0) for j, b in enumerate(backlogs)
+            )
+            return (longest, added[i])
+
+        return min(range(len(queues)), key=score)
+
+
+class ShortestQueueAssign:
+    """samba: one executor per processor; among processors, the one with fewest queued tasks."""
+
+    def assign(
+        self, expert: str, queues: Sequence[QueueView], costs: CostModel, in_host: bool
+    ) -> int:
+        return min(range(len(queues)), key=lambda i: queues[i].num_queued)
+
+
+class RoundRobinAssign:
+    """samba-parallel: coserve's executor count, tasks dealt round-robin."""
+
+    def __init__(self) -> None:
+        self._next = itertools.count()
+
+    def assign(
+        self, expert: str, queues: Sequence[QueueView], costs: CostModel, in_host: bool
+    ) -> int:
+        return next(self._next) % len(queues)

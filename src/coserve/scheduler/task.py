@@ -1,0 +1,16 @@
+"""A task: one request's step at one expert. Policies read only `expert` and
+`enqueued_s`; the payload travels with the task to the executor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(slots=True, eq=False)
+class Task:
+    task_id: int
+    request_id: str
+    expert: str
+    enqueued_s: float
+    payload: Any = None  # the input item, e.g. a tensor [C, H, W]; policies never read it

@@ -1,0 +1,160 @@
+"""Scheduler policies: assignment, arrangement with the starvation bound, splitting, and
+the queue runtime. No torch."""
+
+import sys
+
+import pytest
+
+from coserve.errors import ConfigError
+from coserve.plan import ArchCost, CostModel
+from coserve.scheduler import (
+    FifoArrange,
+    GroupByExpertArrange,
+    MinMaxLatencyAssign,
+    QueueView,
+    RoundRobinAssign,
+    ShortestQueueAssign,
+    Task,
+    added_latency_s,
+    split_batch,
+)
+from coserve.scheduler.queues import Scheduler
+
+K, B = 0.01, 0.05
+MB = 1_000_000
+
+
+def costs(max_batch=8, item_bytes=1):
+    experts = ["a", "b", "c"]
+    return CostModel(
+        arch_of={e: "arch" for e in experts},
+        expert_bytes={e: 50 * MB for e in experts},  # 0.1 s from storage at 500 MB/s
+        arch_costs={("arch", "cpu"): ArchCost(K, B, max_batch, item_bytes)},
+        storage_bytes_per_s=500 * MB,
+    )
+
+
+def view(backlog_s=0.0, queued=None, resident=()):
+    return QueueView("cpu", backlog_s, dict(queued or {}), frozenset(resident))
+
+
+def test_policy_modules_do_not_import_torch():
+    assert "torch" not in sys.modules or "coserve.engine" in sys.modules
+
+
+def test_added_latency_components():
+    c = costs()
+    assert added_latency_s("a", view(), c, False) == pytest.approx(K + B + 0.1)
+    assert added_latency_s("a", view(resident={"a"}), c, False) == pytest.approx(K + B)
+    # Joining a queued group costs only K: no B, no switch.
+    assert added_latency_s("a", view(queued={"a": 3}), c, False) == pytest.approx(K)
+
+
+def test_minmax_picks_shorter_longest_queue():
+    queues = [view(backlog_s=1.0, resident={"a"}), view(backlog_s=0.2, resident={"a"})]
+    assert MinMaxLatencyAssign().assign("a", queues, costs(), False) == 1
+
+
+def test_minmax_prefers_queue_already_holding_the_expert():
+    # q0 is longer but holds "a": joining it adds K and keeps the max at ~1.0;
+    # q1 would need a switch and push its own time to ~1.06.
+    queues = [view(backlog_s=1.0, queued={"a": 2}), view(backlog_s=0.9)]
+    assert MinMaxLatencyAssign().assign("a", queues, costs(), False) == 0
+
+
+def test_minmax_tie_goes_to_smallest_added_latency():
+    # Both choices leave the longest queue at 5.0 (queue 2), so the tie is broken by the
+    # smaller added latency: queue 1 has "b" resident, queue 0 would need a load.
+    queues = [view(), view(resident={"b"}), view(backlog_s=5.0)]
+    assert MinMaxLatencyAssign().assign("b", queues, costs(), False) == 1
+
+
+def test_round_robin_and_shortest_queue():
+    rr = RoundRobinAssign()
+    queues = [view(), view(), view()]
+    assert [rr.assign("a", queues, costs(), False) for _ in range(4)] == [0, 1, 2, 0]
+    sq = ShortestQueueAssign()
+    assert sq.assign("a", [view(queued={"a": 3}), view(queued={"b": 1})], costs(), False) == 1
+
+
+def task(expert, t=0.0, i=0):
+    return Task(i, f"r{i}", expert, t)
+
+
+def test_group_arrange_places_behind_last_same_expert():
+    queue = [task("a"), task("b"), task("a"), task("c")]
+    assert GroupByExpertArrange(10.0).position(queue, "a", now_s=1.0) == 3
+    assert GroupByExpertArrange(10.0).position(queue, "d", now_s=1.0) == 4
+    assert FifoArrange().position(queue, "a", now_s=1.0) == 4
+
+
+def test_group_arrange_starvation_bound():
+    # "c" has waited 6 s > max_defer 5 s: a new "a" may not overtake it.
+    queue = [task("a", t=0.0), task("b", t=3.0), task("c", t=0.0)]
+    assert GroupByExpertArrange(5.0).position(queue, "a", now_s=6.0) == 3
+    # Within the bound, it may.
+    assert GroupByExpertArrange(5.0).position(queue, "a", now_s=4.0) == 1
+
+
+def test_group_arrange_rejects_negative_bound():
+    with pytest.raises(ConfigError, match="max_defer_s"):
+        GroupByExpertArrange(-1)
+
+
+def test_split_batch():
+    assert split_batch(10, max_batch=4, free_activation_bytes=100, item_bytes=10) == 4
+    assert split_batch(10, max_batch=16, free_activation_bytes=30, item_bytes=10) == 3
+    assert split_batch(2, max_batch=16, free_activation_bytes=100, item_bytes=10) == 2
+    # A single item always runs.
+    assert split_batch(5, max_batch=16, free_activation_bytes=1, item_bytes=10) == 1
+
+
+def make_scheduler(arrange, num_executors=1, max_batch=8, activation_bytes=1000):
+    clock = iter(range(10_000)).__next__
+    return Scheduler(
+        ["cpu"] * num_executors,
+        MinMaxLatencyAssign(),
+        arrange,
+        costs(max_batch=max_batch),
+        activation_bytes,
+        resident_of=lambda i: frozenset(),
+        in_host=lambda e: False,
+        clock=lambda: float(clock()),
+    )
+
+
+def test_scheduler_groups_interleaved_tasks_into_batches():
+    s = make_scheduler(GroupByExpertArrange(100.0))
+    for i, e in enumerate("ababab"):
+        s.enqueue(Task(i, f"r{i}", e, 0.0))
+    first = s.take_batch(0)
+    second = s.take_batch(0)
+    assert (first.expert, len(first.tasks)) == ("a", 3)
+    assert (second.expert, len(second.tasks)) == ("b", 3)
+    assert s.take_batch(0) is None
+
+
+def test_fifo_scheduler_keeps_arrival_order():
+    s = make_scheduler(FifoArrange())
+    for i, e in enumerate("aab"):
+        s.enqueue(Task(i, f"r{i}", e, 0.0))
+    assert [len(s.take_batch(0).tasks) for _ in range(2)] == [2, 1]
+
+
+def test_scheduler_splits_at_max_batch_and_activation_memory():
+    s = make_scheduler(FifoArrange(), max_batch=4)
+    for i in range(10):
+        s.enqueue(Task(i, f"r{i}", "a", 0.0))
+    assert [len(s.take_batch(0).tasks) for _ in range(3)] == [4, 4, 2]
+    s = make_scheduler(FifoArrange(), max_batch=16, activation_bytes=3)  # item_bytes=1
+    for i in range(5):
+        s.enqueue(Task(i, f"r{i}", "a", 0.0))
+    assert len(s.take_batch(0).tasks) == 3
+
+
+def test_scheduler_spreads_load_over_executors():
+    s = make_scheduler(GroupByExpertArrange(100.0), num_executors=2)
+    executors = [s.enqueue(Task(i, f"r{i}", e, 0.0)) for i, e in enumerate("abab")]
+    # Same expert sticks to one queue (no second switch); different experts spread.
+    assert executors[0] == executors[2] and executors[1] == executors[3]
+    assert executors[0] != executors[1]
