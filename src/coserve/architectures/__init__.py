@@ -1,0 +1,7 @@
+"""Expert network architectures: each maps an image batch to outputs and decodes them."""
+
+from coserve.architectures.base import Decoded, ExpertModule
+from coserve.architectures.resnet import ResNetClassifier
+from coserve.architectures.yolo import YoloDetector
+
+__all__ = ["Decoded", "ExpertModule", "ResNetClassifier", "YoloDetector"]
