@@ -91,15 +91,16 @@ class ExpertManager:
         the room it needs is held by loads in flight or batches running."""
         pool = self._pools[executor]
         with self._cond:
+            entry = pool.entries.get(expert)
+            # A hit is an expert ready to run; waiting for a prefetch still in flight is not.
+            self._stats.pool_lookup(hit=entry is not None and not entry.loading)
             while True:
                 entry = pool.entries.get(expert)
                 if entry is not None and not entry.loading:
-                    self._stats.pool_lookup(hit=True)
                     return self._use(entry)
                 if entry is None and self._reserve(executor, expert, frozenset()):
                     break
                 self._cond.wait()
-        self._stats.pool_lookup(hit=False)
         self._load(executor, expert)
         with self._cond:
             return self._use(pool.entries[expert])

@@ -51,6 +51,7 @@ class Scheduler:
         self._running_s = [0.0] * len(processors)
         self._cond = threading.Condition()
         self._closed = False
+        self._held = False
 
     # -- assign + arrange ---------------------------------------------------------------
     def enqueue(self, task: Task) -> int:
@@ -110,10 +111,17 @@ class Scheduler:
         """Block until a batch is available; None once closed and drained."""
         with self._cond:
             while True:
-                batch = self.take_batch(executor)
-                if batch is not None or self._closed:
+                batch = None if self._held else self.take_batch(executor)
+                if batch is not None or (self._closed and not self._held):
                     return batch
                 self._cond.wait()
+
+    def hold(self, held: bool) -> None:
+        """While held, executors take nothing: a backlog is queued whole before the first
+        batch starts, so a run with one executor is deterministic."""
+        with self._cond:
+            self._held = held
+            self._cond.notify_all()
 
     def batch_done(self, executor: int) -> None:
         with self._cond:

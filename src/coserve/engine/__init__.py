@@ -1,0 +1,1 @@
+"""The engine: config, the request loop, results and statistics."""

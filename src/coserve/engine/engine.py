@@ -1,0 +1,384 @@
+"""The engine: wires the scheduler, the expert manager and the executors, and runs the
+path of a request from DESIGN.md. Executor threads each loop over:
+
+    batch = scheduler.next_batch(i)            # split the head group
+    resident = manager.acquire(i, expert)      # ensure resident (may evict, may load)
+    prefetch the next group's expert           # overlaps loading with execution
+    outputs = executor.execute(...)            # execute
+    route again -> scheduler.enqueue(...)      # subsequent experts, or the request ends
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import torch
+
+from coserve.architectures.base import Decoded
+from coserve.engine.config import EngineConfig, ExecutorSpec
+from coserve.engine.costs import default_costs, measure_costs
+from coserve.engine.results import Request, Result, Step
+from coserve.engine.stats import EngineStats, StatsRecorder
+from coserve.errors import ConfigError, RequestError
+from coserve.executors.executor import Executor, build_skeletons
+from coserve.loader.expert_loader import ExpertLoader
+from coserve.loader.storage import Storage, storage_profile
+from coserve.manager.manager import ExpertManager
+from coserve.manager.usage import UsageTracker
+from coserve.plan import CostModel
+from coserve.policies import PolicySet, policy_set
+from coserve.repository import CoEModel, Stage
+from coserve.scheduler.queues import Batch, Scheduler
+from coserve.scheduler.task import Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _InFlight:
+    """Per-request state while its tasks run."""
+
+    request: Request
+    future: Future
+    submitted_s: float
+    pending: int = 0
+    steps: list[Step] = field(default_factory=list)
+    error: str | None = None
+
+
+class Engine:
+    def __init__(
+        self,
+        model: CoEModel,
+        config: EngineConfig | None = None,
+        costs: CostModel | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.model = model
+        self.config = config or EngineConfig()
+        self.policies: PolicySet = policy_set(self.config.policy, self.config.max_defer_s)
+        self.executor_specs = _executor_layout(self.config.executors, self.policies)
+        self.budget_bytes = self._resolve_budget()
+        self._clock = clock
+        self._costs = costs
+        self._storage = Storage(storage_profile(self.config.storage), self.config.direct_io)
+        self._stats = StatsRecorder(len(self.executor_specs))
+        self._task_ids = itertools.count()
+        self._lock = threading.Lock()
+        self._inflight: dict[str, _InFlight] = {}
+        self._threads: list[threading.Thread] = []
+        self._started = False
+        self._closed = False
+
+    # -- configuration -------------------------------------------------------------------
+    def _resolve_budget(self) -> int | None:
+        total = self.model.total_expert_bytes
+        budget = None if self.policies.unlimited_budget else self.config.resolve_budget(total)
+        if budget is None:
+            return None
+        largest = max(e.num_bytes for e in self.model.experts.values())
+        minimum = largest * len(self.executor_specs)
+        if budget < minimum:
+            raise ConfigError(
+                f"budget of {budget} bytes is too small for {len(self.executor_specs)} "
+                f"executor(s): each pool must hold the largest expert ({largest} bytes); "
+                f"give at least {minimum} bytes ({minimum / total:.1%} of all experts) "
+                f"or fewer executors"
+            )
+        return budget
+
+    def _pool_budgets(self) -> list[int | None]:
+        if self.budget_bytes is None:
+            return [None] * len(self.executor_specs)
+        return [self.budget_bytes // len(self.executor_specs)] * len(self.executor_specs)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> Engine:
+        """Measure costs (unless given), place experts, start the executors."""
+        if self._started:
+            return self
+        processors = [s.processor for s in self.executor_specs]
+        _check_processors(processors)
+        cpu_threads = [s.num_threads for s in self.executor_specs if s.processor == "cpu"]
+        if cpu_threads:
+            # Intra-op threads are process-wide in PyTorch; CPU executors share one setting.
+            torch.set_num_threads(max(cpu_threads))
+        if self._costs is None:
+            self._costs = (
+                measure_costs(self.model, processors, self._storage)
+                if self.config.measure_costs
+                else default_costs(self.model)
+            )
+        log.info("cost model: %s", self._costs.source)
+        usage = UsageTracker(
+            self.model.usage, self.config.usage_blend, self.config.usage_min_samples
+        )
+        experts = self.model.experts
+        loader = ExpertLoader(
+            self._storage,
+            {e.name: (e.weights_path, e.file_bytes) for e in experts.values()},
+            pin_memory=any(p.startswith("cuda") for p in processors),
+        )
+        self._manager = ExpertManager(
+            processors,
+            self._pool_budgets(),
+            {e.name: e.num_bytes for e in experts.values()},
+            frozenset(e.name for e in experts.values() if e.stage is Stage.SUBSEQUENT),
+            self.model.predecessors,
+            self.policies.evict,
+            loader,
+            usage,
+            self._stats,
+            self._clock,
+            self.config.host_cache_bytes,
+        )
+        self._scheduler = Scheduler(
+            processors,
+            self.policies.assign,
+            self.policies.arrange,
+            self._costs,
+            self.config.activation_bytes,
+            self._manager.resident,
+            self._manager.in_host,
+            self._clock,
+        )
+        # One skeleton set per executor: functional_call swaps tensors into the module for
+        # the duration of a call, so two threads must never share one.
+        self._executors = [
+            Executor(i, p, build_skeletons(self.model.architectures))
+            for i, p in enumerate(processors)
+        ]
+        self._manager.place(
+            self.policies.place.place(
+                self.model.usage,
+                {e.name: e.num_bytes for e in experts.values()},
+                [b if b is not None else self.model.total_expert_bytes for b in self._pool_budgets()],
+            )
+        )
+        self._storage_bytes_at_start = self._storage.stats().bytes_read
+        self._stats.reset(self._clock())
+        for ex in self._executors:
+            t = threading.Thread(target=self._executor_loop, args=(ex,), daemon=True,
+                                 name=f"coserve-executor-{ex.index}")
+            t.start()
+            self._threads.append(t)
+        self._started = True
+        return self
+
+    def close(self) -> None:
+        """Stop intake, let every request in flight finish, then stop the executors."""
+        if self._closed or not self._started:
+            self._closed = True
+            return
+        self._closed = True
+        # Drain first: a finishing task may still route to a subsequent expert on any queue.
+        with self._lock:
+            pending = [s.future for s in self._inflight.values()]
+        for future in pending:
+            future.result()
+        self._scheduler.close()
+        for t in self._threads:
+            t.join()
+        self._manager.close()
+
+    def __enter__(self) -> Engine:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- submit: route, assign, arrange --------------------------------------------------
+    def submit(self, request: Request) -> Future:
+        """Queue a request; the future resolves to its Result. Raises RequestError at once
+        for a request that cannot be served (unknown routing value, wrong input shape)."""
+        if not self._started or self._closed:
+            raise RequestError("the engine is not running: call start() first (or use `with`)")
+        first = self.model.router.first(request.fields)
+        self._check_input(request, first)
+        now = self._clock()
+        state = _InFlight(request, Future(), now, pending=len(first))
+        with self._lock:
+            if request.request_id in self._inflight:
+                raise RequestError(f"request id {request.request_id!r} is already in flight")
+            self._inflight[request.request_id] = state
+        self._stats.request_submitted()
+        for expert in first:
+            self._enqueue(request, expert, now)
+        return state.future
+
+    async def infer(self, request: Request) -> Result:
+        return await asyncio.wrap_future(self.submit(request))
+
+    def infer_sync(self, request: Request, timeout_s: float | None = None) -> Result:
+        return self.submit(request).result(timeout_s)
+
+    def _check_input(self, request: Request, first: tuple[str, ...]) -> None:
+        x = request.input
+        for expert in first:
+            shape = tuple(self.model.architectures[self.model.experts[expert].architecture].input_shape)
+            if not isinstance(x, torch.Tensor) or tuple(x.shape) != shape or not x.is_floating_point():
+                got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+                raise RequestError(
+                    f"request {request.request_id!r}: expert {expert!r} takes a float tensor "
+                    f"of shape {list(shape)}, got {got}"
+                )
+
+    def _enqueue(self, request: Request, expert: str, now: float) -> None:
+        task = Task(next(self._task_ids), request.request_id, expert, now, request.input)
+        executor = self._scheduler.enqueue(task)
+        self._stats.queue_depth(executor, self._scheduler.depth(executor))
+
+    # -- the executor loop ---------------------------------------------------------------
+    def _executor_loop(self, executor: Executor) -> None:
+        i = executor.index
+        while (batch := self._scheduler.next_batch(i)) is not None:
+            try:
+                outputs = self._run_batch(executor, batch)
+            except Exception as exc:  # an expert's failure fails only its requests
+                log.warning("batch of %s on executor %d failed: %s", batch.expert, i, exc)
+                self._fail_batch(batch, f"expert {batch.expert!r} failed: {exc}")
+            else:
+                self._route_again(batch, outputs)
+            finally:
+                self._scheduler.batch_done(i)
+
+    def _run_batch(self, executor: Executor, batch: Batch) -> tuple[list[Decoded], float]:
+        i = executor.index
+        resident = self._manager.acquire(i, batch.expert)
+        try:
+            upcoming = self._scheduler.next_expert(i)
+            if upcoming is not None and upcoming != batch.expert:
+                self._manager.prefetch(i, upcoming, protected=frozenset({batch.expert}))
+            t0 = self._clock()
+            arch = self.model.experts[batch.expert].architecture
+            outputs = executor.execute(arch, resident.tensors, [t.payload for t in batch.tasks])
+            exec_s = self._clock() - t0
+        finally:
+            self._manager.release(i, resident)
+        self._stats.batch(i, len(batch.tasks), exec_s)
+        return outputs, exec_s
+
+    # -- route again ---------------------------------------------------------------------
+    def _route_again(self, batch: Batch, run: tuple[list[Decoded], float]) -> None:
+        outputs, exec_s = run
+        labels = self.model.architectures[self.model.experts[batch.expert].architecture].labels
+        now = self._clock()
+        for task, out in zip(batch.tasks, outputs, strict=True):
+            state = self._inflight[task.request_id]
+            label = labels[out.label_index]
+            step = Step(batch.expert, label, out.detail, batch.executor, len(batch.tasks),
+                        batch.started_s - task.enqueued_s, exec_s)
+            try:
+                following = self.model.router.next(batch.expert, label, state.request.fields)
+            except RequestError as exc:
+                following, state.error = (), str(exc)
+            with self._lock:
+                state.steps.append(step)
+                state.pending += len(following) - 1
+            for expert in following:
+                self._enqueue(state.request, expert, now)
+            self._maybe_finish(state)
+
+    def _fail_batch(self, batch: Batch, error: str) -> None:
+        for task in batch.tasks:
+            state = self._inflight[task.request_id]
+            with self._lock:
+                state.error = state.error or error
+                state.pending -= 1
+            self._maybe_finish(state)
+
+    def _maybe_finish(self, state: _InFlight) -> None:
+        with self._lock:
+            if state.pending > 0 or state.future.done():
+                return
+            del self._inflight[state.request.request_id]
+        now = self._clock()
+        ok = state.error is None
+        result = Result(state.request.request_id, ok, tuple(state.steps), state.submitted_s,
+                        now, state.error, dict(state.request.fields))
+        if ok:
+            self._manager.usage.observe(result.path)
+        self._stats.request_done(result.latency_s, ok, now)
+        state.future.set_result(result)
+
+    # -- traces and statistics -----------------------------------------------------------
+    def run_trace(self, requests: Iterable[Request], realtime: bool = True) -> list[Result]:
+        """Submit each request at its arrival offset (all at once if not `realtime`) and
+        wait for every result. A request that cannot be served yields a failed Result."""
+        t0 = self._clock()
+        futures: list[Future] = []
+        self._scheduler.hold(not realtime)
+        try:
+            for request in requests:
+                if realtime:
+                    delay = request.arrival_s - (self._clock() - t0)
+                    if delay > 0:
+                        time.sleep(delay)
+                futures.append(self._submit_or_fail(request))
+        finally:
+            self._scheduler.hold(False)
+        return [f.result() for f in futures]
+
+    def _submit_or_fail(self, request: Request) -> Future:
+        try:
+            return self.submit(request)
+        except RequestError as exc:
+            now = self._clock()
+            failed: Future = Future()
+            failed.set_result(Result(request.request_id, False, (), now, now, str(exc),
+                                     dict(request.fields)))
+            return failed
+
+    def reset_stats(self) -> None:
+        self._storage_bytes_at_start = self._storage.stats().bytes_read
+        self._stats.reset(self._clock())
+
+    def stats(self) -> EngineStats:
+        return self._stats.snapshot(
+            self._clock(),
+            bytes_read=self._storage.stats().bytes_read - self._storage_bytes_at_start,
+            policy=self.policies.name,
+            budget_bytes=self.budget_bytes,
+            total_expert_bytes=self.model.total_expert_bytes,
+            storage=self.config.storage,
+            cost_source=self._costs.source if self._costs else "not started",
+        )
+
+    @property
+    def costs(self) -> CostModel | None:
+        return self._costs
+
+    def resident(self) -> list[set[str]]:
+        """Experts resident in each executor's pool now."""
+        return [set(self._manager.resident(i)) for i in range(len(self._executors))]
+
+
+def _executor_layout(specs: tuple[ExecutorSpec, ...], policies: PolicySet) -> tuple[ExecutorSpec, ...]:
+    """The policy set may ask for one executor per processor (samba), with all the
+    processor's threads."""
+    if not policies.one_executor_per_processor:
+        return specs
+    merged: dict[str, ExecutorSpec] = {}
+    for spec in specs:
+        prev = merged.get(spec.processor)
+        threads = spec.num_threads + (prev.num_threads if prev else 0)
+        merged[spec.processor] = ExecutorSpec(spec.processor, threads)
+    return tuple(merged.values())
+
+
+def _check_processors(processors: list[str]) -> None:
+    cuda = [p for p in processors if p.startswith("cuda")]
+    if cuda and not torch.cuda.is_available():
+        raise ConfigError(f"executors {cuda} need CUDA, which this machine lacks; use cpu executors")
+    for p in cuda:
+        if int(p.split(":")[1]) >= torch.cuda.device_count():
+            raise ConfigError(f"{p} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+
+

@@ -1,0 +1,158 @@
+"""Statistics: one recorder the engine writes and one snapshot the CLI, the benchmark
+and the server read. Counters are plain ints under one lock; latencies are kept per
+request (bounded by the number of requests a run submits)."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in [0, 100]); 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    policy: str
+    num_requests: int
+    num_completed: int
+    num_failed: int
+    wall_s: float
+    throughput_rps: float
+    num_switches: int
+    switches_by_path: dict[str, int]
+    switches_per_executor: list[int]
+    bytes_read: int  # from storage
+    bytes_loaded_by_path: dict[str, int]
+    load_time_s_by_path: dict[str, float]
+    load_bandwidth_bytes_per_s: float  # storage bytes / time spent loading from storage
+    num_pool_hits: int
+    num_pool_misses: int
+    pool_hit_rate: float
+    num_batches: int
+    mean_batch_size: float
+    latency_p50_s: float
+    latency_p90_s: float
+    latency_p99_s: float
+    latency_mean_s: float
+    queue_depth_max: list[int]
+    busy_s_per_executor: list[float]
+    utilisation_per_executor: list[float]
+    budget_bytes: int | None
+    total_expert_bytes: int
+    storage: str
+    cost_source: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class StatsRecorder:
+    def __init__(self, num_executors: int) -> None:
+        self._lock = threading.Lock()
+        self._num_executors = num_executors
+        self.reset(0.0)
+
+    def reset(self, now_s: float) -> None:
+        """Start a measurement window (after initial placement)."""
+        with self._lock:
+            self._t0 = now_s
+            self._t_last = now_s
+            self._num_requests = 0
+            self._latencies: list[float] = []
+            self._num_failed = 0
+            self._switches = [Counter() for _ in range(self._num_executors)]
+            self._bytes_by_path: Counter[str] = Counter()
+            self._load_s_by_path: Counter[str] = Counter()
+            self._hits = 0
+            self._misses = 0
+            self._num_batches = 0
+            self._num_items = 0
+            self._queue_max = [0] * self._num_executors
+            self._busy_s = [0.0] * self._num_executors
+
+    def request_submitted(self) -> None:
+        with self._lock:
+            self._num_requests += 1
+
+    def request_done(self, latency_s: float, ok: bool, now_s: float) -> None:
+        with self._lock:
+            self._latencies.append(latency_s)
+            self._num_failed += 0 if ok else 1
+            self._t_last = max(self._t_last, now_s)
+
+    def pool_lookup(self, hit: bool) -> None:
+        with self._lock:
+            if hit:
+                self._hits += 1
+            else:
+                self._misses += 1
+
+    def switch(self, executor: int | None, path: str, num_bytes: int, load_s: float) -> None:
+        """A load along `path` (e.g. 'storage->cpu'); executor None for the host cache."""
+        with self._lock:
+            if executor is not None:
+                self._switches[executor][path] += 1
+            self._bytes_by_path[path] += num_bytes
+            self._load_s_by_path[path] += load_s
+
+    def batch(self, executor: int, num_items: int, busy_s: float) -> None:
+        with self._lock:
+            self._num_batches += 1
+            self._num_items += num_items
+            self._busy_s[executor] += busy_s
+
+    def queue_depth(self, executor: int, depth: int) -> None:
+        with self._lock:
+            self._queue_max[executor] = max(self._queue_max[executor], depth)
+
+    def snapshot(self, now_s: float, bytes_read: int, **static: Any) -> EngineStats:
+        with self._lock:
+            done = len(self._latencies)
+            # Throughput over the window that ends with the last completion, so idle time
+            # after the run does not dilute it.
+            end_s = self._t_last if done else now_s
+            wall_s = max(end_s - self._t0, 1e-9)
+            switches_by_path: Counter[str] = Counter()
+            for c in self._switches:
+                switches_by_path.update(c)
+            storage_bytes = sum(b for p, b in self._bytes_by_path.items() if p.startswith("storage"))
+            storage_s = sum(s for p, s in self._load_s_by_path.items() if p.startswith("storage"))
+            lookups = self._hits + self._misses
+            return EngineStats(
+                num_requests=self._num_requests,
+                num_completed=done - self._num_failed,
+                num_failed=self._num_failed,
+                wall_s=wall_s,
+                throughput_rps=(done - self._num_failed) / wall_s,
+                num_switches=sum(switches_by_path.values()),
+                switches_by_path=dict(switches_by_path),
+                switches_per_executor=[sum(c.values()) for c in self._switches],
+                bytes_read=bytes_read,
+                bytes_loaded_by_path=dict(self._bytes_by_path),
+                load_time_s_by_path=dict(self._load_s_by_path),
+                load_bandwidth_bytes_per_s=storage_bytes / storage_s if storage_s else 0.0,
+                num_pool_hits=self._hits,
+                num_pool_misses=self._misses,
+                pool_hit_rate=self._hits / lookups if lookups else 0.0,
+                num_batches=self._num_batches,
+                mean_batch_size=self._num_items / self._num_batches if self._num_batches else 0.0,
+                latency_p50_s=percentile(self._latencies, 50),
+                latency_p90_s=percentile(self._latencies, 90),
+                latency_p99_s=percentile(self._latencies, 99),
+                latency_mean_s=statistics.fmean(self._latencies) if done else 0.0,
+                queue_depth_max=list(self._queue_max),
+                busy_s_per_executor=list(self._busy_s),
+                utilisation_per_executor=[b / wall_s for b in self._busy_s],
+                **static,
+            )

@@ -1,0 +1,77 @@
+"""The validated, read-only description of a CoE model: architectures, experts, routing,
+usage. Built only by `open_repository`, which has checked every field against the files."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from coserve.repository._common import import_callable
+from coserve.repository.routing import Router
+
+
+class Stage(enum.Enum):
+    """Where an expert sits in a request's chain: chosen by `routing.first` (preliminary)
+    or only by another expert's output (subsequent)."""
+
+    PRELIMINARY = "preliminary"
+    SUBSEQUENT = "subsequent"
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """A module factory shared by many experts; experts of one architecture differ only in
+    weights."""
+
+    name: str
+    factory: str  # "package.module:attr", a callable returning an nn.Module
+    args: Mapping[str, Any]
+    input_shape: tuple[int, ...]  # one item, float32, without the batch dimension
+    labels: tuple[str, ...]  # names of decode()'s label indices, in index order
+
+    def build(self, device: str | torch.device = "cpu") -> torch.nn.Module:
+        """A fresh module in eval mode. On "meta" it allocates nothing: the engine binds
+        weights it loaded itself into that skeleton."""
+        factory = import_callable(self.factory)
+        with torch.device(device):
+            module = factory(**self.args)
+        return module.eval()
+
+
+@dataclass(frozen=True)
+class ExpertSpec:
+    """One expert: an architecture plus a safetensors weight file."""
+
+    name: str
+    architecture: str
+    weights_path: Path  # absolute
+    stage: Stage
+    num_bytes: int  # tensor bytes from the header: what the expert occupies when resident
+    file_bytes: int  # size on storage: what loading it reads
+
+
+@dataclass(frozen=True)
+class CoEModel:
+    """A validated model repository. Mappings are read-only; `experts` keeps file order."""
+
+    name: str
+    root: Path
+    architectures: Mapping[str, ArchitectureSpec]
+    experts: Mapping[str, ExpertSpec]
+    router: Router
+    usage: Mapping[str, float]  # P(a request uses expert e), for every expert
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def total_expert_bytes(self) -> int:
+        """Bytes of all experts' tensors: what holding every expert resident takes."""
+        return sum(expert.num_bytes for expert in self.experts.values())
+
+    def predecessors(self, expert: str) -> frozenset[str]:
+        """Experts that can route to `expert` in the static routing graph."""
+        return self.router.predecessors(expert)

@@ -1,0 +1,113 @@
+"""Checks of architectures and weight files that read only safetensors headers and build
+modules on the meta device, so validating a 60 GB repository costs milliseconds per
+expert, never a weight load."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from coserve.errors import ExpertError
+from coserve.loader.safetensors_view import DTYPES, expected_file_bytes, read_header
+from coserve.repository._common import import_callable, listed, repo_error
+from coserve.repository.schema import ExpertEntry
+from coserve.repository.spec import ArchitectureSpec, ExpertSpec
+
+# tensor name -> (safetensors dtype string, shape)
+TensorLayout = Mapping[str, tuple[str, tuple[int, ...]]]
+
+_DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+_PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
+_MAX_NAMES_SHOWN = 3  # per kind of mismatch: enough to see the pattern
+_EXPORT_FIX = "re-export it with safetensors.torch.save_file(module.state_dict(), path)"
+
+
+def architecture_layout(arch: ArchitectureSpec, file: Path) -> TensorLayout:
+    """The tensors an expert of `arch` must provide, from a weightless (meta) build.
+    RepositoryError if the factory does not import, rejects its args, or disagrees with
+    the listed labels."""
+    subject = f"architecture {arch.name!r}"
+    try:
+        factory = import_callable(arch.factory)
+    except ImportError as exc:
+        raise repo_error(file, subject, f"factory: {exc}",
+                         "set factory to an importable 'package.module:callable' (is its "
+                         "package installed or on PYTHONPATH?)") from None
+    try:
+        with torch.device("meta"):
+            module = factory(**arch.args)
+    except Exception as exc:  # user code: any failure means these args do not build it
+        raise repo_error(file, subject, f"{arch.factory}(**{dict(arch.args)}) failed with "
+                         f"{type(exc).__name__}: {exc}",
+                         "change its args to ones the factory accepts") from None
+    if not isinstance(module, torch.nn.Module):
+        raise repo_error(file, subject, f"factory returned a {type(module).__name__}, "
+                         "not a torch.nn.Module", "point factory at a module class or builder")
+    num_labels = getattr(module, "num_labels", None)
+    if isinstance(num_labels, int) and num_labels != len(arch.labels):
+        raise repo_error(file, subject, f"labels lists {len(arch.labels)} names but the "
+                         f"module decodes {num_labels} labels",
+                         f"list exactly {num_labels} label names, in decode()'s index order")
+    return {name: (_DTYPE_NAMES.get(t.dtype, str(t.dtype)), tuple(t.shape))
+            for name, t in module.state_dict().items()}
+
+
+def check_expert(entry: ExpertEntry, root: Path, layout: TensorLayout) -> ExpertSpec:
+    """The expert's spec from its weight file's header; RepositoryError naming the file if
+    it is missing, unreadable, truncated, or does not fit its architecture."""
+    path = root / entry.weights  # an absolute `weights` replaces root
+    subject = f"expert {entry.name!r}"
+    if not path.is_file():
+        raise repo_error(path, subject, "the weight file does not exist",
+                         f"write it, or correct the expert's weights path (relative to {root})")
+    try:
+        header = read_header(path)
+        header_file_bytes = expected_file_bytes(path)
+    except ExpertError as exc:
+        # A torch.save checkpoint is the usual culprit; say why it cannot just be loaded.
+        pickle = (" (this looks like a pickle checkpoint: coserve reads only safetensors, "
+                  "because unpickling runs arbitrary code)"
+                  if path.suffix in _PICKLE_SUFFIXES else "")
+        raise repo_error(path, subject, f"unreadable safetensors header ({exc}){pickle}",
+                         _EXPORT_FIX) from None
+    file_bytes = path.stat().st_size
+    if file_bytes != header_file_bytes:
+        state = "truncated" if file_bytes < header_file_bytes else "longer than its header says"
+        raise repo_error(path, subject, f"the file is {state}: {file_bytes} bytes, the header "
+                         f"describes {header_file_bytes}",
+                         f"copy it again completely, or {_EXPORT_FIX}")
+    _check_layout(header, layout, path, entry)
+    num_bytes = sum(math.prod(shape) * DTYPES[dtype].itemsize for dtype, shape in header.values())
+    return ExpertSpec(entry.name, entry.architecture, path, entry.stage, num_bytes, file_bytes)
+
+
+def _check_layout(
+    header: TensorLayout, layout: TensorLayout, path: Path, entry: ExpertEntry
+) -> None:
+    missing = [name for name in layout if name not in header]
+    unexpected = [name for name in header if name not in layout]
+    mismatched = [
+        f"{name} is {_describe(header[name])} in the file but {_describe(layout[name])} in "
+        "the architecture"
+        for name in layout if name in header and header[name] != layout[name]
+    ]
+    parts = [
+        f"{kind} tensors: {listed(names, _MAX_NAMES_SHOWN)}"
+        for kind, names in (("missing", missing), ("unexpected", unexpected),
+                            ("mismatched", mismatched))
+        if names
+    ]
+    if parts:
+        raise repo_error(path, f"expert {entry.name!r}", f"the tensors do not match architecture "
+                         f"{entry.architecture!r} ({'; '.join(parts)})",
+                         f"export the weights from a module built by architecture "
+                         f"{entry.architecture!r} with the same args, or give the expert the "
+                         "architecture these weights belong to")
+
+
+def _describe(entry: tuple[str, tuple[int, ...]]) -> str:
+    dtype, shape = entry
+    return f"{dtype} {list(shape)}"

@@ -1,0 +1,1 @@
+"""Generated CoE model repositories (the model zoo) for tests, demos and benchmarks."""
