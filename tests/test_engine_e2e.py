@@ -106,7 +106,7 @@ def test_broken_expert_fails_only_its_requests(tiny_zoo, tmp_path, requests):
     model = open_repository(root)
     # Break a detector after the repository was validated: its file goes missing.
     (root / "weights" / "det-passive.safetensors").unlink()
-    with Engine(model, config(budget_fraction=0.25)) as engine:
+    with Engine(model, config()) as engine:
         results = engine.run_trace(requests, realtime=False)
     needs_broken = {"R", "C", "L"}
     failed = [r for r in results if not r.ok]

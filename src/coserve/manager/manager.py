@@ -83,7 +83,9 @@ class ExpertManager:
                 with self._cond:
                     reserved = self._reserve(executor, expert, frozenset())
                 if reserved:
-                    self._load(executor, expert)
+                    # A broken expert must not stop the engine: it is left out here and
+                    # fails only the requests that need it later.
+                    self._load_quietly(executor, expert)
 
     # -- ensure resident -----------------------------------------------------------------
     def acquire(self, executor: int, expert: str) -> Resident:
@@ -179,7 +181,7 @@ class ExpertManager:
         try:
             self._load(executor, expert)
         except ExpertError as exc:
-            log.warning("prefetch of %s failed: %s", expert, exc)
+            log.warning("loading %s in the background failed: %s", expert, exc)
 
     def _fetch(self, executor: int, expert: str) -> dict[str, Any]:
         processor = self.processors[executor]
