@@ -277,7 +277,7 @@ class Engine:
                         batch.started_s - task.enqueued_s, exec_s)
             try:
                 following = self.model.router.next(batch.expert, label, state.request.fields)
-            except RequestError as exc:
+            except RequestError as exc:  # e.g. a routing callable that names no known expert
                 following, state.error = (), str(exc)
             with self._lock:
                 state.steps.append(step)
