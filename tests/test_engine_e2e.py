@@ -149,3 +149,19 @@ def test_coserve_switches_less_than_samba_on_a_skewed_trace(model, tiny_zoo):
     coserve_runs, samba = switches["coserve"], switches["samba"][0]
     assert coserve_runs[0] == coserve_runs[1], "the same run must switch the same"
     assert coserve_runs[0] * 3 < samba, switches
+
+
+def test_usage_from_a_routed_sample_drives_placement(model, requests):
+    from coserve.repository import usage_from_sample
+
+    # A sample in which only the rare "F" components appear: placement must follow it.
+    sample = [("cls-F", "det-misc")] * 9 + [("cls-F",)]
+    usage = usage_from_sample(model, sample)
+    assert usage["cls-F"] == 1.0 and usage["det-misc"] == pytest.approx(0.9)
+    cfg = config(executors=parse_executors("cpu:1"))
+    with Engine(model, cfg, usage=usage) as engine:
+        assert {"cls-F", "det-misc"} <= engine.resident()[0]
+    with Engine(model, cfg) as engine:
+        assert "cls-F" not in engine.resident()[0]
+    with pytest.raises(ConfigError, match="unknown experts"):
+        Engine(model, cfg, usage={"nope": 1.0})

@@ -75,7 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from coserve.engine.run import compare_policies
-    from coserve.loader.storage import measure_raw_bandwidth
+    from coserve.loader.storage import measure_raw_bandwidth, storage_profile
     from coserve.report import print_table
     from coserve.repository import open_repository
     from coserve.trace import read_trace
@@ -94,9 +94,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     largest = max(model.experts.values(), key=lambda e: e.file_bytes)
     raw_bps = measure_raw_bandwidth(largest.weights_path)
     rows = compare_policies(model, requests, config, DEMO_POLICIES, backlog=True)
+    pace = storage_profile(args.storage).read_bytes_per_s
+    paced = f", reads paced to {pace / 1e6:.0f} MB/s" if pace else ""
     print(f"{model.name}: {len(model.experts)} experts, {model.total_expert_bytes / 1e6:.1f} MB; "
           f"{len(requests)} requests submitted at once; storage profile {args.storage}; "
-          f"raw storage read {raw_bps / 1e6:.0f} MB/s (O_DIRECT, measured now); "
+          f"raw storage read {raw_bps / 1e6:.0f} MB/s (O_DIRECT, measured now{paced}); "
           f"{os.cpu_count()} cores")
     print_table(rows, baseline="samba")
     if args.json:

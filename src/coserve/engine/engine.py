@@ -15,7 +15,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -59,9 +59,17 @@ class Engine:
         model: CoEModel,
         config: EngineConfig | None = None,
         costs: CostModel | None = None,
+        usage: Mapping[str, float] | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
+        """`costs`: a cost model (else measured at start, or defaults). `usage`: usage
+        probabilities to start from instead of the repository's prior, e.g. from
+        `coserve.repository.usage_from_sample` over routed sample requests."""
         self.model = model
+        self.prior_usage = dict(usage) if usage is not None else dict(model.usage)
+        unknown = set(self.prior_usage) - set(model.experts)
+        if unknown:
+            raise ConfigError(f"usage names unknown experts {sorted(unknown)[:5]}; use names from coe.yaml")
         self.config = config or EngineConfig()
         self.policies: PolicySet = policy_set(self.config.policy, self.config.max_defer_s)
         self.executor_specs = _executor_layout(self.config.executors, self.policies)
@@ -118,7 +126,7 @@ class Engine:
             )
         log.info("cost model: %s", self._costs.source)
         usage = UsageTracker(
-            self.model.usage, self.config.usage_blend, self.config.usage_min_samples
+            self.prior_usage, self.config.usage_blend, self.config.usage_min_samples
         )
         experts = self.model.experts
         loader = ExpertLoader(
@@ -157,7 +165,7 @@ class Engine:
         ]
         self._manager.place(
             self.policies.place.place(
-                self.model.usage,
+                self.prior_usage,
                 {e.name: e.num_bytes for e in experts.values()},
                 [b if b is not None else self.model.total_expert_bytes for b in self._pool_budgets()],
             )

@@ -90,27 +90,34 @@ class TwoStageEviction:
         return taken if left <= 0 else None
 
 
-class LruEviction:
+class _OrderedEviction:
+    """Evict unprotected entries in ascending order of `order_key` until enough is free."""
+
+    @staticmethod
+    def order_key(entry: PoolEntry) -> float:
+        raise NotImplementedError
+
+    def victims(
+        self,
+        entries: Sequence[PoolEntry],
+        need_bytes: int,
+        protected: Set[str],
+        ctx: EvictionContext,
+    ) -> list[str] | None:
+        return _ordered_victims(entries, need_bytes, protected, key=self.order_key)
+
+
+class LruEviction(_OrderedEviction):
     """samba: least recently used first."""
 
-    def victims(
-        self,
-        entries: Sequence[PoolEntry],
-        need_bytes: int,
-        protected: Set[str],
-        ctx: EvictionContext,
-    ) -> list[str] | None:
-        return _ordered_victims(entries, need_bytes, protected, key=lambda e: e.last_used_s)
+    @staticmethod
+    def order_key(entry: PoolEntry) -> float:
+        return entry.last_used_s
 
 
-class FifoEviction:
+class FifoEviction(_OrderedEviction):
     """samba-fifo: earliest loaded first."""
 
-    def victims(
-        self,
-        entries: Sequence[PoolEntry],
-        need_bytes: int,
-        protected: Set[str],
-        ctx: EvictionContext,
-    ) -> list[str] | None:
-        return _ordered_victims(entries, need_bytes, protected, key=lambda e: e.loaded_s)
+    @staticmethod
+    def order_key(entry: PoolEntry) -> float:
+        return entry.loaded_s
