@@ -165,3 +165,23 @@ def test_usage_from_a_routed_sample_drives_placement(model, requests):
         assert "cls-F" not in engine.resident()[0]
     with pytest.raises(ConfigError, match="unknown experts"):
         Engine(model, cfg, usage={"nope": 1.0})
+
+
+def test_failing_routing_rule_fails_only_its_requests(tiny_zoo, tmp_path, requests):
+    import yaml
+
+    root = tmp_path / "repo"
+    shutil.copytree(tiny_zoo[0], root)
+    spec = yaml.safe_load((root / "coe.yaml").read_text())
+    spec["routing"]["callable"] = "routing_fixtures:route_or_raise"
+    (root / "coe.yaml").write_text(yaml.safe_dump(spec))
+    model = open_repository(root)
+    with Engine(model, config(executors=parse_executors("cpu:1"))) as engine:
+        results = engine.run_trace(requests, realtime=False)
+        after = engine.infer_sync(requests[0], timeout_s=60)  # the executor is still alive
+    by_type = {}
+    for r in results:
+        by_type.setdefault(r.fields["component_type"], []).append(r)
+    assert by_type["D"] and all(not r.ok and "boom" in r.error for r in by_type["D"])
+    assert all(r.ok for t, rs in by_type.items() if t != "D" for r in rs)
+    assert after.ok == (requests[0].fields["component_type"] != "D")

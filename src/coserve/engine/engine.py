@@ -80,6 +80,7 @@ class Engine:
         self._stats = StatsRecorder(len(self.executor_specs))
         self._task_ids = itertools.count()
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # notified when nothing is in flight
         self._inflight: dict[str, _InFlight] = {}
         self._threads: list[threading.Thread] = []
         self._started = False
@@ -124,6 +125,10 @@ class Engine:
                 if self.config.measure_costs
                 else default_costs(self.model)
             )
+        missing = set(self.model.experts) - set(self._costs.arch_of)
+        if missing:
+            raise ConfigError(f"the cost model has no entry for experts {sorted(missing)[:5]}; "
+                              f"profile this repository again or pass no cost model")
         log.info("cost model: %s", self._costs.source)
         usage = UsageTracker(
             self.prior_usage, self.config.usage_blend, self.config.usage_min_samples
@@ -182,15 +187,14 @@ class Engine:
 
     def close(self) -> None:
         """Stop intake, let every request in flight finish, then stop the executors."""
-        if self._closed or not self._started:
-            self._closed = True
-            return
-        self._closed = True
-        # Drain first: a finishing task may still route to a subsequent expert on any queue.
         with self._lock:
-            pending = [s.future for s in self._inflight.values()]
-        for future in pending:
-            future.result()
+            was_running = self._started and not self._closed
+            self._closed = True
+            # Drain first: a finishing task may still route to a subsequent expert on any queue.
+            while was_running and self._inflight:
+                self._idle.wait()
+        if not was_running:
+            return
         self._scheduler.close()
         for t in self._threads:
             t.join()
@@ -206,19 +210,19 @@ class Engine:
     def submit(self, request: Request) -> Future:
         """Queue a request; the future resolves to its Result. Raises RequestError at once
         for a request that cannot be served (unknown routing value, wrong input shape)."""
-        if not self._started or self._closed:
-            raise RequestError("the engine is not running: call start() first (or use `with`)")
         first = self.model.router.first(request.fields)
         self._check_input(request, first)
         now = self._clock()
         state = _InFlight(request, Future(), now, pending=len(first))
         with self._lock:
+            if not self._started or self._closed:
+                raise RequestError("the engine is not running: call start() first (or use `with`)")
             if request.request_id in self._inflight:
                 raise RequestError(f"request id {request.request_id!r} is already in flight")
             self._inflight[request.request_id] = state
         self._stats.request_submitted()
         for expert in first:
-            self._enqueue(request, expert, now)
+            self._enqueue_or_fail(state, expert, now)
         return state.future
 
     async def infer(self, request: Request) -> Result:
@@ -238,9 +242,16 @@ class Engine:
                     f"of shape {list(shape)}, got {got}"
                 )
 
-    def _enqueue(self, request: Request, expert: str, now: float) -> None:
-        task = Task(next(self._task_ids), request.request_id, expert, now, request.input)
-        executor = self._scheduler.enqueue(task)
+    def _enqueue_or_fail(self, state: _InFlight, expert: str, now: float) -> None:
+        """Queue the request's task for `expert`; if that fails, the task counts as done
+        with an error, so the request still resolves."""
+        task = Task(next(self._task_ids), state.request.request_id, expert, now, state.request.input)
+        try:
+            executor = self._scheduler.enqueue(task)
+        except Exception as exc:
+            log.exception("could not queue %s for %s", expert, task.request_id)
+            self._fail_task(state, f"could not queue expert {expert!r}: {exc}")
+            return
         self._stats.queue_depth(executor, self._scheduler.depth(executor))
 
     # -- the executor loop ---------------------------------------------------------------
@@ -253,7 +264,10 @@ class Engine:
                 log.warning("batch of %s on executor %d failed: %s", batch.expert, i, exc)
                 self._fail_batch(batch, f"expert {batch.expert!r} failed: {exc}")
             else:
-                self._route_again(batch, outputs)
+                try:
+                    self._route_again(batch, outputs)
+                except Exception:  # an engine bug: keep the executor alive, say so loudly
+                    log.exception("routing after %s on executor %d failed", batch.expert, i)
             finally:
                 self._scheduler.batch_done(i)
 
@@ -276,37 +290,50 @@ class Engine:
     # -- route again ---------------------------------------------------------------------
     def _route_again(self, batch: Batch, run: tuple[list[Decoded], float]) -> None:
         outputs, exec_s = run
-        labels = self.model.architectures[self.model.experts[batch.expert].architecture].labels
+        if len(outputs) != len(batch.tasks):
+            self._fail_batch(batch, f"expert {batch.expert!r} returned {len(outputs)} outputs "
+                                    f"for a batch of {len(batch.tasks)}")
+            return
         now = self._clock()
         for task, out in zip(batch.tasks, outputs, strict=True):
             state = self._inflight[task.request_id]
-            label = labels[out.label_index]
+            try:
+                label, following = self._next_experts(batch.expert, out, state)
+            except Exception as exc:  # a bad label index, a routing callable that raised
+                self._fail_task(state, f"routing after expert {batch.expert!r} failed: {exc}")
+                continue
             step = Step(batch.expert, label, out.detail, batch.executor, len(batch.tasks),
                         batch.started_s - task.enqueued_s, exec_s)
-            try:
-                following = self.model.router.next(batch.expert, label, state.request.fields)
-            except RequestError as exc:  # e.g. a routing callable that names no known expert
-                following, state.error = (), str(exc)
             with self._lock:
                 state.steps.append(step)
                 state.pending += len(following) - 1
             for expert in following:
-                self._enqueue(state.request, expert, now)
+                self._enqueue_or_fail(state, expert, now)
             self._maybe_finish(state)
+
+    def _next_experts(self, expert: str, out: Decoded, state: _InFlight) -> tuple[str, tuple[str, ...]]:
+        labels = self.model.architectures[self.model.experts[expert].architecture].labels
+        label = labels[out.label_index]
+        return label, self.model.router.next(expert, label, state.request.fields)
 
     def _fail_batch(self, batch: Batch, error: str) -> None:
         for task in batch.tasks:
-            state = self._inflight[task.request_id]
-            with self._lock:
-                state.error = state.error or error
-                state.pending -= 1
-            self._maybe_finish(state)
+            self._fail_task(self._inflight[task.request_id], error)
+
+    def _fail_task(self, state: _InFlight, error: str) -> None:
+        with self._lock:
+            state.error = state.error or error
+            state.pending -= 1
+        self._maybe_finish(state)
 
     def _maybe_finish(self, state: _InFlight) -> None:
         with self._lock:
-            if state.pending > 0 or state.future.done():
+            # Only one caller may finish a request: fan-out branches can reach zero together.
+            if state.pending > 0 or self._inflight.get(state.request.request_id) is not state:
                 return
             del self._inflight[state.request.request_id]
+            if not self._inflight:
+                self._idle.notify_all()
         now = self._clock()
         ok = state.error is None
         result = Result(state.request.request_id, ok, tuple(state.steps), state.submitted_s,

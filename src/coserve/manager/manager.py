@@ -121,7 +121,12 @@ class ExpertManager:
                 return
             if not self._reserve(executor, expert, protected):
                 return
-        self._prefetchers[executor].submit(self._load_quietly, executor, expert)
+        try:
+            self._prefetchers[executor].submit(self._load_quietly, executor, expert)
+        except RuntimeError:  # shutting down: give the reserved room back
+            with self._cond:
+                self._pools[executor].remove(expert)
+                self._cond.notify_all()
 
     def close(self) -> None:
         for p in self._prefetchers:
