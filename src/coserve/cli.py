@@ -55,6 +55,60 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress_builder(label: str):
+    """A rich progress bar as a `progress(what, done, total)` callback, and its context."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.description}"))
+    task = bar.add_task("", total=None)
+
+    def update(what: str, done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total, description=what)
+
+    return bar, update
+
+
+def default_pcb_root(size: str = "default") -> Path:
+    return cache_dir() / "zoo" / f"pcb-{size}"
+
+
+def ensure_pcb(root: Path, size: str) -> Path:
+    from coserve.zoo.pcb import build_pcb
+
+    if not (root / "coe.yaml").is_file():
+        bar, update = _progress_builder(f"building pcb-{size} into {root}")
+        with bar:
+            build_pcb(root, size=size, progress=update)
+    return root
+
+
+def cmd_zoo_pcb(args: argparse.Namespace) -> int:
+    size = "reference" if args.reference else args.size
+    root = args.out or default_pcb_root(size)
+    if (root / "coe.yaml").is_file() and not args.force:
+        print(f"{root} already holds a repository (use --force to rebuild)")
+        return 0
+    (root / "coe.yaml").unlink(missing_ok=True)
+    ensure_pcb(root, size)
+    print(f"wrote repository {root}")
+    return 0
+
+
+def cmd_trace_make(args: argparse.Namespace) -> int:
+    from coserve.trace import write_trace
+    from coserve.zoo.pcb import ARRIVAL_INTERVAL_S, pcb_requests
+
+    interval = 0.0 if args.backlog else (args.interval_s if args.interval_s is not None else ARRIVAL_INTERVAL_S)
+    requests = pcb_requests(args.repo, board=args.board, num_requests=args.num,
+                            interval_s=interval, seed=args.seed)
+    write_trace(args.out, requests)
+    num_defects = sum(r.fields["defect"] is not None for r in requests)
+    print(f"wrote {args.out}: {len(requests)} images from board {args.board}, "
+          f"{num_defects} with injected defects, one every {interval * 1e3:.1f} ms")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from coserve.engine.run import run_trace
     from coserve.report import print_table
@@ -107,6 +161,69 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pcb_trace(repo: Path, board: str = "A") -> Path:
+    """The board's default task beside the repository, made on first use."""
+    from coserve.trace import write_trace
+    from coserve.zoo.pcb import pcb_requests
+
+    path = repo / f"trace-{board}.jsonl"
+    if not path.is_file():
+        print(f"making the board-{board} task trace {path} ...")
+        write_trace(path, pcb_requests(repo, board=board))
+    return path
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from coserve.bench.report import table_rows, write_reports
+    from coserve.bench.runner import run_bench
+    from coserve.repository import open_repository
+    from coserve.trace import read_trace
+
+    repo = args.repo or ensure_pcb(default_pcb_root(args.size), args.size)
+    trace = args.trace or _pcb_trace(repo)
+    model = open_repository(repo)
+    requests = read_trace(trace)[: args.limit or None]
+    if args.budget_bytes is None and args.budget_fraction is None:
+        args.budget_fraction = 0.2
+    config = _engine_config(args, "coserve")
+    peer = None
+    if args.ray:
+        from coserve.bench.ray_peer import ray_available, run_ray_peer
+
+        if not ray_available():
+            print("error: --ray needs Ray Serve: pip install 'coserve[ray]'", file=sys.stderr)
+            return 2
+
+        def peer() -> dict:
+            stats = run_ray_peer(model, requests, config.resolve_budget(model.total_expert_bytes),
+                                 storage=config.storage, max_inflight=args.max_inflight)
+            return {**stats.to_dict(), "accuracy": stats.extra.get("accuracy")}
+
+    sweep = [float(x) for x in args.sweep.split(",")] if args.sweep else []
+    run = run_bench(model, requests, config, policies=args.policies.split(","), backlog=not args.realtime,
+                    sweep_fractions=sweep, peer=peer, trace=str(trace),
+                    on_row=lambda r: print(f"  {r['policy']}: {r['throughput_rps']:.1f} images/s, "
+                                           f"{r['num_switches']} switches", flush=True))
+    header, body = table_rows(run.rows)
+    table = Table(title=f"coserve bench: {model.name}")
+    for h in header:
+        table.add_column(h, justify="left" if h == "policy" else "right")
+    for row in body:
+        table.add_row(*row)
+    Console(width=140).print(table)
+    m = run.metadata
+    print(f"budget {m['budget_bytes'] / 1e9:.2f} GB = {m['budget_fraction']:.0%} of {m['total_expert_bytes'] / 1e9:.2f} GB; "
+          f"storage {m['storage']}; raw storage read {m['raw_storage_bytes_per_s'] / 1e6:.0f} MB/s; "
+          f"{m['cpu_cores']} cores; {m['num_requests']} requests ({m['arrivals']})")
+    report_dir = args.report_dir or cache_dir() / "bench" / model.name
+    for path in write_reports(run, args.json, report_dir):
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coserve", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log engine decisions")
@@ -126,6 +243,43 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the statistics as one JSON object")
     _add_engine_options(run)
     run.set_defaults(func=cmd_run)
+
+    zoo_build = zoo_sub.add_parser("build", help="generate a workload repository")
+    build_sub = zoo_build.add_subparsers(dest="workload", required=True)
+    pcb = build_sub.add_parser("pcb", help="the circuit-board inspection CoE")
+    pcb.add_argument("--out", type=Path, default=None, help="directory (default: the cache)")
+    pcb.add_argument("--size", default="default", choices=("tiny", "default", "reference"))
+    pcb.add_argument("--reference", action="store_true", help="the reference size (~350 experts, ~60 GB)")
+    pcb.add_argument("--force", action="store_true", help="rebuild even if the directory holds one")
+    pcb.set_defaults(func=cmd_zoo_pcb)
+
+    trace = sub.add_parser("trace", help="make traces")
+    trace_sub = trace.add_subparsers(dest="action", required=True)
+    make = trace_sub.add_parser("make", help="a board inspection task from a pcb repository")
+    make.add_argument("repo", type=Path)
+    make.add_argument("--out", type=Path, required=True)
+    make.add_argument("--board", default="A", help="A (2,500 images) or B (3,500 images)")
+    make.add_argument("--num", type=int, default=None, help="number of images (default: the task's)")
+    make.add_argument("--interval-s", type=float, default=None, help="seconds between images (default 0.004)")
+    make.add_argument("--backlog", action="store_true", help="all images arrive at once")
+    make.add_argument("--seed", type=int, default=0)
+    make.set_defaults(func=cmd_trace_make)
+
+    bench = sub.add_parser("bench", help="policies side by side: table, JSON, markdown, plots")
+    bench.add_argument("repo", type=Path, nargs="?", default=None, help="default: the pcb zoo in the cache")
+    bench.add_argument("trace", type=Path, nargs="?", default=None, help="default: the board-A task")
+    bench.add_argument("--size", default="default", choices=("tiny", "default", "reference"),
+                       help="pcb zoo size when no repository is given")
+    bench.add_argument("--policies", default=",".join(DEMO_POLICIES))
+    bench.add_argument("--sweep", default="0.1,0.2,0.3,0.5", help="budget fractions for the sweep ('' for none)")
+    bench.add_argument("--ray", action="store_true", help="add the Ray Serve multiplexing peer row")
+    bench.add_argument("--max-inflight", type=int, default=16, help="the peer's in-flight window")
+    bench.add_argument("--realtime", action="store_true", help="replay arrival offsets instead of a backlog")
+    bench.add_argument("--limit", type=int, default=None, help="only the first N requests")
+    bench.add_argument("--json", type=Path, default=None, help="write run metadata and rows here")
+    bench.add_argument("--report-dir", type=Path, default=None, help="markdown report and PNG plots")
+    _add_engine_options(bench)
+    bench.set_defaults(func=cmd_bench, storage="sata-530")
 
     demo = sub.add_parser("demo", help="build the tiny CoE and compare the baselines with coserve")
     demo.add_argument("--json", type=Path, default=None, help="also write the rows to this file")
