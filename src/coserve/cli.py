@@ -191,16 +191,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     config = _engine_config(args, "coserve")
     peer = None
     if args.ray:
-        from coserve.bench.ray_peer import ray_available, run_ray_peer
+        from coserve.bench.ray_peer import RayPeerConfig, ray_available, run_ray_peer_results
+        from coserve.bench.runner import inspection_accuracy
 
         if not ray_available():
             print("error: --ray needs Ray Serve: pip install 'coserve[ray]'", file=sys.stderr)
             return 2
 
         def peer() -> dict:
-            stats = run_ray_peer(model, requests, config.resolve_budget(model.total_expert_bytes),
-                                 storage=config.storage, max_inflight=args.max_inflight)
-            return {**stats.to_dict(), "accuracy": stats.extra.get("accuracy")}
+            peer_config = RayPeerConfig(budget_bytes=config.resolve_budget(model.total_expert_bytes),
+                                        storage=config.storage, max_inflight=args.max_inflight)
+            stats, results = run_ray_peer_results(model, requests, peer_config)
+            return {**stats.to_dict(), "accuracy": inspection_accuracy(results)}
 
     sweep = [float(x) for x in args.sweep.split(",")] if args.sweep else []
     run = run_bench(model, requests, config, policies=args.policies.split(","), backlog=not args.realtime,
