@@ -48,7 +48,7 @@ class PcbSize:
 
 
 SIZES = {
-    "tiny": PcbSize("tiny", 12, 64, 10, 8, 3, 1, (0.33, 0.125), (0.33, 0.25), 192),
+    "tiny": PcbSize("tiny", 12, 64, 10, 16, 3, 1, (0.33, 0.125), (0.33, 0.1875), 192),
     "default": PcbSize("default", 120, 64, 18, 32, 10, 6, (0.33, 0.5), (0.67, 0.75), 384),
     "reference": PcbSize("reference", 350, 64, 101, 64, 24, 16, (0.67, 0.75), (1.0, 1.0), 384),
 }
@@ -116,8 +116,10 @@ def build_pcb(
         name = f"cls-{t}"
         torch.manual_seed(seed * 100_003 + k)
         model = ResNetClassifier(**cls_args).eval()
+        # One intra-op thread: on a small machine more threads make training several times
+        # slower (OpenMP workers spinning on shared cores).
         report = train_classifier(model, t, seed=seed * 100_003 + k, num_train=spec.num_train,
-                                  size=spec.image_size)
+                                  size=spec.image_size, num_threads=1)
         accuracies[name] = round(report.accuracy_at_10pct, 4)
         save_file(model.state_dict(), root / "weights" / f"{name}.safetensors")
         experts.append({"name": name, "architecture": "classifier",

@@ -1,0 +1,101 @@
+"""The pcb workload at tiny size, its traces, and the benchmark's report schema."""
+
+import hashlib
+import json
+
+import pytest
+import yaml
+
+from coserve import EngineConfig, open_repository, parse_executors, read_trace
+from coserve.bench.report import write_reports
+from coserve.bench.runner import inspection_accuracy, run_bench
+from coserve.cli import main
+from coserve.zoo.pcb import BOARDS_FILE, build_pcb, pcb_requests
+
+RUN_KEYS = ("policy", "num_requests", "throughput_rps", "num_switches", "bytes_read",
+            "latency_p50_s", "latency_p99_s", "budget_bytes", "total_expert_bytes")
+
+
+@pytest.fixture(scope="module")
+def pcb_tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pcb") / "pcb-tiny"
+    build_pcb(root, size="tiny")
+    return root
+
+
+def test_tiny_pcb_zoo_is_a_valid_two_stage_repository(pcb_tiny):
+    model = open_repository(pcb_tiny)
+    meta = yaml.safe_load((pcb_tiny / BOARDS_FILE).read_text())
+    classifiers = [e for e in model.experts if e.startswith("cls-")]
+    detectors = [e for e in model.experts if e.startswith("det-")]
+    assert len(classifiers) == 12 and len(detectors) >= 2
+    # Detectors are shared: fewer detectors than component types routed to them.
+    routed = {model.router.next(c, "pass", {})[0] for c in classifiers}
+    assert routed == set(detectors)
+    assert set(meta["boards"]) == {"A", "B"}
+    assert all(model.router.next(c, "defect", {}) == () for c in classifiers)
+    # Every expert has its own weights.
+    digests = {hashlib.sha256((pcb_tiny / "weights" / f"{e}.safetensors").read_bytes()).digest()
+               for e in model.experts}
+    assert len(digests) == len(model.experts)
+    assert min(meta["classifier_accuracy_at_10pct"].values()) > 0.8
+
+
+def test_pcb_trace_is_deterministic_and_carries_ground_truth(pcb_tiny, tmp_path):
+    a = pcb_requests(pcb_tiny, board="A", num_requests=200)
+    b = pcb_requests(pcb_tiny, board="A", num_requests=200)
+    assert [r.fields for r in a] == [r.fields for r in b]
+    assert all((x.input == y.input).all() for x, y in zip(a, b, strict=True))
+    defects = sum(r.fields["defect"] is not None for r in a)
+    assert 5 <= defects <= 40  # the zoo's 10% defect rate
+    assert a[1].arrival_s == pytest.approx(0.004)
+    bom = yaml.safe_load((pcb_tiny / BOARDS_FILE).read_text())["boards"]["B"]
+    assert {r.fields["component_type"] for r in pcb_requests(pcb_tiny, board="B", num_requests=50)} <= set(bom)
+
+
+def test_bench_rows_reports_and_plots(pcb_tiny, tmp_path):
+    model = open_repository(pcb_tiny)
+    requests = pcb_requests(pcb_tiny, board="A", num_requests=80)
+    config = EngineConfig(budget_fraction=0.4, executors=parse_executors("cpu:2"), measure_costs=False)
+    run = run_bench(model, requests, config, policies=("samba", "coserve", "all-resident"),
+                    sweep_fractions=(0.5,), sweep_policies=("coserve",), trace="test")
+    paths = write_reports(run, tmp_path / "out.json", tmp_path / "report")
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert [r["policy"] for r in data["rows"]] == ["samba", "coserve", "all-resident"]
+    for row in data["rows"]:
+        for key in (*RUN_KEYS, "accuracy"):
+            assert key in row
+        assert row["num_requests"] == 80 and row["num_failed"] == 0
+        assert 0.8 < row["accuracy"] <= 1.0
+    meta = data["metadata"]
+    assert meta["storage"] == "none" and meta["budget_fraction"] == pytest.approx(0.4, abs=0.01)
+    assert meta["raw_storage_bytes_per_s"] > 0 and meta["cpu_cores"] >= 1
+    assert data["sweep"][0]["budget_fraction"] == 0.5
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "| policy |" in report and "coserve" in report and "Budget sweep" in report
+    pngs = [p for p in paths if p.suffix == ".png"]
+    assert {p.name for p in pngs} == {"policies.png", "budget_sweep.png"}
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_accuracy_needs_ground_truth(tiny_zoo):
+    from coserve.engine.results import Result, Step
+
+    step = Step("cls-R", "defect", {}, 0, 1, 0.0, 0.0)
+    right = Result("a", True, (step,), 0, 1, fields={"defect": "missing"})
+    wrong = Result("b", True, (step,), 0, 1, fields={"defect": None})
+    assert inspection_accuracy([right, wrong]) == 0.5
+    assert inspection_accuracy([Result("c", True, (step,), 0, 1, fields={})]) is None
+
+
+def test_cli_trace_make_and_bench_json(pcb_tiny, tmp_path, capsys):
+    trace = tmp_path / "a.jsonl"
+    assert main(["trace", "make", str(pcb_tiny), "--out", str(trace), "--num", "40", "--backlog"]) == 0
+    assert len(read_trace(trace)) == 40 and read_trace(trace)[-1].arrival_s == 0
+    out = tmp_path / "bench.json"
+    code = main(["bench", str(pcb_tiny), str(trace), "--policies", "samba,coserve", "--sweep", "",
+                 "--budget-fraction", "0.4", "--storage", "none", "--no-measure",
+                 "--json", str(out), "--report-dir", str(tmp_path / "r")])
+    assert code == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["policy"] for r in rows] == ["samba", "coserve"]
