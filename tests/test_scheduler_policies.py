@@ -83,17 +83,29 @@ def task(expert, t=0.0, i=0):
 
 def test_group_arrange_places_behind_last_same_expert():
     queue = [task("a"), task("b"), task("a"), task("c")]
-    assert GroupByExpertArrange(10.0).position(queue, "a", now_s=1.0) == 3
-    assert GroupByExpertArrange(10.0).position(queue, "d", now_s=1.0) == 4
-    assert FifoArrange().position(queue, "a", now_s=1.0) == 4
+    assert GroupByExpertArrange(10.0).position(queue, "a", now_s=1.0, added_s=0.1) == 3
+    assert GroupByExpertArrange(10.0).position(queue, "d", now_s=1.0, added_s=0.1) == 4
+    assert FifoArrange().position(queue, "a", now_s=1.0, added_s=0.1) == 4
 
 
-def test_group_arrange_starvation_bound():
-    # "c" has waited 6 s > max_defer 5 s: a new "a" may not overtake it.
-    queue = [task("a", t=0.0), task("b", t=3.0), task("c", t=0.0)]
-    assert GroupByExpertArrange(5.0).position(queue, "a", now_s=6.0) == 3
-    # Within the bound, it may.
-    assert GroupByExpertArrange(5.0).position(queue, "a", now_s=4.0) == 1
+def test_group_arrange_starvation_bound_is_on_delay_by_overtaking():
+    queue = [task("a"), task("b"), task("c")]
+    queue[2].deferred_s = 4.95
+    # Overtaking "c" would defer it past 5 s in all: the new "a" goes behind it.
+    assert GroupByExpertArrange(5.0).position(queue, "a", now_s=100.0, added_s=0.1) == 3
+    # Within the bound it may overtake, however long everyone has waited (a backlog).
+    assert GroupByExpertArrange(5.0).position(queue, "a", now_s=100.0, added_s=0.01) == 1
+
+
+def test_scheduler_bounds_the_delay_of_an_overtaken_task():
+    s = make_scheduler(GroupByExpertArrange(max_defer_s=0.05))
+    s.enqueue(Task(0, "r0", "a", 0.0))
+    s.enqueue(Task(1, "r1", "b", 0.0))
+    for i in range(2, 12):  # each "a" adds K = 0.01 s in front of "b"
+        s.enqueue(Task(i, f"r{i}", "a", 0.0))
+    order = [(b.expert, len(b.tasks)) for b in iter(lambda: s.take_batch(0), None)]
+    # Five "a" tasks may overtake "b" (5 x 0.01 s = the bound); the rest wait behind it.
+    assert order == [("a", 6), ("b", 1), ("a", 5)]
 
 
 def test_group_arrange_rejects_negative_bound():

@@ -61,9 +61,13 @@ class Scheduler:
             in_host = self._in_host(task.expert)
             i = self._assign.assign(task.expert, views, self._costs, in_host)
             queue = self._queues[i]
-            queue.insert(self._arrange.position(queue, task.expert, task.enqueued_s), task)
+            added_s = added_latency_s(task.expert, views[i], self._costs, in_host)
+            at = self._arrange.position(queue, task.expert, task.enqueued_s, added_s)
+            queue.insert(at, task)
+            for overtaken in queue[at + 1 :]:
+                overtaken.deferred_s += added_s
             # Incremental: a full re-prediction per enqueue would be O(queue) each time.
-            self._backlog_s[i] += added_latency_s(task.expert, views[i], self._costs, in_host)
+            self._backlog_s[i] += added_s
             self._queued[i][task.expert] += 1
             self._cond.notify_all()
             return i

@@ -1,5 +1,5 @@
-"""A task: one request's step at one expert. Policies read only `expert` and
-`enqueued_s`; the payload travels with the task to the executor."""
+"""A task: one request's step at one expert. Policies read only `expert`,
+`enqueued_s` and `deferred_s`; the payload travels with the task to the executor."""
 
 from __future__ import annotations
 
@@ -14,3 +14,4 @@ class Task:
     expert: str
     enqueued_s: float
     payload: Any = None  # the input item, e.g. a tensor [C, H, W]; policies never read it
+    deferred_s: float = 0.0  # predicted delay this task has suffered from being overtaken
