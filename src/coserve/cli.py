@@ -19,14 +19,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("COSERVE_CACHE", Path.home() / ".cache" / "coserve"))
 
 
-def _add_engine_options(p: argparse.ArgumentParser) -> None:
+def _add_engine_options(p: argparse.ArgumentParser, backlog: bool = True) -> None:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--budget-bytes", type=int, help="bytes of expert weights the executing pools may hold (all executors together)")
     budget.add_argument("--budget-fraction", type=float, help="the budget as a fraction of all expert bytes, e.g. 0.3")
     p.add_argument("--executors", default=None, help="executors, e.g. 'cpu:2' or 'cpu:1,cuda:0:2' (default: cpu:min(2, cores))")
     p.add_argument("--storage", default="none", help="storage profile pacing expert reads: none, sata-530, nvme-3000 (default: none)")
     p.add_argument("--max-defer-s", type=float, default=None, help="starvation bound: how long a queued task may be overtaken (default 5)")
-    p.add_argument("--backlog", action="store_true", help="submit every request at once instead of at its arrival offset")
+    if backlog:
+        p.add_argument("--backlog", action="store_true", help="submit every request at once instead of at its arrival offset")
     p.add_argument("--no-measure", action="store_true", help="skip the start-up cost measurement and use default costs")
 
 
@@ -128,6 +129,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """The pcb workload through `bench` (no sweep), or the tiny CoE with --tiny."""
+    return cmd_demo_tiny(args) if args.tiny else cmd_bench(args)
+
+
+def cmd_demo_tiny(args: argparse.Namespace) -> int:
     from coserve.engine.run import compare_policies
     from coserve.loader.storage import measure_raw_bandwidth, storage_profile
     from coserve.report import print_table
@@ -226,6 +232,109 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from coserve.inspect.command import EXPORT_WORD, export_command, inspect_command
+
+    if args.dir == EXPORT_WORD:  # a lot folder named "export" is given as ./export
+        return export_command(args)
+    return inspect_command(args, _engine_config(args, args.policy))
+
+
+def _add_inspect_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect", help="inspect every image in a directory into SQLite (resumable)",
+                       description="Run every image of DIR through the CoE; one row per image in "
+                                   "--db. Killed and restarted, it resumes. `coserve inspect export "
+                                   "--db DB --csv OUT.csv` writes the rows to CSV.")
+    p.add_argument("dir", help="the lot: PNG/JPEG/.safetensors files named '<component_type>__*' "
+                               "or listed in DIR/manifest.csv (filename,component_type,...)")
+    p.add_argument("--repo", type=Path, default=None, help="the model repository (required to inspect)")
+    p.add_argument("--db", type=Path, required=True, help="SQLite results file; run again to resume")
+    p.add_argument("--policy", default="coserve", choices=DEMO_POLICIES)
+    p.add_argument("--max-inflight", type=int, default=None, help="images submitted but not answered: bounds memory (default 128)")
+    p.add_argument("--export-csv", type=Path, default=None, help="after the run, write every row to this CSV")
+    p.add_argument("--csv", type=Path, default=None, help="with `inspect export`: the CSV to write")
+    _add_engine_options(p, backlog=False)
+    p.set_defaults(func=cmd_inspect)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from coserve.engine.engine import Engine
+    from coserve.errors import ConfigError
+    from coserve.repository import open_repository
+    from coserve.server.config import TOKEN_ENV, ServerConfig
+    from coserve.server.run import bind, serve
+
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    config = ServerConfig(host=args.host, port=args.port, token=token, max_inflight=args.max_inflight,
+                          max_batch_items=args.max_batch_items, max_body_bytes=args.max_body_bytes,
+                          request_timeout_s=args.request_timeout_s,
+                          max_loop_lag_s=args.max_loop_lag_s or None)
+    engine_config = replace(_engine_config(args, args.policy), quarantine_after=args.quarantine_after)
+    model = open_repository(args.repo)
+    engine = Engine(model, engine_config)  # validates the budget before the port is taken
+    try:
+        sock = bind(config.host, config.port)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {config.host}:{config.port} ({exc.strerror}); "
+                          f"pick another --port or stop what uses it") from None
+    host, port = sock.getsockname()[:2]
+    if not config.loopback and token is None:
+        print(f"warning: listening on {host} without a token; anyone who can reach it may "
+              f"use it (set --token or ${TOKEN_ENV})", file=sys.stderr)
+    where = f"[{host}]" if ":" in host else host
+    print(f"coserve: serving {model.name} on http://{where}:{port} (docs /docs, metrics /metrics; "
+          f"/readyz answers 200 once experts are placed)", flush=True)
+    serve(engine, config, sock, log_level="info" if args.verbose else "warning")
+    print("coserve: drained and stopped", flush=True)
+    return 0
+
+
+def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    from coserve.server.config import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_INFLIGHT, TOKEN_ENV
+
+    p = sub.add_parser("serve", help="serve a repository over HTTP (inspection API, metrics)",
+                       description="An HTTP inference server: POST /v1/inspect, /v1/inspect/batch, "
+                                   "GET /v1/experts, /healthz, /readyz, /metrics, docs at /docs. "
+                                   "SIGTERM drains requests in flight, then exits 0.")
+    p.add_argument("repo", type=Path)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one and prints it)")
+    p.add_argument("--token", default=None, help=f"bearer token the /v1 endpoints require (default: ${TOKEN_ENV}, else none)")
+    p.add_argument("--policy", default="coserve", choices=DEMO_POLICIES)
+    p.add_argument("--max-inflight", type=int, default=DEFAULT_MAX_INFLIGHT,
+                   help=f"images the server holds (parsing or in the engine); beyond it 429 + Retry-After (default {DEFAULT_MAX_INFLIGHT})")
+    p.add_argument("--max-batch-items", type=int, default=64, help="images per batch request (default 64)")
+    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                   help=f"largest request body; beyond it 413 (default {DEFAULT_MAX_BODY_BYTES})")
+    p.add_argument("--request-timeout-s", type=float, default=30.0,
+                   help="answer 504 after this long; the engine still finishes the request (default 30)")
+    p.add_argument("--max-loop-lag-s", type=float, default=0.5,
+                   help="also 429 while the HTTP event loop runs this far behind; 0 never (default 0.5)")
+    p.add_argument("--quarantine-after", type=int, default=3,
+                   help="consecutive failures that quarantine an expert; 0 never (default 3)")
+    _add_engine_options(p, backlog=False)
+    p.set_defaults(func=cmd_serve)
+
+
+def _add_bench_options(p: argparse.ArgumentParser, sweep: str) -> None:
+    p.add_argument("repo", type=Path, nargs="?", default=None, help="default: the pcb zoo in the cache")
+    p.add_argument("trace", type=Path, nargs="?", default=None, help="default: the board-A task")
+    p.add_argument("--size", default="default", choices=("tiny", "default", "reference"),
+                   help="pcb zoo size when no repository is given")
+    p.add_argument("--policies", default=",".join(DEMO_POLICIES))
+    p.add_argument("--sweep", default=sweep, help="budget fractions for the sweep, e.g. 0.1,0.2 ('' for none)")
+    p.add_argument("--ray", action="store_true", help="add the Ray Serve multiplexing peer row")
+    p.add_argument("--max-inflight", type=int, default=16, help="the peer's in-flight window")
+    p.add_argument("--realtime", action="store_true", help="replay arrival offsets instead of a backlog")
+    p.add_argument("--limit", type=int, default=None, help="only the first N requests")
+    p.add_argument("--json", type=Path, default=None, help="write run metadata and rows here")
+    p.add_argument("--report-dir", type=Path, default=None, help="markdown report and PNG plots")
+    _add_engine_options(p)
+    p.set_defaults(func=cmd_bench if sweep else cmd_demo, storage="sata-530")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coserve", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log engine decisions")
@@ -268,25 +377,14 @@ def build_parser() -> argparse.ArgumentParser:
     make.set_defaults(func=cmd_trace_make)
 
     bench = sub.add_parser("bench", help="policies side by side: table, JSON, markdown, plots")
-    bench.add_argument("repo", type=Path, nargs="?", default=None, help="default: the pcb zoo in the cache")
-    bench.add_argument("trace", type=Path, nargs="?", default=None, help="default: the board-A task")
-    bench.add_argument("--size", default="default", choices=("tiny", "default", "reference"),
-                       help="pcb zoo size when no repository is given")
-    bench.add_argument("--policies", default=",".join(DEMO_POLICIES))
-    bench.add_argument("--sweep", default="0.1,0.2,0.3,0.5", help="budget fractions for the sweep ('' for none)")
-    bench.add_argument("--ray", action="store_true", help="add the Ray Serve multiplexing peer row")
-    bench.add_argument("--max-inflight", type=int, default=16, help="the peer's in-flight window")
-    bench.add_argument("--realtime", action="store_true", help="replay arrival offsets instead of a backlog")
-    bench.add_argument("--limit", type=int, default=None, help="only the first N requests")
-    bench.add_argument("--json", type=Path, default=None, help="write run metadata and rows here")
-    bench.add_argument("--report-dir", type=Path, default=None, help="markdown report and PNG plots")
-    _add_engine_options(bench)
-    bench.set_defaults(func=cmd_bench, storage="sata-530")
+    _add_bench_options(bench, sweep="0.1,0.2,0.3,0.5")
 
-    demo = sub.add_parser("demo", help="build the tiny CoE and compare the baselines with coserve")
-    demo.add_argument("--json", type=Path, default=None, help="also write the rows to this file")
-    _add_engine_options(demo)
-    demo.set_defaults(func=cmd_demo)
+    demo = sub.add_parser("demo", help="the circuit-board inspection workload: the baselines "
+                                       "and coserve side by side (builds the pcb zoo on first use)")
+    demo.add_argument("--tiny", action="store_true", help="the 12-expert tiny CoE instead (seconds)")
+    _add_bench_options(demo, sweep="")
+    _add_inspect_parser(sub)
+    _add_serve_parser(sub)
     return parser
 
 

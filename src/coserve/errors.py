@@ -22,5 +22,10 @@ class RequestError(CoserveError):
     """A request cannot be served as given (e.g. an unknown component type)."""
 
 
+class EngineClosedError(RequestError):
+    """The engine is not running (not started yet, or closed): nothing is accepted. Not
+    the request's fault: a server answers it as unavailable, not as a bad request."""
+
+
 class ExpertError(CoserveError):
     """An expert failed to load or to run; only the requests that needed it fail."""

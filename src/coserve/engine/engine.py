@@ -22,15 +22,16 @@ from dataclasses import dataclass, field
 import torch
 
 from coserve.architectures.base import Decoded
-from coserve.engine.config import EngineConfig, ExecutorSpec
+from coserve.engine.config import EngineConfig, ExecutorSpec, auto_threads
 from coserve.engine.costs import default_costs, measure_costs
-from coserve.engine.results import Request, Result, Step
+from coserve.engine.results import FailureKind, Request, Result, Step
 from coserve.engine.stats import EngineStats, StatsRecorder
-from coserve.errors import ConfigError, RequestError
+from coserve.errors import ConfigError, EngineClosedError, RequestError
 from coserve.executors.executor import Executor, build_skeletons
 from coserve.loader.expert_loader import ExpertLoader
 from coserve.loader.storage import Storage, storage_profile
 from coserve.manager.manager import ExpertManager
+from coserve.manager.quarantine import Quarantine
 from coserve.manager.usage import UsageTracker
 from coserve.plan import CostModel
 from coserve.policies import PolicySet, policy_set
@@ -50,7 +51,9 @@ class _InFlight:
     submitted_s: float
     pending: int = 0
     steps: list[Step] = field(default_factory=list)
-    error: str | None = None
+    error: str | None = None  # the first failure wins
+    error_kind: FailureKind | None = None
+    failed_expert: str | None = None
 
 
 class Engine:
@@ -78,6 +81,7 @@ class Engine:
         self._costs = costs
         self._storage = Storage(storage_profile(self.config.storage), self.config.direct_io)
         self._stats = StatsRecorder(len(self.executor_specs))
+        self._quarantine = Quarantine(self.config.quarantine_after, clock)
         self._task_ids = itertools.count()
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)  # notified when nothing is in flight
@@ -207,16 +211,25 @@ class Engine:
         self.close()
 
     # -- submit: route, assign, arrange --------------------------------------------------
-    def submit(self, request: Request) -> Future:
-        """Queue a request; the future resolves to its Result. Raises RequestError at once
-        for a request that cannot be served (unknown routing value, wrong input shape)."""
+    def validate(self, request: Request) -> tuple[str, ...]:
+        """The experts `request` starts at. Raises RequestError for a request that cannot
+        be served (unknown routing value, wrong input shape); queues nothing."""
         first = self.model.router.first(request.fields)
         self._check_input(request, first)
+        return first
+
+    def submit(self, request: Request) -> Future:
+        """Queue a request; the future resolves to its Result. Raises RequestError at once
+        for a request that cannot be served (unknown routing value, wrong input shape),
+        EngineClosedError when the engine is not running. An accepted request is always
+        finished: its future cannot be cancelled."""
+        first = self.validate(request)
         now = self._clock()
         state = _InFlight(request, Future(), now, pending=len(first))
+        state.future.set_running_or_notify_cancel()
         with self._lock:
             if not self._started or self._closed:
-                raise RequestError("the engine is not running: call start() first (or use `with`)")
+                raise EngineClosedError("the engine is not running: call start() first (or use `with`)")
             if request.request_id in self._inflight:
                 raise RequestError(f"request id {request.request_id!r} is already in flight")
             self._inflight[request.request_id] = state
@@ -245,12 +258,17 @@ class Engine:
     def _enqueue_or_fail(self, state: _InFlight, expert: str, now: float) -> None:
         """Queue the request's task for `expert`; if that fails, the task counts as done
         with an error, so the request still resolves."""
+        if not self._quarantine.allows(expert):  # fail fast, never touch the expert
+            self._fail_task(state, self._quarantine.reason(expert),
+                            FailureKind.EXPERT_QUARANTINED, expert)
+            return
         task = Task(next(self._task_ids), state.request.request_id, expert, now, state.request.input)
         try:
             executor = self._scheduler.enqueue(task)
         except Exception as exc:
             log.exception("could not queue %s for %s", expert, task.request_id)
-            self._fail_task(state, f"could not queue expert {expert!r}: {exc}")
+            self._fail_task(state, f"could not queue expert {expert!r}: {exc}",
+                            FailureKind.NOT_QUEUED, expert)
             return
         self._stats.queue_depth(executor, self._scheduler.depth(executor))
 
@@ -259,24 +277,45 @@ class Engine:
         i = executor.index
         while (batch := self._scheduler.next_batch(i)) is not None:
             try:
-                outputs = self._run_batch(executor, batch)
-            except Exception as exc:  # an expert's failure fails only its requests
-                log.warning("batch of %s on executor %d failed: %s", batch.expert, i, exc)
-                self._fail_batch(batch, f"expert {batch.expert!r} failed: {exc}")
-            else:
-                try:
-                    self._route_again(batch, outputs)
-                except Exception:  # an engine bug: keep the executor alive, say so loudly
-                    log.exception("routing after %s on executor %d failed", batch.expert, i)
+                self._serve_batch(executor, batch)
             finally:
                 self._scheduler.batch_done(i)
+
+    def _serve_batch(self, executor: Executor, batch: Batch) -> None:
+        """Ensure resident, execute, route again; an expert's failure fails only its
+        requests and counts towards its quarantine."""
+        if not self._quarantine.allows(batch.expert):  # quarantined while these were queued
+            self._fail_batch(batch, self._quarantine.reason(batch.expert),
+                             FailureKind.EXPERT_QUARANTINED)
+            return
+        try:
+            outputs, exec_s = self._run_batch(executor, batch)
+        except Exception as exc:
+            log.warning("batch of %s on executor %d failed: %s", batch.expert, executor.index, exc)
+            self._expert_failed(batch, f"expert {batch.expert!r} failed: {exc}")
+            return
+        if len(outputs) != len(batch.tasks):
+            self._expert_failed(batch, f"expert {batch.expert!r} returned {len(outputs)} "
+                                       f"outputs for a batch of {len(batch.tasks)}")
+            return
+        self._quarantine.record_success(batch.expert)
+        try:
+            self._route_again(batch, (outputs, exec_s))
+        except Exception:  # an engine bug: keep the executor alive, say so loudly
+            log.exception("routing after %s on executor %d failed", batch.expert, executor.index)
+
+    def _expert_failed(self, batch: Batch, error: str) -> None:
+        if self._quarantine.record_failure(batch.expert, error):
+            log.error("quarantined expert %s after %d consecutive failures: %s",
+                      batch.expert, self._quarantine.max_failures, error)
+        self._fail_batch(batch, error, FailureKind.EXPERT_FAILED)
 
     def _run_batch(self, executor: Executor, batch: Batch) -> tuple[list[Decoded], float]:
         i = executor.index
         resident = self._manager.acquire(i, batch.expert)
         try:
             upcoming = self._scheduler.next_expert(i)
-            if upcoming is not None and upcoming != batch.expert:
+            if upcoming not in (None, batch.expert) and self._quarantine.allows(upcoming):
                 self._manager.prefetch(i, upcoming, protected=frozenset({batch.expert}))
             t0 = self._clock()
             arch = self.model.experts[batch.expert].architecture
@@ -290,17 +329,14 @@ class Engine:
     # -- route again ---------------------------------------------------------------------
     def _route_again(self, batch: Batch, run: tuple[list[Decoded], float]) -> None:
         outputs, exec_s = run
-        if len(outputs) != len(batch.tasks):
-            self._fail_batch(batch, f"expert {batch.expert!r} returned {len(outputs)} outputs "
-                                    f"for a batch of {len(batch.tasks)}")
-            return
         now = self._clock()
         for task, out in zip(batch.tasks, outputs, strict=True):
             state = self._inflight[task.request_id]
             try:
                 label, following = self._next_experts(batch.expert, out, state)
             except Exception as exc:  # a bad label index, a routing callable that raised
-                self._fail_task(state, f"routing after expert {batch.expert!r} failed: {exc}")
+                self._fail_task(state, f"routing after expert {batch.expert!r} failed: {exc}",
+                                FailureKind.ROUTING_FAILED, batch.expert)
                 continue
             step = Step(batch.expert, label, out.detail, batch.executor, len(batch.tasks),
                         batch.started_s - task.enqueued_s, exec_s)
@@ -316,13 +352,14 @@ class Engine:
         label = labels[out.label_index]
         return label, self.model.router.next(expert, label, state.request.fields)
 
-    def _fail_batch(self, batch: Batch, error: str) -> None:
+    def _fail_batch(self, batch: Batch, error: str, kind: FailureKind) -> None:
         for task in batch.tasks:
-            self._fail_task(self._inflight[task.request_id], error)
+            self._fail_task(self._inflight[task.request_id], error, kind, batch.expert)
 
-    def _fail_task(self, state: _InFlight, error: str) -> None:
+    def _fail_task(self, state: _InFlight, error: str, kind: FailureKind, expert: str | None) -> None:
         with self._lock:
-            state.error = state.error or error
+            if state.error is None:
+                state.error, state.error_kind, state.failed_expert = error, kind, expert
             state.pending -= 1
         self._maybe_finish(state)
 
@@ -337,7 +374,8 @@ class Engine:
         now = self._clock()
         ok = state.error is None
         result = Result(state.request.request_id, ok, tuple(state.steps), state.submitted_s,
-                        now, state.error, dict(state.request.fields))
+                        now, state.error, dict(state.request.fields), state.error_kind,
+                        state.failed_expert)
         if ok:
             self._manager.usage.observe(result.path)
         self._stats.request_done(result.latency_s, ok, now)
@@ -368,7 +406,7 @@ class Engine:
             now = self._clock()
             failed: Future = Future()
             failed.set_result(Result(request.request_id, False, (), now, now, str(exc),
-                                     dict(request.fields)))
+                                     dict(request.fields), FailureKind.REJECTED))
             return failed
 
     def reset_stats(self) -> None:
@@ -390,20 +428,55 @@ class Engine:
     def costs(self) -> CostModel | None:
         return self._costs
 
+    # -- what a server or an operator reads ----------------------------------------------
+    @property
+    def running(self) -> bool:
+        """Started (costs known, initial placement done) and not closed."""
+        return self._started and not self._closed
+
+    @property
+    def quarantine(self) -> Quarantine:
+        """Experts that failed too often; `quarantine.release(expert)` lets one run again."""
+        return self._quarantine
+
     def resident(self) -> list[set[str]]:
-        """Experts resident in each executor's pool now."""
+        """Experts resident in each executor's pool now (loading ones included)."""
+        if not self._started:
+            return [set() for _ in self.executor_specs]
         return [set(self._manager.resident(i)) for i in range(len(self._executors))]
+
+    def in_host_cache(self, expert: str) -> bool:
+        return self._started and self._manager.in_host(expert)
+
+    def usage(self) -> dict[str, float]:
+        """Usage probabilities now: the prior blended with the routing observed."""
+        return self._manager.usage.usage() if self._started else dict(self.prior_usage)
+
+    def queue_depths(self) -> list[int]:
+        """Tasks waiting in each executor's queue now."""
+        if not self._started:
+            return [0] * len(self.executor_specs)
+        return [self._scheduler.depth(i) for i in range(len(self.executor_specs))]
+
+    def pool_bytes(self) -> list[int]:
+        """Bytes of expert weights in each executor's pool now."""
+        if not self._started:
+            return [0] * len(self.executor_specs)
+        return [self._manager.pool_bytes(i) for i in range(len(self.executor_specs))]
+
+    def pool_budgets(self) -> list[int | None]:
+        """Each executor's pool budget in bytes; None = unlimited."""
+        return self._pool_budgets()
 
 
 def _executor_layout(specs: tuple[ExecutorSpec, ...], policies: PolicySet) -> tuple[ExecutorSpec, ...]:
     """The policy set may ask for one executor per processor (samba), with all the
-    processor's threads."""
+    processor's cores (the same thread rule as any single CPU executor)."""
     if not policies.one_executor_per_processor:
         return specs
     merged: dict[str, ExecutorSpec] = {}
     for spec in specs:
-        prev = merged.get(spec.processor)
-        threads = spec.num_threads + (prev.num_threads if prev else 0)
+        threads = auto_threads(1) if spec.processor == "cpu" else spec.num_threads
         merged[spec.processor] = ExecutorSpec(spec.processor, threads)
     return tuple(merged.values())
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,17 @@ class Step:
     exec_s: float  # the batch's execution time
 
 
+class FailureKind(enum.Enum):
+    """Why a request failed after it was accepted (a request that cannot be accepted
+    raises RequestError at submit instead)."""
+
+    EXPERT_FAILED = "expert_failed"  # its expert failed to load or to run
+    EXPERT_QUARANTINED = "expert_quarantined"  # its expert failed too often: not touched
+    ROUTING_FAILED = "routing_failed"  # a routing rule failed on an expert's output
+    NOT_QUEUED = "not_queued"  # the scheduler could not queue a task (an engine bug)
+    REJECTED = "rejected"  # never accepted (a trace request that failed validation)
+
+
 @dataclass(frozen=True)
 class Result:
     request_id: str
@@ -39,6 +51,8 @@ class Result:
     completed_s: float
     error: str | None = None
     fields: dict[str, Any] = field(default_factory=dict)
+    error_kind: FailureKind | None = None
+    failed_expert: str | None = None  # the expert the error is about, when there is one
 
     @property
     def path(self) -> tuple[str, ...]:
@@ -54,6 +68,8 @@ class Result:
             "request_id": self.request_id,
             "ok": self.ok,
             "error": self.error,
+            "error_kind": self.error_kind.value if self.error_kind else None,
+            "failed_expert": self.failed_expert,
             "path": list(self.path),
             "latency_s": self.latency_s,
             "steps": [s.__dict__ for s in self.steps],

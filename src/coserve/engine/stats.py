@@ -1,21 +1,25 @@
 """Statistics: one recorder the engine writes and one snapshot the CLI, the benchmark
 and the server read. Counters are plain ints under one lock; latencies are kept per
-request (bounded by the number of requests a run submits)."""
+request for the latest LATENCY_WINDOW requests (every request of a benchmark run; a
+long-running server keeps bounded memory)."""
 
 from __future__ import annotations
 
 import statistics
 import threading
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+LATENCY_WINDOW = 100_000  # latest request latencies kept for percentiles
 
-def percentile(values: list[float], q: float) -> float:
+
+def percentile(values: Iterable[float], q: float) -> float:
     """Nearest-rank percentile (q in [0, 100]); 0.0 for no values."""
-    if not values:
-        return 0.0
     ordered = sorted(values)
+    if not ordered:
+        return 0.0
     rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
     return ordered[rank]
 
@@ -69,7 +73,8 @@ class StatsRecorder:
             self._t0 = now_s
             self._t_last = now_s
             self._num_requests = 0
-            self._latencies: list[float] = []
+            self._num_done = 0
+            self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
             self._num_failed = 0
             self._switches = [Counter() for _ in range(self._num_executors)]
             self._bytes_by_path: Counter[str] = Counter()
@@ -87,6 +92,7 @@ class StatsRecorder:
 
     def request_done(self, latency_s: float, ok: bool, now_s: float) -> None:
         with self._lock:
+            self._num_done += 1
             self._latencies.append(latency_s)
             self._num_failed += 0 if ok else 1
             self._t_last = max(self._t_last, now_s)
@@ -118,7 +124,7 @@ class StatsRecorder:
 
     def snapshot(self, now_s: float, bytes_read: int, **static: Any) -> EngineStats:
         with self._lock:
-            done = len(self._latencies)
+            done = self._num_done
             # Throughput over the window that ends with the last completion, so idle time
             # after the run does not dilute it.
             end_s = self._t_last if done else now_s
@@ -150,7 +156,7 @@ class StatsRecorder:
                 latency_p50_s=percentile(self._latencies, 50),
                 latency_p90_s=percentile(self._latencies, 90),
                 latency_p99_s=percentile(self._latencies, 99),
-                latency_mean_s=statistics.fmean(self._latencies) if done else 0.0,
+                latency_mean_s=statistics.fmean(self._latencies) if self._latencies else 0.0,
                 queue_depth_max=list(self._queue_max),
                 busy_s_per_executor=list(self._busy_s),
                 utilisation_per_executor=[b / wall_s for b in self._busy_s],

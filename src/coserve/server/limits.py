@@ -1,0 +1,174 @@
+"""Intake limits: a bounded number of requests in flight (backpressure) and a bounded
+request body. Both reject at once with a clear error; nothing is queued without bound."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from coserve.server.errors import (
+    BodyTooLargeError,
+    OverloadedError,
+    UnavailableError,
+    error_response,
+)
+
+
+class Admission:
+    """In-flight slots: one per image the server holds, from the moment its HTTP request
+    reaches the handler (before its body is read and parsed) until the engine finished
+    it. Beyond `max_inflight`, requests are refused at once (429 + Retry-After), cheaply:
+    when parsing, not the engine, is the bottleneck, load is still shed before the work.
+
+    A request takes a `Ticket` holding one slot (`enter`), grows it once it knows how
+    many images it carries (`Ticket.reserve`), and hands each image's slot to the engine
+    (`Ticket.hand_over`); the slot is released when the engine finishes that image, so
+    a request answered 504 still counts. Whatever was not handed over is released when
+    the ticket closes."""
+
+    def __init__(self, max_inflight: int, retry_after_s: int, max_loop_lag_s: float | None = None) -> None:
+        """`max_loop_lag_s`: also refuse while the event loop runs this far behind (see
+        LoopLag); None: never."""
+        self.max_inflight = max_inflight
+        self.max_loop_lag_s = max_loop_lag_s
+        self.loop_lag = LoopLag()
+        self._retry_after = {"Retry-After": str(retry_after_s)}
+        self._lock = threading.Lock()  # released from engine threads
+        self._num_inflight = 0
+        self._draining = False
+
+    @property
+    def num_inflight(self) -> int:
+        return self._num_inflight
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def enter(self) -> Ticket:
+        """A ticket holding one slot, or raise (503 draining, 429 full)."""
+        ticket = Ticket(self)
+        ticket.reserve(1)
+        return ticket
+
+    def acquire(self, n: int) -> None:
+        """Take n slots at once, or raise and take none."""
+        with self._lock:
+            if self._draining:
+                raise UnavailableError("the server is shutting down and accepts no new requests; "
+                                       "send them to another replica", headers=self._retry_after)
+            if self.max_inflight - self._num_inflight < n:
+                raise OverloadedError(
+                    f"the server holds {self._num_inflight} of at most {self.max_inflight} "
+                    f"requests in flight and cannot take {n} more; retry after "
+                    f"{self._retry_after['Retry-After']} s", headers=self._retry_after)
+            lag_s = self.loop_lag.lag_s
+            if self.max_loop_lag_s is not None and lag_s > self.max_loop_lag_s:
+                raise OverloadedError(
+                    f"the server is {lag_s:.2f} s behind reading requests (more than "
+                    f"{self.max_loop_lag_s:g} s); retry after {self._retry_after['Retry-After']} s",
+                    headers=self._retry_after)
+            self._num_inflight += n
+
+    def release(self, n: int = 1) -> None:
+        with self._lock:
+            self._num_inflight -= n
+            assert self._num_inflight >= 0, "released more slots than acquired"
+
+    def stop(self) -> None:
+        """Stop intake: every later request is answered 503."""
+        self._draining = True
+
+
+class Ticket:
+    """The slots one HTTP request holds (used from the event loop only)."""
+
+    def __init__(self, admission: Admission) -> None:
+        self._admission = admission
+        self.num_held = 0
+
+    def reserve(self, n: int) -> None:
+        """Hold n slots in all: the request carries n images. Raises if they do not fit."""
+        if n > self.num_held:
+            self._admission.acquire(n - self.num_held)
+            self.num_held = n
+
+    def hand_over(self) -> Callable[[object], None]:
+        """One slot now belongs to an engine request: the returned callback releases it
+        (attach it to the request's future)."""
+        assert self.num_held > 0, "no slot left to hand over"
+        self.num_held -= 1
+        return lambda _done: self._admission.release(1)
+
+    def close(self) -> None:
+        if self.num_held:
+            self._admission.release(self.num_held)
+            self.num_held = 0
+
+
+class LoopLag:
+    """How far behind the event loop runs, sampled every SAMPLE_S: a request waits about
+    this long before its handler starts. In-flight slots cannot see that wait: when the
+    HTTP layer itself is the bottleneck (Python work, GIL shared with the executors),
+    requests queue in front of the handlers while the engine has slots to spare; shedding
+    on lag bounds that queue too."""
+
+    SAMPLE_S = 0.05
+
+    def __init__(self) -> None:
+        self.lag_s = 0.0
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(self.SAMPLE_S)
+            self.lag_s = max(0.0, loop.time() - t0 - self.SAMPLE_S)
+
+
+class BodyLimitMiddleware:
+    """413 for a body over `max_bytes`: at once when Content-Length says so, else as soon
+    as the streamed body passes the limit (the route's body read raises)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await error_response(self._too_large(declared))(scope, receive, send)
+            return
+        num_bytes = 0
+
+        async def limited() -> Message:
+            nonlocal num_bytes
+            message = await receive()
+            if message["type"] == "http.request":
+                num_bytes += len(message.get("body", b""))
+                if num_bytes > self.max_bytes:
+                    raise self._too_large(num_bytes)
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _too_large(self, num_bytes: int) -> BodyTooLargeError:
+        return BodyTooLargeError(f"the request body has more than {self.max_bytes} bytes "
+                                 f"(at least {num_bytes}); send fewer or smaller images per "
+                                 f"request, or raise the server's --max-body-bytes")
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

@@ -1,0 +1,176 @@
+"""Every Prometheus metric the server exports, declared here and nowhere else.
+
+The HTTP layer counts what only it sees (answers by outcome, rejections, latency); what
+the engine already counts (switches and bytes per tier path, pool hits, queue depth,
+quarantine) is read from the engine at scrape time by `EngineCollector`, never counted
+twice. Each server has its own registry, so two servers can live in one process."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from coserve.engine.engine import Engine
+from coserve.engine.stats import EngineStats
+from coserve.server.limits import Admission
+
+# HTTP inference endpoints, by path: the `endpoint` label.
+ENDPOINTS = {"/v1/inspect": "inspect", "/v1/inspect/batch": "inspect_batch"}
+# An answer's status code -> the `outcome` label of coserve_requests_total.
+OUTCOMES = {200: "ok", 400: "invalid", 401: "unauthorized", 404: "invalid", 413: "invalid",
+            415: "invalid", 422: "invalid", 429: "rejected", 500: "failed", 503: "unavailable",
+            504: "timeout"}
+# Seconds: from a few ms (a resident expert on a small input) to the default timeout.
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class ServerMetrics:
+    def __init__(self, engine: Engine, admission: Admission) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.requests = Counter(
+            "coserve_requests", "HTTP inference requests answered, by endpoint and outcome",
+            ["endpoint", "outcome"], registry=self.registry)
+        self.rejected = Counter(
+            "coserve_requests_rejected",
+            "Requests refused before admission, by reason (overload, draining, not_ready)",
+            ["reason"], registry=self.registry)
+        self.accepted = Counter(
+            "coserve_requests_accepted", "Images admitted into the engine (each is answered)",
+            registry=self.registry)
+        self.duration = Histogram(
+            "coserve_request_duration_seconds", "HTTP inference request latency, by endpoint",
+            ["endpoint"], buckets=LATENCY_BUCKETS_S, registry=self.registry)
+        self.registry.register(EngineCollector(engine, admission))
+
+    def answered(self, endpoint: str, status: int, duration_s: float) -> None:
+        self.requests.labels(endpoint, OUTCOMES.get(status, "other")).inc()
+        self.duration.labels(endpoint).observe(duration_s)
+
+
+class EngineCollector(Collector):
+    """Reads the engine's own counters at scrape time."""
+
+    def __init__(self, engine: Engine, admission: Admission) -> None:
+        self._engine = engine
+        self._admission = admission
+
+    def describe(self) -> list[Metric]:
+        return []  # not known until the engine runs; the registry then skips its checks
+
+    def collect(self) -> Iterator[Metric]:
+        engine, admission = self._engine, self._admission
+        yield _gauge("coserve_ready", "1 when the engine runs and intake is open",
+                     float(engine.running and not admission.draining))
+        yield _gauge("coserve_requests_in_flight", "Images the engine holds for HTTP clients",
+                     admission.num_inflight)
+        yield _gauge("coserve_requests_in_flight_limit", "Most images admitted at once",
+                     admission.max_inflight)
+        yield _gauge("coserve_event_loop_lag_seconds", "How far behind the HTTP event loop runs",
+                     admission.loop_lag.lag_s)
+        yield from _quarantine(engine)
+        if engine.running:
+            stats = engine.stats()
+            yield from _engine_counters(stats)
+            yield from _executors(engine, stats)
+
+
+def _engine_counters(s: EngineStats) -> Iterator[Metric]:
+    done = CounterMetricFamily("coserve_engine_requests", "Requests the engine finished, by outcome",
+                               labels=["outcome"])
+    done.add_metric(["completed"], s.num_completed)
+    done.add_metric(["failed"], s.num_failed)
+    yield done
+    yield _by_path("coserve_expert_switches", "Expert loads into an executing tier, by tier path",
+                   s.switches_by_path)
+    yield _by_path("coserve_expert_load_bytes", "Bytes of expert weights loaded, by tier path",
+                   s.bytes_loaded_by_path)
+    yield _by_path("coserve_expert_load_seconds", "Seconds spent loading experts, by tier path",
+                   s.load_time_s_by_path)
+    yield CounterMetricFamily("coserve_storage_read_bytes", "Bytes read from storage",
+                              value=s.bytes_read)
+    yield CounterMetricFamily("coserve_pool_hits", "Batches whose expert was resident",
+                              value=s.num_pool_hits)
+    yield CounterMetricFamily("coserve_pool_misses", "Batches that had to load their expert",
+                              value=s.num_pool_misses)
+    yield _gauge("coserve_pool_hit_ratio", "Pool hits / lookups since start", s.pool_hit_rate)
+    yield CounterMetricFamily("coserve_batches", "Batches executed", value=s.num_batches)
+
+
+def _executors(engine: Engine, stats: EngineStats) -> Iterator[Metric]:
+    labels = ["executor", "processor"]
+    keys = [[str(i), spec.processor] for i, spec in enumerate(engine.executor_specs)]
+    depth = GaugeMetricFamily("coserve_queue_depth", "Tasks waiting in each executor's queue",
+                              labels=labels)
+    used = GaugeMetricFamily("coserve_pool_used_bytes", "Expert bytes in each executor's pool",
+                             labels=labels)
+    budget = GaugeMetricFamily("coserve_pool_budget_bytes", "Each executor's pool budget "
+                               "(absent: unlimited)", labels=labels)
+    busy = CounterMetricFamily("coserve_executor_busy_seconds", "Seconds each executor ran batches",
+                               labels=labels)
+    for key, d, u, b, s in zip(keys, engine.queue_depths(), engine.pool_bytes(),
+                               engine.pool_budgets(), stats.busy_s_per_executor, strict=True):
+        depth.add_metric(key, d)
+        used.add_metric(key, u)
+        if b is not None:
+            budget.add_metric(key, b)
+        busy.add_metric(key, s)
+    yield from (depth, used, budget, busy)
+
+
+def _quarantine(engine: Engine) -> Iterator[Metric]:
+    records = engine.quarantine.records()
+    flagged = GaugeMetricFamily("coserve_expert_quarantined", "1 for each quarantined expert",
+                                labels=["expert"])
+    failures = CounterMetricFamily("coserve_expert_failures", "Failed attempts to load or run "
+                                   "an expert, for experts that ever failed", labels=["expert"])
+    for name, r in sorted(records.items()):
+        flagged.add_metric([name], float(r.quarantined))
+        failures.add_metric([name], r.total_failures)
+    yield flagged
+    yield failures
+    yield _gauge("coserve_experts_quarantined", "Experts quarantined now",
+                 sum(r.quarantined for r in records.values()))
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def _by_path(name: str, doc: str, values: dict[str, float]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=["path"])
+    for path, value in sorted(values.items()):
+        family.add_metric([path], value)
+    return family
+
+
+class RequestMetricsMiddleware:
+    """Counts every answer of the inference endpoints by outcome and times it, whoever
+    answered (a route, an error handler, the body-size limit)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = ENDPOINTS.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if endpoint is None:
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = 500
+
+        async def record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record)
+        finally:
+            self.metrics.answered(endpoint, status, time.perf_counter() - t0)
