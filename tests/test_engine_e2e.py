@@ -7,11 +7,11 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from coserve import Engine, EngineConfig, Request, open_repository, parse_executors, read_trace
 from coserve.cli import main
 from coserve.errors import ConfigError, RequestError
+from reference_routing import reference
 
 NUM_REQUESTS = 120
 
@@ -30,25 +30,6 @@ def config(policy="coserve", **kw):
     kw.setdefault("budget_fraction", 0.3)
     kw.setdefault("executors", parse_executors("cpu:2"))
     return EngineConfig(policy=policy, measure_costs=False, **kw)
-
-
-def reference(model, request):
-    """Follow the rules by hand with each expert loaded the ordinary way."""
-    path, steps = [], []
-    frontier = list(model.router.first(request.fields))
-    while frontier:
-        name = frontier.pop(0)
-        spec = model.experts[name]
-        arch = model.architectures[spec.architecture]
-        module = arch.build()
-        module.load_state_dict(load_file(spec.weights_path))
-        with torch.inference_mode():
-            out = module.decode(module(request.input[None]))[0]
-        label = arch.labels[out.label_index]
-        path.append(name)
-        steps.append((label, out.detail))
-        frontier.extend(model.router.next(name, label, request.fields))
-    return path, steps
 
 
 def test_every_request_follows_its_rules_with_the_right_outputs(model, requests):

@@ -6,7 +6,8 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file
+
+from reference_routing import reference
 
 pytest.importorskip("ray")
 
@@ -66,25 +67,6 @@ def run(model, good_requests):
     return stats, {r.request_id: r for r in results}
 
 
-def reference(model, request):
-    """Follow the rules by hand with each expert loaded the ordinary way."""
-    path, labels = [], []
-    frontier = list(model.router.first(request.fields))
-    while frontier:
-        name = frontier.pop(0)
-        spec = model.experts[name]
-        arch = model.architectures[spec.architecture]
-        module = arch.build()
-        module.load_state_dict(load_file(spec.weights_path))
-        with torch.inference_mode():
-            out = module.decode(module(request.input[None]))[0]
-        label = arch.labels[out.label_index]
-        path.append(name)
-        labels.append(label)
-        frontier.extend(model.router.next(name, label, request.fields))
-    return path, labels
-
-
 def test_every_good_request_is_answered_and_failures_are_counted(run):
     stats, results = run
     assert stats.policy == RAY_PEER_POLICY
@@ -104,7 +86,8 @@ def test_paths_and_labels_follow_the_rules(model, good_requests, run):
     requests, _ = good_requests
     for request in requests[:6]:
         result = results[request.request_id]
-        path, labels = reference(model, request)
+        path, steps = reference(model, request)
+        labels = [label for label, _ in steps]
         assert list(result.path) == path
         assert [s.label for s in result.steps] == labels
         assert all(s.executor == 0 and s.batch_size >= 1 for s in result.steps)
