@@ -12,8 +12,7 @@ used without importing torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from coserve._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -36,7 +35,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'coserve' has no attribute {name!r}")
+__getattr__ = lazy_getattr("coserve", _EXPORTS)

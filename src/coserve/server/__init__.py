@@ -15,8 +15,7 @@ Names are imported lazily, so `coserve.server.config` costs no FastAPI import.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from coserve._lazy import lazy_getattr
 
 _EXPORTS = {
     "ServerConfig": "coserve.server.config",
@@ -27,7 +26,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'coserve.server' has no attribute {name!r}")
+__getattr__ = lazy_getattr("coserve.server", _EXPORTS)
