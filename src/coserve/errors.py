@@ -29,3 +29,8 @@ class EngineClosedError(RequestError):
 
 class ExpertError(CoserveError):
     """An expert failed to load or to run; only the requests that needed it fail."""
+
+
+class PlanError(ConfigError):
+    """A plan file is missing, malformed, or made for another repository. The message
+    names the file and the key, and says how to make a good one (`coserve profile`)."""

@@ -1,7 +1,8 @@
 """The cost model the scheduler predicts with: per architecture x processor latency
 (K*n + B), maximum useful batch, activation bytes per item, and load bandwidth per tier
-path. The offline profiler will write these; until then the engine measures a quick
-version at start-up or uses the defaults below, and says which (`CostModel.source`).
+path. The offline profiler (`coserve profile`) measures these into a plan file (see
+`coserve.planfile`); without one the engine measures a quick version at start-up or
+uses the defaults below, and says which (`CostModel.source`).
 
 Pure Python (no torch) so that the policies, the engine and the simulator share it.
 """
@@ -52,6 +53,7 @@ class CostModel:
     storage_bytes_per_s: float = DEFAULT_STORAGE_BYTES_PER_S
     host_to_device_bytes_per_s: float = DEFAULT_HOST_TO_DEVICE_BYTES_PER_S
     source: str = "defaults"
+    storage_fixed_s: float = 0.0  # per-load cost besides the bytes (set-up, header parse)
     _fallback: ArchCost = field(
         default=ArchCost(DEFAULT_K_S, DEFAULT_B_S, DEFAULT_MAX_BATCH, DEFAULT_ITEM_BYTES),
         repr=False,
@@ -72,9 +74,13 @@ class CostModel:
         num_bytes = self.expert_bytes[expert]
         if processor_kind(processor) == "cpu":
             # On the CPU the host pool is the executing tier: the switch is the storage read.
-            return num_bytes / self.storage_bytes_per_s
+            return self.storage_read_s(expert)
         to_device_s = num_bytes / self.host_to_device_bytes_per_s
-        return to_device_s if from_host else to_device_s + num_bytes / self.storage_bytes_per_s
+        return to_device_s if from_host else to_device_s + self.storage_read_s(expert)
+
+    def storage_read_s(self, expert: str) -> float:
+        """Storage -> host: one read of the expert's weights."""
+        return self.storage_fixed_s + self.expert_bytes[expert] / self.storage_bytes_per_s
 
 
 def processor_kind(processor: str) -> str:

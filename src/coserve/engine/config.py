@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from coserve.errors import ConfigError
-from coserve.policies import DEFAULT_MAX_DEFER_S, POLICY_NAMES
+from coserve.policies import DEFAULT_MAX_DEFER_S, POLICY_NAMES, PolicySet
 
 DEFAULT_ACTIVATION_BYTES = 256 << 20  # per executor, for batch splitting
 
@@ -112,3 +112,41 @@ class EngineConfig:
         if self.budget_fraction is not None:
             return int(self.budget_fraction * total_expert_bytes)
         return self.budget_bytes
+
+
+def executor_layout(specs: tuple[ExecutorSpec, ...], policies: PolicySet) -> tuple[ExecutorSpec, ...]:
+    """The executors a policy set runs: as configured, or one per processor (samba) with
+    all the processor's cores (the same thread rule as any single CPU executor)."""
+    if not policies.one_executor_per_processor:
+        return specs
+    merged: dict[str, ExecutorSpec] = {}
+    for spec in specs:
+        threads = auto_threads(1) if spec.processor == "cpu" else spec.num_threads
+        merged[spec.processor] = ExecutorSpec(spec.processor, threads)
+    return tuple(merged.values())
+
+
+def resolve_budget(model, config: EngineConfig, policies: PolicySet, num_executors: int) -> int | None:
+    """The executing pools' total budget in bytes (None = unlimited); ConfigError, with
+    the minimum, when a pool could not hold the largest expert."""
+    total = model.total_expert_bytes
+    budget = None if policies.unlimited_budget else config.resolve_budget(total)
+    if budget is None:
+        return None
+    largest = max(e.num_bytes for e in model.experts.values())
+    minimum = largest * num_executors
+    if budget < minimum:
+        raise ConfigError(
+            f"budget of {budget} bytes is too small for {num_executors} "
+            f"executor(s): each pool must hold the largest expert ({largest} bytes); "
+            f"give at least {minimum} bytes ({minimum / total:.1%} of all experts) "
+            f"or fewer executors"
+        )
+    return budget
+
+
+def split_budget(budget_bytes: int | None, num_executors: int) -> list[int | None]:
+    """Each executor's pool budget: the total split evenly."""
+    if budget_bytes is None:
+        return [None] * num_executors
+    return [budget_bytes // num_executors] * num_executors

@@ -22,7 +22,12 @@ from dataclasses import dataclass, field
 import torch
 
 from coserve.architectures.base import Decoded
-from coserve.engine.config import EngineConfig, ExecutorSpec, auto_threads
+from coserve.engine.config import (
+    EngineConfig,
+    executor_layout,
+    resolve_budget,
+    split_budget,
+)
 from coserve.engine.costs import default_costs, measure_costs
 from coserve.engine.results import FailureKind, Request, Result, Step
 from coserve.engine.stats import EngineStats, StatsRecorder
@@ -34,6 +39,7 @@ from coserve.manager.manager import ExpertManager
 from coserve.manager.quarantine import Quarantine
 from coserve.manager.usage import UsageTracker
 from coserve.plan import CostModel
+from coserve.planfile import Plan
 from coserve.policies import PolicySet, policy_set
 from coserve.repository import CoEModel, Stage
 from coserve.scheduler.queues import Batch, Scheduler
@@ -64,18 +70,23 @@ class Engine:
         costs: CostModel | None = None,
         usage: Mapping[str, float] | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        plan: Plan | None = None,
     ) -> None:
-        """`costs`: a cost model (else measured at start, or defaults). `usage`: usage
-        probabilities to start from instead of the repository's prior, e.g. from
-        `coserve.repository.usage_from_sample` over routed sample requests."""
+        """`costs`: a cost model (else the plan's, else measured at start, or defaults).
+        `usage`: usage probabilities to start from instead of the plan's or the
+        repository's prior, e.g. from `coserve.repository.usage_from_sample`. `plan`: a
+        profiled plan (`Plan.load`): its costs and usage."""
         self.model = model
+        self.config = config or EngineConfig()
+        if plan is not None:
+            costs = costs or plan.cost_model(model, storage_profile(self.config.storage).read_bytes_per_s)
+            usage = usage if usage is not None else plan.usage
         self.prior_usage = dict(usage) if usage is not None else dict(model.usage)
         unknown = set(self.prior_usage) - set(model.experts)
         if unknown:
             raise ConfigError(f"usage names unknown experts {sorted(unknown)[:5]}; use names from coe.yaml")
-        self.config = config or EngineConfig()
         self.policies: PolicySet = policy_set(self.config.policy, self.config.max_defer_s)
-        self.executor_specs = _executor_layout(self.config.executors, self.policies)
+        self.executor_specs = executor_layout(self.config.executors, self.policies)
         self.budget_bytes = self._resolve_budget()
         self._clock = clock
         self._costs = costs
@@ -92,25 +103,10 @@ class Engine:
 
     # -- configuration -------------------------------------------------------------------
     def _resolve_budget(self) -> int | None:
-        total = self.model.total_expert_bytes
-        budget = None if self.policies.unlimited_budget else self.config.resolve_budget(total)
-        if budget is None:
-            return None
-        largest = max(e.num_bytes for e in self.model.experts.values())
-        minimum = largest * len(self.executor_specs)
-        if budget < minimum:
-            raise ConfigError(
-                f"budget of {budget} bytes is too small for {len(self.executor_specs)} "
-                f"executor(s): each pool must hold the largest expert ({largest} bytes); "
-                f"give at least {minimum} bytes ({minimum / total:.1%} of all experts) "
-                f"or fewer executors"
-            )
-        return budget
+        return resolve_budget(self.model, self.config, self.policies, len(self.executor_specs))
 
     def _pool_budgets(self) -> list[int | None]:
-        if self.budget_bytes is None:
-            return [None] * len(self.executor_specs)
-        return [self.budget_bytes // len(self.executor_specs)] * len(self.executor_specs)
+        return split_budget(self.budget_bytes, len(self.executor_specs))
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> Engine:
@@ -467,18 +463,6 @@ class Engine:
     def pool_budgets(self) -> list[int | None]:
         """Each executor's pool budget in bytes; None = unlimited."""
         return self._pool_budgets()
-
-
-def _executor_layout(specs: tuple[ExecutorSpec, ...], policies: PolicySet) -> tuple[ExecutorSpec, ...]:
-    """The policy set may ask for one executor per processor (samba), with all the
-    processor's cores (the same thread rule as any single CPU executor)."""
-    if not policies.one_executor_per_processor:
-        return specs
-    merged: dict[str, ExecutorSpec] = {}
-    for spec in specs:
-        threads = auto_threads(1) if spec.processor == "cpu" else spec.num_threads
-        merged[spec.processor] = ExecutorSpec(spec.processor, threads)
-    return tuple(merged.values())
 
 
 def _check_processors(processors: list[str]) -> None:

@@ -11,6 +11,7 @@ from coserve.engine.engine import Engine
 from coserve.engine.results import Request, Result
 from coserve.engine.stats import EngineStats
 from coserve.plan import CostModel
+from coserve.planfile import Plan
 from coserve.repository import CoEModel
 
 
@@ -20,10 +21,11 @@ def run_trace(
     config: EngineConfig,
     backlog: bool = False,
     costs: CostModel | None = None,
+    plan: Plan | None = None,
 ) -> tuple[EngineStats, list[Result], CostModel]:
     """One engine, one trace. With `backlog`, every request is submitted at once (the
     throughput question); otherwise at its arrival offset."""
-    with Engine(model, config, costs=costs) as engine:
+    with Engine(model, config, costs=costs, plan=plan) as engine:
         results = engine.run_trace(requests, realtime=not backlog)
         stats = engine.stats()
         assert engine.costs is not None
@@ -36,12 +38,14 @@ def compare_policies(
     config: EngineConfig,
     policies: Sequence[str],
     backlog: bool = False,
+    plan: Plan | None = None,
 ) -> list[EngineStats]:
     """The same trace, budget, executors and storage under each policy, one after another
     in this process, with one cost model measured once (so only the policy differs)."""
     rows: list[EngineStats] = []
     costs: CostModel | None = None
     for policy in policies:
-        stats, _, costs = run_trace(model, requests, replace(config, policy=policy), backlog, costs)
+        stats, _, costs = run_trace(model, requests, replace(config, policy=policy), backlog,
+                                    costs, plan)
         rows.append(stats)
     return rows

@@ -2,9 +2,10 @@
 of CUDA pools), decides what is resident, and loads experts through the loader.
 
 Memory operations come in ask/act form under one condition variable: a load first
-*reserves* its bytes (evicting with the eviction policy), publishes a loading entry so the
-scheduler already counts the expert as resident, then reads outside the lock. Waiters are
-woken when a load finishes or a batch releases its expert."""
+*reserves* its bytes (the decisions are `Residency`'s, shared with the simulator),
+publishes a loading entry so the scheduler already counts the expert as resident, then
+reads outside the lock. Waiters are woken when a load finishes or a batch releases its
+expert."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from typing import Any, Protocol
 
 from coserve.engine.stats import StatsRecorder
 from coserve.errors import ExpertError
-from coserve.manager.eviction import EvictionContext, EvictionPolicy
-from coserve.manager.pool import ModelPool, Resident
+from coserve.manager.eviction import EvictionPolicy
+from coserve.manager.pool import Resident
+from coserve.manager.residency import Residency
 from coserve.manager.usage import UsageTracker
 from coserve.plan import processor_kind
 
@@ -50,16 +52,14 @@ class ExpertManager:
         host_cache_bytes: int = 0,
     ) -> None:
         self.processors = list(processors)
-        self._pools = [ModelPool(b) for b in budgets]
-        self._host = ModelPool(host_cache_bytes)  # only used in front of CUDA pools
+        self.residency = Residency(budgets, expert_bytes, subsequent, predecessors, evict,
+                                   usage, clock, host_cache_bytes)
+        self._pools = self.residency.pools
+        self._host = self.residency.host
         self._expert_bytes = expert_bytes
-        self._subsequent = subsequent
-        self._predecessors = predecessors
-        self._evict = evict
         self._loader = loader
         self.usage = usage
         self._stats = stats
-        self._clock = clock
         self._cond = threading.Condition()
         self._prefetchers = [
             ThreadPoolExecutor(1, thread_name_prefix=f"coserve-prefetch-{i}") for i in budgets
@@ -68,20 +68,20 @@ class ExpertManager:
     # -- what the scheduler reads --------------------------------------------------------
     def resident(self, executor: int) -> Set[str]:
         """Experts in the pool, loading ones included (a live view, no copy)."""
-        return self._pools[executor].entries.keys()
+        return self.residency.resident(executor)
 
     def in_host(self, expert: str) -> bool:
-        return expert in self._host.entries
+        return self.residency.in_host(expert)
 
     def pool_bytes(self, executor: int) -> int:
-        return self._pools[executor].used_bytes
+        return self.residency.pool_bytes(executor)
 
     # -- initial placement ---------------------------------------------------------------
     def place(self, placement: Sequence[Sequence[str]]) -> None:
         for executor, experts in enumerate(placement):
             for expert in experts:
                 with self._cond:
-                    reserved = self._reserve(executor, expert, frozenset())
+                    reserved = self.residency.reserve(executor, expert, frozenset())
                 if reserved:
                     # A broken expert must not stop the engine: it is left out here and
                     # fails only the requests that need it later.
@@ -99,18 +99,17 @@ class ExpertManager:
             while True:
                 entry = pool.entries.get(expert)
                 if entry is not None and not entry.loading:
-                    return self._use(entry)
-                if entry is None and self._reserve(executor, expert, frozenset()):
+                    return self.residency.use(entry)
+                if entry is None and self.residency.reserve(executor, expert, frozenset()):
                     break
                 self._cond.wait()
         self._load(executor, expert)
         with self._cond:
-            return self._use(pool.entries[expert])
+            return self.residency.use(pool.entries[expert])
 
     def release(self, executor: int, entry: Resident) -> None:
         with self._cond:
-            entry.in_use -= 1
-            entry.last_used_s = self._clock()
+            self.residency.release(entry)
             self._cond.notify_all()
 
     def prefetch(self, executor: int, expert: str, protected: Set[str]) -> None:
@@ -119,7 +118,7 @@ class ExpertManager:
         with self._cond:
             if expert in self._pools[executor].entries:
                 return
-            if not self._reserve(executor, expert, protected):
+            if not self.residency.reserve(executor, expert, protected):
                 return
         try:
             self._prefetchers[executor].submit(self._load_quietly, executor, expert)
@@ -133,40 +132,6 @@ class ExpertManager:
             p.shutdown(wait=True)
 
     # -- internals -----------------------------------------------------------------------
-    def _use(self, entry: Resident) -> Resident:
-        entry.in_use += 1
-        entry.last_used_s = self._clock()
-        return entry
-
-    def _context(self) -> EvictionContext:
-        anywhere: set[str] = set()
-        for pool in self._pools:
-            anywhere.update(pool.entries)
-        return EvictionContext(self.usage.usage(), self._predecessors, anywhere)
-
-    def _make_room(self, pool: ModelPool, size: int, protected: Set[str]) -> bool:
-        """Caller holds the lock. Evict until `size` bytes are free; False if impossible."""
-        need = size - pool.free_bytes()
-        if need <= 0:
-            return True
-        entries = pool.evictable(self._subsequent.__contains__, protected)
-        victims = self._evict.victims(entries, int(need), protected, self._context())
-        if victims is None:
-            return False
-        for victim in victims:
-            pool.remove(victim)
-        return True
-
-    def _reserve(self, executor: int, expert: str, protected: Set[str]) -> bool:
-        """Caller holds the lock. Make room and publish a loading entry."""
-        pool = self._pools[executor]
-        size = self._expert_bytes[expert]
-        if not self._make_room(pool, size, protected):
-            return False
-        now = self._clock()
-        pool.add(Resident(expert, size, loaded_s=now, last_used_s=now))
-        return True
-
     def _load(self, executor: int, expert: str) -> None:
         """Fill a reserved entry; on failure drop it and raise ExpertError."""
         try:
@@ -210,14 +175,6 @@ class ExpertManager:
         tensors, seconds = self._loader.read(expert)
         self._stats.switch(None, "storage->host", self._expert_bytes[expert], seconds)
         with self._cond:
-            if expert not in self._host.entries and self._reserve_host(expert):
+            if expert not in self._host.entries and self.residency.reserve_host(expert):
                 self._host.entries[expert].tensors = tensors
         return tensors
-
-    def _reserve_host(self, expert: str) -> bool:
-        size = self._expert_bytes[expert]
-        if not self._make_room(self._host, size, frozenset()):
-            return False
-        now = self._clock()
-        self._host.add(Resident(expert, size, loaded_s=now, last_used_s=now))
-        return True

@@ -45,7 +45,7 @@ def open_repository(path: str | Path) -> CoEModel:
     _check_architecture_refs(doc, file)
     layouts = {name: architecture_layout(arch, file) for name, arch in doc.architectures.items()}
     warnings = check_routing(doc.routing, entries, doc.architectures, file)
-    usage, usage_warnings = prior_usage(doc.usage, doc.routing, entries, doc.architectures, file)
+    usage, label_probs, usage_warnings = prior_usage(doc.usage, doc.routing, entries, doc.architectures, file)
     experts = _check_weights(doc.experts, root, layouts)
     for warning in warnings + usage_warnings:
         log.warning("%s: %s", file, warning)
@@ -56,6 +56,7 @@ def open_repository(path: str | Path) -> CoEModel:
         experts=MappingProxyType(experts),
         router=_router(doc),
         usage=MappingProxyType(usage),
+        label_probs=MappingProxyType(label_probs),
         warnings=tuple(warnings + usage_warnings),
     )
 

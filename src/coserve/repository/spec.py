@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,8 @@ class CoEModel:
     experts: Mapping[str, ExpertSpec]
     router: Router
     usage: Mapping[str, float]  # P(a request uses expert e), for every expert
+    # P(label | expert) for every expert: the rules' prior (uniform where not given)
+    label_probs: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
 
     @property

@@ -86,19 +86,20 @@ def prior_usage(
     experts: Mapping[str, ExpertEntry],
     architectures: Mapping[str, ArchitectureSpec],
     file: Path,
-) -> tuple[dict[str, float], list[str]]:
-    """The repository's usage prior and any warnings; RepositoryError for bad numbers."""
+) -> tuple[dict[str, float], dict[str, Mapping[str, float]], list[str]]:
+    """The repository's usage prior, P(label | expert) for every expert (as given, else
+    uniform) and any warnings; RepositoryError for bad numbers."""
     label_probs = _label_probs(doc.label_probs, routing, experts, architectures, file)
     if doc.experts is not None:
         warnings = (["usage_prior.label_probs is ignored: usage_prior.experts gives the "
                      "probabilities directly"] if doc.label_probs else [])
         usage, missing = _explicit(doc.experts, experts, file)
-        return usage, warnings + missing
+        return usage, label_probs, warnings + missing
     # Without a mix, every value of the routing field is taken as equally common.
     counts = dict.fromkeys(routing.first_map, 1.0) if doc.counts is None else doc.counts
     _check_counts(counts, routing, file)
     return usage_from_mix(counts, routing.first_map, routing.next_table, label_probs,
-                          experts), []
+                          experts), label_probs, []
 
 
 def _route_prob(

@@ -1,0 +1,90 @@
+"""Residency: which experts each executor's pool (and the host cache) holds, and every
+decision about making room. No locks, no I/O, no threads: the expert manager calls it
+under its lock and does the loading; the simulator calls it on a virtual clock and
+charges the plan's load times. One copy of the logic for both."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence, Set
+
+from coserve.manager.eviction import EvictionContext, EvictionPolicy
+from coserve.manager.pool import ModelPool, Resident
+from coserve.manager.usage import UsageTracker
+
+
+class Residency:
+    def __init__(
+        self,
+        budgets: Sequence[int | None],
+        expert_bytes: Mapping[str, int],
+        subsequent: Set[str],
+        predecessors: Callable[[str], Set[str]],
+        evict: EvictionPolicy,
+        usage: UsageTracker,
+        clock: Callable[[], float],
+        host_cache_bytes: int = 0,
+    ) -> None:
+        self.pools = [ModelPool(b) for b in budgets]
+        self.host = ModelPool(host_cache_bytes)  # only used in front of CUDA pools
+        self.expert_bytes = expert_bytes
+        self._subsequent = subsequent
+        self._predecessors = predecessors
+        self._evict = evict
+        self.usage = usage
+        self._clock = clock
+
+    # -- what the scheduler reads --------------------------------------------------------
+    def resident(self, executor: int) -> Set[str]:
+        """Experts in the pool, loading ones included (a live view, no copy)."""
+        return self.pools[executor].entries.keys()
+
+    def in_host(self, expert: str) -> bool:
+        return expert in self.host.entries
+
+    def pool_bytes(self, executor: int) -> int:
+        return self.pools[executor].used_bytes
+
+    # -- decisions -----------------------------------------------------------------------
+    def reserve(self, executor: int, expert: str, protected: Set[str]) -> bool:
+        """Make room (evicting by the policy) and publish a loading entry; False if the
+        room is held by experts in use, loading or protected."""
+        return self._reserve_in(self.pools[executor], expert, protected)
+
+    def reserve_host(self, expert: str) -> bool:
+        return self._reserve_in(self.host, expert, frozenset())
+
+    def use(self, entry: Resident) -> Resident:
+        entry.in_use += 1
+        entry.last_used_s = self._clock()
+        return entry
+
+    def release(self, entry: Resident) -> None:
+        entry.in_use -= 1
+        entry.last_used_s = self._clock()
+
+    # -- internals -----------------------------------------------------------------------
+    def _reserve_in(self, pool: ModelPool, expert: str, protected: Set[str]) -> bool:
+        size = self.expert_bytes[expert]
+        if not self._make_room(pool, size, protected):
+            return False
+        now = self._clock()
+        pool.add(Resident(expert, size, loaded_s=now, last_used_s=now))
+        return True
+
+    def _make_room(self, pool: ModelPool, size: int, protected: Set[str]) -> bool:
+        need = size - pool.free_bytes()
+        if need <= 0:
+            return True
+        entries = pool.evictable(self._subsequent.__contains__, protected)
+        victims = self._evict.victims(entries, int(need), protected, self._context())
+        if victims is None:
+            return False
+        for victim in victims:
+            pool.remove(victim)
+        return True
+
+    def _context(self) -> EvictionContext:
+        anywhere: set[str] = set()
+        for pool in self.pools:
+            anywhere.update(pool.entries)
+        return EvictionContext(self.usage.usage(), self._predecessors, anywhere)

@@ -1,0 +1,283 @@
+"""The plan file: what `coserve profile` measured on one machine for one repository, and
+what `coserve plan` recommends. JSON, documented in docs/plan.md; `Plan.load` checks
+every field and names the key that is wrong.
+
+Pure Python (no torch): the engine, the simulator and the planner all read it."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from coserve.errors import PlanError
+from coserve.plan import ArchCost, CostModel
+
+PLAN_FORMAT = "coserve-plan"
+PLAN_VERSION = 1
+STORAGE_PATH = "storage->host"  # the storage read every load starts with
+HOST_TO_DEVICE_PATH = "host->cuda"
+
+
+@dataclass(frozen=True)
+class ArchProfile:
+    """One architecture on one processor kind: the measured curve and its linear fit."""
+
+    cost: ArchCost  # k_s, b_s (fitted over 1..max_batch), max_batch, item_bytes
+    latency_s: Mapping[int, float]  # batch size -> median latency measured
+    fit_rmse_s: float  # root-mean-square error of the fit over 1..max_batch
+    fit_max_rel_error: float  # worst |fit - measured| / measured over 1..max_batch
+    footprint_bytes: int  # weight bytes of one expert of this architecture
+
+
+@dataclass(frozen=True)
+class LoadProfile:
+    """One tier path: a load of b bytes takes fixed_s + b / bytes_per_s."""
+
+    bytes_per_s: float
+    fixed_s: float
+    samples: int  # loads measured
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The planner's choice for one memory size: executors and the memory split."""
+
+    executors: str  # as `--executors` takes it, e.g. "cpu:1"
+    memory_bytes: int  # what the split divides: expert weights plus activations
+    budget_bytes: int  # expert weights, all executors together
+    activation_bytes: int  # per executor
+    storage: str  # the storage profile the prediction assumed
+    predicted_items_per_s: float  # simulated throughput (requests per second)
+    confirmed_items_per_s: float | None = None  # measured on the engine, when confirmed
+
+
+@dataclass(frozen=True)
+class Plan:
+    repository: str  # the repository's name
+    processors: Mapping[str, Mapping[str, ArchProfile]]  # 'cpu'/'cuda' -> arch -> profile
+    threads: Mapping[str, int]  # processor kind -> intra-op threads while profiling
+    loads: Mapping[str, LoadProfile]  # tier path -> its load model
+    usage: Mapping[str, float]  # expert -> P(a request uses it)
+    label_probs: Mapping[str, Mapping[str, float]]  # expert -> label -> P(label)
+    usage_source: str  # "rules" or "sample of N requests"
+    machine: Mapping[str, Any] = field(default_factory=dict)
+    recommended: Recommendation | None = None
+
+    # -- what the engine and the simulator use -------------------------------------------
+    def cost_model(self, model: Any, storage_pace_bytes_per_s: float | None = None) -> CostModel:
+        """The cost model for `model` (a CoEModel). Storage reads run at the profiled raw
+        speed, or at the pace of a slower storage profile. PlanError if the plan was made
+        for other architectures."""
+        self.check_covers(model)
+        storage = self.loads[STORAGE_PATH]
+        bps = storage.bytes_per_s
+        if storage_pace_bytes_per_s:
+            bps = min(bps, storage_pace_bytes_per_s)
+        h2d = self.loads.get(HOST_TO_DEVICE_PATH)
+        arch_costs = {(arch, kind): p.cost for kind, archs in self.processors.items()
+                      for arch, p in archs.items()}
+        extra = {"host_to_device_bytes_per_s": h2d.bytes_per_s} if h2d else {}
+        return CostModel(
+            arch_of={e.name: e.architecture for e in model.experts.values()},
+            expert_bytes={e.name: e.num_bytes for e in model.experts.values()},
+            arch_costs=arch_costs,
+            storage_bytes_per_s=bps,
+            storage_fixed_s=storage.fixed_s,
+            source=f"plan (profiled {self.machine.get('profiled_at', 'earlier')})",
+            **extra,
+        )
+
+    def check_covers(self, model: Any) -> None:
+        for kind, archs in self.processors.items():
+            missing = set(model.architectures) - set(archs)
+            if missing:
+                raise PlanError(f"the plan has no {kind} profile for architectures "
+                                f"{sorted(missing)} of repository {model.name!r}: profile "
+                                f"this repository again (coserve profile)")
+        unknown = set(self.usage) - set(model.experts)
+        if unknown:
+            raise PlanError(f"the plan's usage names experts {sorted(unknown)[:5]} that "
+                            f"repository {model.name!r} lacks: it was made for another "
+                            f"repository; profile this one (coserve profile)")
+
+    def with_recommendation(self, rec: Recommendation | None) -> Plan:
+        return replace(self, recommended=rec)
+
+    # -- the file ------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": PLAN_FORMAT,
+            "version": PLAN_VERSION,
+            "repository": self.repository,
+            "machine": dict(self.machine),
+            "threads": dict(self.threads),
+            "processors": {
+                kind: {arch: _profile_json(p) for arch, p in archs.items()}
+                for kind, archs in self.processors.items()
+            },
+            "loads": {path: {"bytes_per_s": lp.bytes_per_s, "fixed_s": lp.fixed_s,
+                             "samples": lp.samples} for path, lp in self.loads.items()},
+            "usage": {"source": self.usage_source, "experts": dict(self.usage),
+                      "label_probs": {e: dict(p) for e, p in self.label_probs.items()}},
+            "recommended": None if self.recommended is None else vars(self.recommended).copy(),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path)  # never a half-written plan
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        path = Path(path)
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise PlanError(f"plan file {path} does not exist: make one with "
+                            f"`coserve profile REPO --out {path}`") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise PlanError(f"plan file {path} is not readable JSON ({exc}): make it again "
+                            f"with `coserve profile`") from None
+        return cls.from_json(doc, source=str(path))
+
+    @classmethod
+    def from_json(cls, doc: Any, source: str = "plan") -> Plan:
+        r = _Reader(source)
+        r.mapping(doc, "")
+        if doc.get("format") != PLAN_FORMAT:
+            r.fail("format", f"is {doc.get('format')!r}, not {PLAN_FORMAT!r}: this is not a coserve plan")
+        if doc.get("version") != PLAN_VERSION:
+            r.fail("version", f"is {doc.get('version')!r}; this coserve reads version "
+                              f"{PLAN_VERSION}: profile again with this version")
+        processors = {
+            kind: {arch: _read_profile(r, p, f"processors.{kind}.{arch}")
+                   for arch, p in r.mapping(archs, f"processors.{kind}").items()}
+            for kind, archs in r.mapping(r.key(doc, "processors"), "processors").items()
+        }
+        if not processors:
+            r.fail("processors", "is empty: profile at least the CPU")
+        bad = sorted(set(processors) - {"cpu", "cuda"})
+        if bad:
+            r.fail("processors", f"names {bad}; processor kinds are 'cpu' and 'cuda'")
+        loads = {path: LoadProfile(r.positive(lp, "bytes_per_s", f"loads.{path}"),
+                                   r.non_negative(lp, "fixed_s", f"loads.{path}"),
+                                   int(r.non_negative(lp, "samples", f"loads.{path}")))
+                 for path, lp in r.mapping(r.key(doc, "loads"), "loads").items()}
+        if STORAGE_PATH not in loads:
+            r.fail("loads", f"has no {STORAGE_PATH!r} entry: every load starts with a storage read")
+        usage_doc = r.mapping(r.key(doc, "usage"), "usage")
+        usage = {e: _probability(r, p, f"usage.experts.{e}")
+                 for e, p in r.mapping(r.key(usage_doc, "experts", "usage"), "usage.experts").items()}
+        label_probs = {
+            e: {label: _probability(r, p, f"usage.label_probs.{e}.{label}")
+                for label, p in r.mapping(probs, f"usage.label_probs.{e}").items()}
+            for e, probs in r.mapping(usage_doc.get("label_probs", {}), "usage.label_probs").items()
+        }
+        threads = {k: int(r.positive(doc["threads"], k, "threads"))
+                   for k in r.mapping(doc.get("threads", {}), "threads")}
+        return cls(
+            repository=str(r.key(doc, "repository")),
+            processors=processors,
+            threads=threads,
+            loads=loads,
+            usage=usage,
+            label_probs=label_probs,
+            usage_source=str(usage_doc.get("source", "unknown")),
+            machine=r.mapping(doc.get("machine", {}), "machine"),
+            recommended=_read_recommendation(r, doc.get("recommended")),
+        )
+
+
+def _profile_json(p: ArchProfile) -> dict[str, Any]:
+    return {
+        "k_s": p.cost.k_s, "b_s": p.cost.b_s, "max_batch": p.cost.max_batch,
+        "item_bytes": p.cost.item_bytes, "footprint_bytes": p.footprint_bytes,
+        "fit_rmse_s": p.fit_rmse_s, "fit_max_rel_error": p.fit_max_rel_error,
+        "latency_s": {str(n): s for n, s in sorted(p.latency_s.items())},
+    }
+
+
+def _read_profile(r: _Reader, doc: Any, where: str) -> ArchProfile:
+    r.mapping(doc, where)
+    curve = r.mapping(r.key(doc, "latency_s", where), f"{where}.latency_s")
+    latency: dict[int, float] = {}
+    for n in curve:
+        if not str(n).isdigit() or int(n) < 1:
+            r.fail(f"{where}.latency_s", f"has batch size {n!r}; batch sizes are integers >= 1")
+        latency[int(n)] = r.positive(curve, n, f"{where}.latency_s")
+    max_batch = int(r.positive(doc, "max_batch", where))
+    cost = ArchCost(r.positive(doc, "k_s", where), r.non_negative(doc, "b_s", where),
+                    max_batch, int(r.positive(doc, "item_bytes", where)))
+    return ArchProfile(cost, latency, r.non_negative(doc, "fit_rmse_s", where),
+                       r.non_negative(doc, "fit_max_rel_error", where),
+                       int(r.non_negative(doc, "footprint_bytes", where)))
+
+
+def _read_recommendation(r: _Reader, doc: Any) -> Recommendation | None:
+    if doc is None:
+        return None
+    r.mapping(doc, "recommended")
+    confirmed = doc.get("confirmed_items_per_s")
+    return Recommendation(
+        executors=str(r.key(doc, "executors", "recommended")),
+        memory_bytes=int(r.positive(doc, "memory_bytes", "recommended")),
+        budget_bytes=int(r.positive(doc, "budget_bytes", "recommended")),
+        activation_bytes=int(r.positive(doc, "activation_bytes", "recommended")),
+        storage=str(doc.get("storage", "none")),
+        predicted_items_per_s=r.non_negative(doc, "predicted_items_per_s", "recommended"),
+        confirmed_items_per_s=None if confirmed is None
+        else r.non_negative(doc, "confirmed_items_per_s", "recommended"),
+    )
+
+
+def _probability(r: _Reader, value: Any, where: str) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
+        r.fail(where, f"is {value!r}; a probability is a number in [0, 1]")
+    return float(value)
+
+
+class _Reader:
+    """Typed access to the JSON with errors that name the file and the key."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, where: str, problem: str) -> None:
+        key = f"key {where!r}" if where else "the document"
+        raise PlanError(f"plan {self.source}: {key} {problem} (make a plan with "
+                        f"`coserve profile REPO --out PLAN`; the format is in docs/plan.md)")
+
+    def mapping(self, value: Any, where: str) -> dict:
+        if not isinstance(value, dict):
+            self.fail(where, f"must be a JSON object, got {type(value).__name__}")
+        return value
+
+    def key(self, doc: dict, key: str, where: str = "") -> Any:
+        if key not in doc:
+            self.fail(f"{where}.{key}" if where else key, "is missing")
+        return doc[key]
+
+    def number(self, doc: dict, key: str, where: str) -> float:
+        value = self.key(doc, key, where)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+            self.fail(f"{where}.{key}", f"is {value!r}; it must be a finite number")
+        return float(value)
+
+    def positive(self, doc: dict, key: str, where: str) -> float:
+        value = self.number(doc, key, where)
+        if value <= 0:
+            self.fail(f"{where}.{key}", f"is {value:g}; it must be > 0")
+        return value
+
+    def non_negative(self, doc: dict, key: str, where: str) -> float:
+        value = self.number(doc, key, where)
+        if value < 0:
+            self.fail(f"{where}.{key}", f"is {value:g}; it must be >= 0")
+        return value
