@@ -335,6 +335,84 @@ def _add_bench_options(p: argparse.ArgumentParser, sweep: str) -> None:
     p.set_defaults(func=cmd_bench if sweep else cmd_demo, storage="sata-530")
 
 
+def _int_list(text: str, what: str) -> tuple[int, ...]:
+    from coserve.errors import ConfigError
+
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"cannot read {what} {text!r}: give integers separated by commas, "
+                          f"e.g. 1,2,4,8") from None
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from coserve.errors import ConfigError
+    from coserve.profiler import DEFAULT_BATCH_SIZES, profile_repository
+    from coserve.repository import open_repository
+    from coserve.trace import read_trace
+
+    model = open_repository(args.repo)
+    sample = read_trace(args.sample)[: args.sample_size] if args.sample else None
+    # Without --inputs, the sample's inputs are the realistic ones at hand.
+    inputs = read_trace(args.inputs) if args.inputs else sample
+    processors = [p.strip() for p in args.processors.split(",")] if args.processors else None
+    batch_sizes = (_int_list(args.batch_sizes, "--batch-sizes") if args.batch_sizes
+                   else DEFAULT_BATCH_SIZES)
+    bar, update = _progress_builder(f"profiling {model.name}")
+    with bar:
+        plan = profile_repository(model, processors=processors, threads=args.threads,
+                                  batch_sizes=batch_sizes, sample=sample, inputs_from=inputs,
+                                  progress=update)
+    try:
+        plan.save(args.out)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the plan to {args.out} ({exc.strerror}): "
+                          f"give another --out") from None
+    _print_plan(plan)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _print_plan(plan) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"coserve profile: {plan.repository}")
+    for h in ("arch", "processor", "K ms", "B ms", "max batch", "fit error %", "item MB",
+              "footprint MB"):
+        table.add_column(h, justify="left" if h in ("arch", "processor") else "right")
+    for kind, archs in plan.processors.items():
+        for arch, p in archs.items():
+            table.add_row(arch, f"{kind} ({plan.threads.get(kind, '?')} threads)",
+                          f"{p.cost.k_s * 1e3:.2f}", f"{p.cost.b_s * 1e3:.2f}",
+                          str(p.cost.max_batch), f"{p.fit_max_rel_error * 100:.1f}",
+                          f"{p.cost.item_bytes / 1e6:.2f}", f"{p.footprint_bytes / 1e6:.2f}")
+    Console(width=120).print(table)
+    for path, lp in plan.loads.items():
+        print(f"load {path}: {lp.bytes_per_s / 1e6:.0f} MB/s + {lp.fixed_s * 1e3:.2f} ms fixed "
+              f"({lp.samples} loads)")
+    print(f"usage: {plan.usage_source}")
+
+
+def _add_profile_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("profile", help="measure a repository on this machine into a plan file",
+                       description="Per architecture x processor: latency per batch size, max "
+                                   "useful batch, linear fit, activation bytes; load speed per "
+                                   "tier path; usage from the rules or a routed sample.")
+    p.add_argument("repo", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="the plan file to write (JSON)")
+    p.add_argument("--sample", type=Path, default=None,
+                   help="a trace to route through the experts for usage (default: the rules)")
+    p.add_argument("--sample-size", type=int, default=200, help="sample requests routed (default 200)")
+    p.add_argument("--inputs", type=Path, default=None,
+                   help="a trace whose inputs feed the latency curves (default: --sample's, else random)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op CPU threads while profiling (default: a default CPU executor's)")
+    p.add_argument("--batch-sizes", default=None, help="e.g. 1,2,4,8 (default 1,2,3,4,6,8,12,16,24,32)")
+    p.add_argument("--processors", default=None, help="cpu or cpu,cuda (default: cpu, plus cuda if present)")
+    p.set_defaults(func=cmd_profile)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coserve", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log engine decisions")
@@ -385,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_options(demo, sweep="")
     _add_inspect_parser(sub)
     _add_serve_parser(sub)
+    _add_profile_parser(sub)
     return parser
 
 

@@ -9,7 +9,7 @@ Pure Python (no torch) so that the policies, the engine and the simulator share 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from coserve.errors import ConfigError
@@ -54,6 +54,8 @@ class CostModel:
     host_to_device_bytes_per_s: float = DEFAULT_HOST_TO_DEVICE_BYTES_PER_S
     source: str = "defaults"
     storage_fixed_s: float = 0.0  # per-load cost besides the bytes (set-up, header parse)
+    task_overhead_s: float = 0.0  # executor time per task besides executing (route, queue)
+    submit_s: float = 0.0  # time to accept and queue one request (validate, route, assign)
     _fallback: ArchCost = field(
         default=ArchCost(DEFAULT_K_S, DEFAULT_B_S, DEFAULT_MAX_BATCH, DEFAULT_ITEM_BYTES),
         repr=False,
@@ -85,3 +87,11 @@ class CostModel:
 
 def processor_kind(processor: str) -> str:
     return processor.split(":", 1)[0]
+
+
+def executors_per_kind(processors: Sequence[str]) -> dict[str, int]:
+    """How many executors of each processor kind run at once: ['cpu', 'cpu'] -> {'cpu': 2}."""
+    counts: dict[str, int] = {}
+    for p in processors:
+        counts[processor_kind(p)] = counts.get(processor_kind(p), 0) + 1
+    return counts

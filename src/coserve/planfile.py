@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,20 @@ class ArchProfile:
     fit_rmse_s: float  # root-mean-square error of the fit over 1..max_batch
     fit_max_rel_error: float  # worst |fit - measured| / measured over 1..max_batch
     footprint_bytes: int  # weight bytes of one expert of this architecture
+    # executors of this processor kind running at once -> how much slower each batch is
+    # (shared cores, memory bandwidth, the GIL); measured, 1.0 for one executor
+    slowdown: Mapping[int, float] = field(default_factory=lambda: {1: 1.0})
+
+    def cost_with(self, num_executors: int) -> ArchCost:
+        """The latency model when `num_executors` of this kind run at once (beyond the
+        most measured, the largest measured slowdown)."""
+        factor = self.slowdown_for(num_executors)
+        c = self.cost
+        return ArchCost(c.k_s * factor, c.b_s * factor, c.max_batch, c.item_bytes)
+
+    def slowdown_for(self, num_executors: int) -> float:
+        known = [n for n in self.slowdown if n <= num_executors]
+        return self.slowdown[max(known)] if known else 1.0
 
 
 @dataclass(frozen=True)
@@ -66,20 +80,32 @@ class Plan:
     usage_source: str  # "rules" or "sample of N requests"
     machine: Mapping[str, Any] = field(default_factory=dict)
     recommended: Recommendation | None = None
+    # executors in the engine -> executor seconds per task besides executing (routing the
+    # output, queueing what follows), measured on the engine with a routed sample
+    task_overhead_s: Mapping[int, float] = field(default_factory=dict)
+    submit_s: float = 0.0  # seconds to accept and queue one request, measured likewise
 
     # -- what the engine and the simulator use -------------------------------------------
-    def cost_model(self, model: Any, storage_pace_bytes_per_s: float | None = None) -> CostModel:
-        """The cost model for `model` (a CoEModel). Storage reads run at the profiled raw
-        speed, or at the pace of a slower storage profile. PlanError if the plan was made
-        for other architectures."""
+    def cost_model(
+        self,
+        model: Any,
+        storage_pace_bytes_per_s: float | None = None,
+        executors_per_kind: Mapping[str, int] | None = None,
+    ) -> CostModel:
+        """The cost model for `model` (a CoEModel) when `executors_per_kind` (e.g.
+        {'cpu': 2}; default one of each) run at once. Storage reads run at the profiled
+        raw speed, or at the pace of a slower storage profile. PlanError if the plan was
+        made for other architectures."""
+        counts = executors_per_kind or {}
+        overheads = [s for n, s in self.task_overhead_s.items() if n <= max(1, sum(counts.values()))]
         self.check_covers(model)
         storage = self.loads[STORAGE_PATH]
         bps = storage.bytes_per_s
         if storage_pace_bytes_per_s:
             bps = min(bps, storage_pace_bytes_per_s)
         h2d = self.loads.get(HOST_TO_DEVICE_PATH)
-        arch_costs = {(arch, kind): p.cost for kind, archs in self.processors.items()
-                      for arch, p in archs.items()}
+        arch_costs = {(arch, kind): p.cost_with(counts.get(kind, 1))
+                      for kind, archs in self.processors.items() for arch, p in archs.items()}
         extra = {"host_to_device_bytes_per_s": h2d.bytes_per_s} if h2d else {}
         return CostModel(
             arch_of={e.name: e.architecture for e in model.experts.values()},
@@ -87,6 +113,8 @@ class Plan:
             arch_costs=arch_costs,
             storage_bytes_per_s=bps,
             storage_fixed_s=storage.fixed_s,
+            task_overhead_s=overheads[-1] if overheads else 0.0,
+            submit_s=self.submit_s,
             source=f"plan (profiled {self.machine.get('profiled_at', 'earlier')})",
             **extra,
         )
@@ -123,6 +151,8 @@ class Plan:
                              "samples": lp.samples} for path, lp in self.loads.items()},
             "usage": {"source": self.usage_source, "experts": dict(self.usage),
                       "label_probs": {e: dict(p) for e, p in self.label_probs.items()}},
+            "task_overhead_s": {str(n): s for n, s in sorted(self.task_overhead_s.items())},
+            "submit_s": self.submit_s,
             "recommended": None if self.recommended is None else vars(self.recommended).copy(),
         }
 
@@ -192,6 +222,9 @@ class Plan:
             usage_source=str(usage_doc.get("source", "unknown")),
             machine=r.mapping(doc.get("machine", {}), "machine"),
             recommended=_read_recommendation(r, doc.get("recommended")),
+            task_overhead_s=_read_per_count(r, doc.get("task_overhead_s", {}), "task_overhead_s",
+                                            r.non_negative),
+            submit_s=r.non_negative(doc, "submit_s", "") if "submit_s" in doc else 0.0,
         )
 
 
@@ -201,6 +234,7 @@ def _profile_json(p: ArchProfile) -> dict[str, Any]:
         "item_bytes": p.cost.item_bytes, "footprint_bytes": p.footprint_bytes,
         "fit_rmse_s": p.fit_rmse_s, "fit_max_rel_error": p.fit_max_rel_error,
         "latency_s": {str(n): s for n, s in sorted(p.latency_s.items())},
+        "slowdown": {str(n): f for n, f in sorted(p.slowdown.items())},
     }
 
 
@@ -217,7 +251,20 @@ def _read_profile(r: _Reader, doc: Any, where: str) -> ArchProfile:
                     max_batch, int(r.positive(doc, "item_bytes", where)))
     return ArchProfile(cost, latency, r.non_negative(doc, "fit_rmse_s", where),
                        r.non_negative(doc, "fit_max_rel_error", where),
-                       int(r.non_negative(doc, "footprint_bytes", where)))
+                       int(r.non_negative(doc, "footprint_bytes", where)),
+                       _read_per_count(r, doc.get("slowdown", {"1": 1.0}), f"{where}.slowdown",
+                                       r.positive))
+
+
+def _read_per_count(r: _Reader, doc: Any, where: str,
+                    read: Callable[[dict, str, str], float]) -> dict[int, float]:
+    """{"1": x, "2": y} keyed by executor count."""
+    values: dict[int, float] = {}
+    for n in r.mapping(doc, where):
+        if not str(n).isdigit() or int(n) < 1:
+            r.fail(where, f"has executor count {n!r}; counts are integers >= 1")
+        values[int(n)] = read(doc, n, where)
+    return values
 
 
 def _read_recommendation(r: _Reader, doc: Any) -> Recommendation | None:

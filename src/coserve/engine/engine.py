@@ -38,7 +38,7 @@ from coserve.loader.storage import Storage, storage_profile
 from coserve.manager.manager import ExpertManager
 from coserve.manager.quarantine import Quarantine
 from coserve.manager.usage import UsageTracker
-from coserve.plan import CostModel
+from coserve.plan import CostModel, executors_per_kind
 from coserve.planfile import Plan
 from coserve.policies import PolicySet, policy_set
 from coserve.repository import CoEModel, Stage
@@ -78,15 +78,17 @@ class Engine:
         profiled plan (`Plan.load`): its costs and usage."""
         self.model = model
         self.config = config or EngineConfig()
+        self.policies: PolicySet = policy_set(self.config.policy, self.config.max_defer_s)
+        self.executor_specs = executor_layout(self.config.executors, self.policies)
         if plan is not None:
-            costs = costs or plan.cost_model(model, storage_profile(self.config.storage).read_bytes_per_s)
+            costs = costs or plan.cost_model(
+                model, storage_profile(self.config.storage).read_bytes_per_s,
+                executors_per_kind([s.processor for s in self.executor_specs]))
             usage = usage if usage is not None else plan.usage
         self.prior_usage = dict(usage) if usage is not None else dict(model.usage)
         unknown = set(self.prior_usage) - set(model.experts)
         if unknown:
             raise ConfigError(f"usage names unknown experts {sorted(unknown)[:5]}; use names from coe.yaml")
-        self.policies: PolicySet = policy_set(self.config.policy, self.config.max_defer_s)
-        self.executor_specs = executor_layout(self.config.executors, self.policies)
         self.budget_bytes = self._resolve_budget()
         self._clock = clock
         self._costs = costs
@@ -272,33 +274,36 @@ class Engine:
     def _executor_loop(self, executor: Executor) -> None:
         i = executor.index
         while (batch := self._scheduler.next_batch(i)) is not None:
+            t0 = self._clock()
             try:
-                self._serve_batch(executor, batch)
+                exec_s = self._serve_batch(executor, batch)
             finally:
                 self._scheduler.batch_done(i)
+            self._stats.handling(i, self._clock() - t0 - exec_s)
 
-    def _serve_batch(self, executor: Executor, batch: Batch) -> None:
+    def _serve_batch(self, executor: Executor, batch: Batch) -> float:
         """Ensure resident, execute, route again; an expert's failure fails only its
-        requests and counts towards its quarantine."""
+        requests and counts towards its quarantine. Returns the execution seconds."""
         if not self._quarantine.allows(batch.expert):  # quarantined while these were queued
             self._fail_batch(batch, self._quarantine.reason(batch.expert),
                              FailureKind.EXPERT_QUARANTINED)
-            return
+            return 0.0
         try:
             outputs, exec_s = self._run_batch(executor, batch)
         except Exception as exc:
             log.warning("batch of %s on executor %d failed: %s", batch.expert, executor.index, exc)
             self._expert_failed(batch, f"expert {batch.expert!r} failed: {exc}")
-            return
+            return 0.0
         if len(outputs) != len(batch.tasks):
             self._expert_failed(batch, f"expert {batch.expert!r} returned {len(outputs)} "
                                        f"outputs for a batch of {len(batch.tasks)}")
-            return
+            return exec_s
         self._quarantine.record_success(batch.expert)
         try:
             self._route_again(batch, (outputs, exec_s))
         except Exception:  # an engine bug: keep the executor alive, say so loudly
             log.exception("routing after %s on executor %d failed", batch.expert, executor.index)
+        return exec_s
 
     def _expert_failed(self, batch: Batch, error: str) -> None:
         if self._quarantine.record_failure(batch.expert, error):
@@ -393,6 +398,8 @@ class Engine:
                 futures.append(self._submit_or_fail(request))
         finally:
             self._scheduler.hold(False)
+        if not realtime:  # the executors waited this long for the backlog to be queued
+            self._stats.note("backlog_submit_s", self._clock() - t0)
         return [f.result() for f in futures]
 
     def _submit_or_fail(self, request: Request) -> Future:

@@ -45,7 +45,9 @@ def compare_policies(
     rows: list[EngineStats] = []
     costs: CostModel | None = None
     for policy in policies:
-        stats, _, costs = run_trace(model, requests, replace(config, policy=policy), backlog,
-                                    costs, plan)
+        stats, _, measured = run_trace(model, requests, replace(config, policy=policy), backlog,
+                                       costs, plan)
+        # A plan's costs depend on the executor layout, so each engine derives its own.
+        costs = measured if plan is None else None
         rows.append(stats)
     return rows

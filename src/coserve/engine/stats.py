@@ -55,6 +55,9 @@ class EngineStats:
     total_expert_bytes: int
     storage: str
     cost_source: str
+    # time each executor spent on its batches besides executing them: waiting for loads,
+    # routing the outputs, queueing what follows
+    handling_s_per_executor: list[float] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,6 +88,8 @@ class StatsRecorder:
             self._num_items = 0
             self._queue_max = [0] * self._num_executors
             self._busy_s = [0.0] * self._num_executors
+            self._handling_s = [0.0] * self._num_executors
+            self._extra: dict[str, Any] = {}
 
     def request_submitted(self) -> None:
         with self._lock:
@@ -117,6 +122,18 @@ class StatsRecorder:
             self._num_batches += 1
             self._num_items += num_items
             self._busy_s[executor] += busy_s
+
+    def note(self, key: str, value: Any) -> None:
+        """A figure of this run for EngineStats.extra (e.g. how long a backlog took to
+        queue)."""
+        with self._lock:
+            self._extra[key] = value
+
+    def handling(self, executor: int, seconds: float) -> None:
+        """Time a batch took on its executor besides executing: loads waited for,
+        routing, queueing the subsequent tasks."""
+        with self._lock:
+            self._handling_s[executor] += seconds
 
     def queue_depth(self, executor: int, depth: int) -> None:
         with self._lock:
@@ -160,5 +177,7 @@ class StatsRecorder:
                 queue_depth_max=list(self._queue_max),
                 busy_s_per_executor=list(self._busy_s),
                 utilisation_per_executor=[b / wall_s for b in self._busy_s],
+                handling_s_per_executor=list(self._handling_s),
+                extra=dict(self._extra),
                 **static,
             )

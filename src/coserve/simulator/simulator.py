@@ -23,10 +23,12 @@ from coserve.engine.config import EngineConfig, executor_layout, resolve_budget,
 from coserve.engine.results import FailureKind, Request, Result, Step
 from coserve.engine.stats import EngineStats, StatsRecorder
 from coserve.errors import ConfigError, RequestError
+from coserve.loader.storage import storage_profile
 from coserve.manager.pool import Resident
 from coserve.manager.residency import Residency
 from coserve.manager.usage import UsageTracker
-from coserve.plan import CostModel, processor_kind
+from coserve.plan import CostModel, executors_per_kind, processor_kind
+from coserve.planfile import Plan
 from coserve.policies import policy_set
 from coserve.repository import CoEModel, Stage
 from coserve.scheduler.queues import Batch, Scheduler
@@ -59,36 +61,45 @@ class Simulator:
         self,
         model: CoEModel,
         config: EngineConfig,
-        costs: CostModel,
+        costs: CostModel | None = None,
         usage: Mapping[str, float] | None = None,
         labels: LabelSource | None = None,
+        plan: Plan | None = None,
     ) -> None:
-        """`costs`: the plan's cost model (Plan.cost_model). `usage`: the usage prior
-        (else the repository's). `labels`: where routing decisions come from (else drawn
-        from the repository's P(label | expert))."""
+        """As the engine takes them: `costs` (else the plan's for this executor layout and
+        storage profile), `usage` (else the plan's, else the repository's prior).
+        `labels`: where routing decisions come from (else drawn from the plan's
+        P(label | expert), else the repository's)."""
+        if costs is None and plan is None:
+            raise ConfigError("the simulator needs a plan (coserve profile) or a cost model")
         self.model = model
         self.config = config
-        self.costs = costs
+        self.plan = plan
+        self._costs = costs
+        if usage is None and plan is not None:
+            usage = plan.usage
         self.prior_usage = dict(usage) if usage is not None else dict(model.usage)
-        self.labels = labels or SampledLabels(model.label_probs)
-        missing = set(model.experts) - set(costs.arch_of)
-        if missing:
-            raise ConfigError(f"the cost model has no entry for experts {sorted(missing)[:5]}")
+        label_probs = plan.label_probs if plan is not None and plan.label_probs else model.label_probs
+        self.labels = labels or SampledLabels(label_probs)
 
     # -- the run -------------------------------------------------------------------------
     def run(self, requests: Sequence[Request], backlog: bool = False) -> tuple[EngineStats, list[Result]]:
-        """Simulate the trace: with `backlog` every request is queued at time 0 before any
-        executor starts (as the engine holds a backlog); otherwise each arrives at its
-        `arrival_s`."""
+        """Simulate the trace: with `backlog` every request is queued first, at the plan's
+        submit cost each, before any executor starts (as the engine holds a backlog);
+        otherwise each arrives at its `arrival_s`."""
         self._setup()
-        if backlog:
+        start_s = 0.0
+        if backlog:  # queued one by one while the executors are held, as the engine does
             for request in requests:
                 self._submit(request)
+                self._clock.now += self.costs.submit_s
+            start_s = self._clock.now
+            self._stats.note("backlog_submit_s", start_s)
         else:
             for request in requests:
                 self._at(request.arrival_s, self._submit, request)
         for i in range(len(self._processors)):
-            self._at(0.0, self._next_batch, i)
+            self._at(start_s, self._next_batch, i)
         while self._events:
             t, _, action, args = heapq.heappop(self._events)
             self._clock.now = t
@@ -101,6 +112,12 @@ class Simulator:
         self.policies = policy_set(self.config.policy, self.config.max_defer_s)
         specs = executor_layout(self.config.executors, self.policies)
         self._processors = [s.processor for s in specs]
+        self.costs = self._costs or self.plan.cost_model(  # type: ignore[union-attr]
+            self.model, storage_profile(self.config.storage).read_bytes_per_s,
+            executors_per_kind(self._processors))
+        missing = set(self.model.experts) - set(self.costs.arch_of)
+        if missing:
+            raise ConfigError(f"the cost model has no entry for experts {sorted(missing)[:5]}")
         self.budget_bytes = resolve_budget(self.model, self.config, self.policies, len(specs))
         budgets = split_budget(self.budget_bytes, len(specs))
         experts = self.model.experts.values()
@@ -204,10 +221,16 @@ class Simulator:
         self._at(self._clock() + exec_s, self._batch_done, i, batch, entry, exec_s)
 
     def _batch_done(self, i: int, batch: Batch, entry: Resident, exec_s: float) -> None:
+        """Route the outputs; the executor is free once the per-task handling is paid."""
         self._residency.release(entry)
         self._stats.batch(i, len(batch.tasks), exec_s)
         for task in batch.tasks:
             self._route_again(batch, task, exec_s)
+        free_s = self._clock() + self.costs.task_overhead_s * len(batch.tasks)
+        self._stats.handling(i, free_s - batch.started_s - exec_s)
+        self._at(free_s, self._free, i)
+
+    def _free(self, i: int) -> None:
         self._scheduler.batch_done(i)
         self._next_batch(i)
 
@@ -300,10 +323,11 @@ def simulate(
     model: CoEModel,
     requests: Sequence[Request],
     config: EngineConfig,
-    costs: CostModel,
+    costs: CostModel | None = None,
     backlog: bool = False,
     usage: Mapping[str, float] | None = None,
     labels: LabelSource | None = None,
+    plan: Plan | None = None,
 ) -> tuple[EngineStats, list[Result]]:
     """One simulated run: what `coserve simulate` does."""
-    return Simulator(model, config, costs, usage, labels).run(requests, backlog)
+    return Simulator(model, config, costs, usage, labels, plan).run(requests, backlog)
