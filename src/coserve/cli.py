@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from coserve.errors import CoserveError
+from coserve.planner.command import add_plan_option, add_plan_parser, add_simulate_parser
 
 DEMO_POLICIES = ("samba", "samba-fifo", "samba-parallel", "coserve", "all-resident")
 
@@ -112,13 +113,16 @@ def cmd_trace_make(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from coserve.engine.run import run_trace
+    from coserve.planner.command import apply_recommendation, load_plan
     from coserve.report import print_table
     from coserve.repository import open_repository
     from coserve.trace import read_trace
 
     model = open_repository(args.repo)
     requests = read_trace(args.trace)
-    stats, results, _ = run_trace(model, requests, _engine_config(args, args.policy), args.backlog)
+    plan = load_plan(args)
+    config = apply_recommendation(_engine_config(args, args.policy), plan, args)
+    stats, results, _ = run_trace(model, requests, config, args.backlog, plan=plan)
     if args.json:
         print(json.dumps(stats.to_dict(), indent=2))
     else:
@@ -262,6 +266,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from coserve.engine.engine import Engine
     from coserve.errors import ConfigError
+    from coserve.planner.command import apply_recommendation, load_plan
     from coserve.repository import open_repository
     from coserve.server.config import TOKEN_ENV, ServerConfig
     from coserve.server.run import bind, serve
@@ -273,7 +278,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           max_loop_lag_s=args.max_loop_lag_s or None)
     engine_config = replace(_engine_config(args, args.policy), quarantine_after=args.quarantine_after)
     model = open_repository(args.repo)
-    engine = Engine(model, engine_config)  # validates the budget before the port is taken
+    plan = load_plan(args)
+    engine_config = apply_recommendation(engine_config, plan, args)
+    engine = Engine(model, engine_config, plan=plan)  # validates the budget before the port is taken
     try:
         sock = bind(config.host, config.port)
     except OSError as exc:
@@ -315,6 +322,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quarantine-after", type=int, default=3,
                    help="consecutive failures that quarantine an expert; 0 never (default 3)")
     _add_engine_options(p, backlog=False)
+    add_plan_option(p)
     p.set_defaults(func=cmd_serve)
 
 
@@ -431,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--policy", default="coserve", choices=DEMO_POLICIES)
     run.add_argument("--json", action="store_true", help="print the statistics as one JSON object")
     _add_engine_options(run)
+    add_plan_option(run)
     run.set_defaults(func=cmd_run)
 
     zoo_build = zoo_sub.add_parser("build", help="generate a workload repository")
@@ -464,7 +473,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inspect_parser(sub)
     _add_serve_parser(sub)
     _add_profile_parser(sub)
+    add_simulate_parser(sub, _add_engine_options, DEMO_POLICIES, cmd_simulate)
+    add_plan_parser(sub)
     return parser
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from coserve.planner.command import cmd_simulate as simulate_command
+
+    return simulate_command(args, _engine_config(args, args.policy))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,14 +1,21 @@
 """The planner: executors per processor and each device's memory split between expert
-weights and activations, by a decay-window search evaluated with the simulator."""
+weights and activations, by a decay-window search evaluated with the simulator.
+`coserve.planner.search` is pure Python; names here are imported lazily."""
 
-from coserve.planner.planner import (
-           Candidate,
-           MemoryPlan,
-           Planner,
-           confirm,
-           default_executor_options,
-)
-from coserve.planner.search import SearchResult, decay_window_search
+from __future__ import annotations
 
-__all__ = ["Candidate", "MemoryPlan", "Planner", "SearchResult", "confirm",
-           "decay_window_search", "default_executor_options"]
+from coserve._lazy import lazy_getattr
+
+_EXPORTS = {
+    "Candidate": "coserve.planner.planner",
+    "MemoryPlan": "coserve.planner.planner",
+    "Planner": "coserve.planner.planner",
+    "confirm": "coserve.planner.planner",
+    "default_executor_options": "coserve.planner.planner",
+    "SearchResult": "coserve.planner.search",
+    "decay_window_search": "coserve.planner.search",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__ = lazy_getattr("coserve.planner", _EXPORTS)

@@ -55,10 +55,10 @@ class MemoryPlan:
 
 
 def default_executor_options(plan: Plan, cores: int | None = None) -> list[str]:
-    """CPU executor counts from 1 to the cores but one (at most 4), plus CUDA mixes when
+    """CPU executor counts from 1 to the cores (at most 4), plus CUDA mixes when
     the plan profiled a GPU."""
     cores = cores or os.cpu_count() or 1
-    options = [f"cpu:{n}" for n in range(1, max(1, min(4, cores - 1)) + 1)]
+    options = [f"cpu:{n}" for n in range(1, max(1, min(4, cores)) + 1)]
     if "cuda" in plan.processors:
         options += ["cuda:0:1", "cuda:0:2", "cpu:1,cuda:0:1", "cpu:1,cuda:0:2"]
     return options

@@ -32,7 +32,7 @@ from coserve.repository import ArchitectureSpec, CoEModel, ExpertSpec, usage_fro
 
 DEFAULT_BATCH_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 PROCESSOR_KINDS = ("cpu", "cuda")
-CALIBRATION_REQUESTS = 1000  # requests the engine calibration runs (the sample, replayed)
+CALIBRATION_REQUESTS = 2000  # requests the engine calibration runs (the sample, replayed)
 ROTATED_EXPERTS = 4  # experts whose weights the latency curve rotates through
 MIN_SLOWDOWN = 0.5  # a calibration below this is a measurement fault, not a speed-up
 
@@ -224,7 +224,7 @@ def _route_sample(
     """Usage and label probabilities from the sample routed through the real experts,
     and the CPU slowdowns calibrated on the engine itself: the sample runs (all experts
     resident) with 1..max_executors CPU executors, and each architecture's slowdown is
-    the median ratio of the batch time the engine measured to the profiled fit. This
+    the engine's total batch time over what the profiled fit predicts for those batches. This
     catches what the thread micro-benchmark cannot: the engine's own Python work
     (routing, queueing) competing for the GIL and the cores."""
     steps.start(f"routing {len(sample)} sample requests on the engine")
@@ -251,11 +251,15 @@ def _engine_slowdowns(model: CoEModel, arch: str, profile: ArchProfile,
                       runs: Mapping[int, Sequence[Result]]) -> dict[int, float]:
     slowdowns: dict[int, float] = {}
     for k, results in runs.items():
-        ratios = [step.exec_s / profile.cost.exec_s(step.batch_size)
-                  for r in results for step in r.steps
-                  if model.experts[step.expert].architecture == arch]
-        if ratios:
-            slowdowns[k] = max(MIN_SLOWDOWN, statistics.median(ratios))
+        # Each batch once (its tasks share one Step timing), weighted by its time: the
+        # ratio of sums, as a run's throughput sums its batches (slow moments included,
+        # which a median would leave out).
+        batches = {(step.executor, step.expert, step.batch_size, step.exec_s)
+                   for r in results for step in r.steps
+                   if model.experts[step.expert].architecture == arch}
+        predicted = sum(profile.cost.exec_s(n) for _, _, n, _ in batches)
+        if predicted > 0:
+            slowdowns[k] = max(MIN_SLOWDOWN, sum(s for *_, s in batches) / predicted)
     return slowdowns
 
 
