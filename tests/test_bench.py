@@ -94,8 +94,40 @@ def test_cli_trace_make_and_bench_json(pcb_tiny, tmp_path, capsys):
     assert len(read_trace(trace)) == 40 and read_trace(trace)[-1].arrival_s == 0
     out = tmp_path / "bench.json"
     code = main(["bench", str(pcb_tiny), str(trace), "--policies", "samba,coserve", "--sweep", "",
-                 "--budget-fraction", "0.4", "--storage", "none", "--no-measure",
+                 "--budget-fraction", "0.4", "--storage", "none", "--no-measure", "--no-plan",
                  "--json", str(out), "--report-dir", str(tmp_path / "r")])
     assert code == 0
     rows = json.loads(out.read_text())["rows"]
     assert [r["policy"] for r in rows] == ["samba", "coserve"]
+
+
+def test_bench_with_a_plan_adds_the_planned_row_and_simulated_twins(pcb_tiny, tmp_path):
+    from coserve.planfile import Plan
+    from coserve.profiler import profile_repository
+
+    trace = tmp_path / "a.jsonl"
+    assert main(["trace", "make", str(pcb_tiny), "--out", str(trace), "--num", "60", "--backlog"]) == 0
+    model = open_repository(pcb_tiny)
+    requests = read_trace(trace)
+    plan_path = profile_repository(model, batch_sizes=(1, 2, 4), sample=requests[:20],
+                                   calibration_requests=60,
+                                   max_executors=1).save(tmp_path / "plan.json")
+    out = tmp_path / "bench.json"
+    code = main(["bench", str(pcb_tiny), str(trace), "--policies", "samba,coserve", "--sweep", "",
+                 "--budget-fraction", "0.4", "--storage", "none", "--plan", str(plan_path),
+                 "--json", str(out), "--report-dir", str(tmp_path / "r")])
+    assert code == 0
+    data = json.loads(out.read_text())
+    rows = data["rows"]
+    assert [r["policy"] for r in rows] == ["samba", "coserve (default)", "coserve (planned)"]
+    planned = data["metadata"]["planned"]
+    memory = int(0.4 * model.total_expert_bytes) + 2 * 256 * 2**20  # budget + default activations
+    assert planned["memory_bytes"] == memory
+    assert planned["budget_bytes"] + planned["activation_bytes"] * int(planned["executors"][4:]) <= memory
+    assert rows[2]["budget_bytes"] == planned["budget_bytes"]
+    for row in rows:
+        sim = row["simulated"]
+        assert sim["throughput_rps"] > 0 and sim["throughput_ratio"] > 0
+    assert all(r["num_completed"] == 60 for r in rows)
+    assert "coserve (planned)" in (tmp_path / "r" / "report.md").read_text()
+    assert Plan.load(plan_path).recommended is None  # the bench does not rewrite the plan

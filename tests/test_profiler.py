@@ -29,12 +29,14 @@ def sample(tiny_zoo):
 
 @pytest.fixture(scope="module")
 def plan(model):
-    return profile_repository(model, processors=("cpu",), threads=1, batch_sizes=BATCH_SIZES)
+    return profile_repository(model, processors=("cpu",), threads=1, batch_sizes=BATCH_SIZES,
+                              max_executors=1)
 
 
 @pytest.fixture(scope="module")
 def sampled_plan(model, sample):
     return profile_repository(model, processors=("cpu",), threads=1, batch_sizes=(1,),
+                              max_executors=1, calibration_requests=100,
                               sample=sample, inputs_from=sample)
 
 
@@ -99,7 +101,7 @@ def test_experts_the_sample_never_reached_keep_the_rules_label_probs(model, samp
 
 def test_progress_is_reported_step_by_step(model):
     calls = []
-    profile_repository(model, processors=("cpu",), threads=1, batch_sizes=(1,),
+    profile_repository(model, processors=("cpu",), threads=1, batch_sizes=(1,), max_executors=1,
                        progress=lambda what, done, total: calls.append((what, done, total)))
     total = len(model.architectures) + 1  # each architecture on the cpu, then the storage reads
     assert [c[1:] for c in calls] == [(i, total) for i in range(total + 1)]
@@ -108,7 +110,8 @@ def test_progress_is_reported_step_by_step(model):
 
 def test_profiling_restores_the_thread_setting(model):
     before = torch.get_num_threads()
-    profile_repository(model, processors=("cpu",), threads=before + 1, batch_sizes=(1,))
+    profile_repository(model, processors=("cpu",), threads=before + 1, batch_sizes=(1,),
+                       max_executors=1)
     assert torch.get_num_threads() == before
 
 
@@ -178,7 +181,8 @@ def test_cli_profile_writes_a_loadable_plan(tiny_zoo, tmp_path, capsys):
     root, trace = tiny_zoo
     out = tmp_path / "plan.json"
     assert main(["profile", str(root), "--out", str(out), "--batch-sizes", "1,2",
-                 "--sample", str(trace), "--sample-size", "20", "--threads", "1"]) == 0
+                 "--sample", str(trace), "--sample-size", "20", "--threads", "1",
+                 "--max-executors", "1", "--calibration-requests", "40"]) == 0
     plan = Plan.load(out)
     plan.check_covers(open_repository(root))
     assert plan.usage_source == "routed sample of 20 requests"

@@ -215,8 +215,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             return {**stats.to_dict(), "accuracy": inspection_accuracy(results)}
 
     sweep = [float(x) for x in args.sweep.split(",")] if args.sweep else []
-    run = run_bench(model, requests, config, policies=args.policies.split(","), backlog=not args.realtime,
-                    sweep_fractions=sweep, peer=peer, trace=str(trace),
+    policies = args.policies.split(",")
+    plan = None if args.no_plan or "coserve" not in policies else _bench_plan(args, model, repo, requests)
+    run = run_bench(model, requests, config, policies=policies, backlog=not args.realtime,
+                    sweep_fractions=sweep, peer=peer, trace=str(trace), plan=plan,
                     on_row=lambda r: print(f"  {r['policy']}: {r['throughput_rps']:.1f} images/s, "
                                            f"{r['num_switches']} switches", flush=True))
     header, body = table_rows(run.rows)
@@ -227,6 +229,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         table.add_row(*row)
     Console(width=140).print(table)
     m = run.metadata
+    if plan is not None:
+        m["plan"] = str(args.plan or repo / BENCH_PLAN)
     print(f"budget {m['budget_bytes'] / 1e9:.2f} GB = {m['budget_fraction']:.0%} of {m['total_expert_bytes'] / 1e9:.2f} GB; "
           f"storage {m['storage']}; raw storage read {m['raw_storage_bytes_per_s'] / 1e6:.0f} MB/s; "
           f"{m['cpu_cores']} cores; {m['num_requests']} requests ({m['arrivals']})")
@@ -234,6 +238,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for path in write_reports(run, args.json, report_dir):
         print(f"wrote {path}")
     return 0
+
+
+BENCH_PLAN = "plan.json"  # the bench's plan, beside the repository, made on first use
+
+
+def _bench_plan(args: argparse.Namespace, model, repo: Path, requests):
+    """--plan, else the plan beside the repository, else a profile made now (once)."""
+    from coserve.planfile import Plan
+    from coserve.profiler import profile_repository
+
+    if args.plan:
+        return Plan.load(args.plan)
+    path = repo / BENCH_PLAN
+    if path.is_file():
+        return Plan.load(path)
+    bar, update = _progress_builder(f"profiling {model.name} for the planned row (once)")
+    with bar:
+        plan = profile_repository(model, sample=requests[:200], inputs_from=requests[:64],
+                                  progress=update)
+    try:
+        plan.save(path)
+        print(f"wrote {path}")
+    except OSError as exc:
+        print(f"warning: could not keep the plan at {path} ({exc.strerror})", file=sys.stderr)
+    return plan
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -339,7 +368,10 @@ def _add_bench_options(p: argparse.ArgumentParser, sweep: str) -> None:
     p.add_argument("--limit", type=int, default=None, help="only the first N requests")
     p.add_argument("--json", type=Path, default=None, help="write run metadata and rows here")
     p.add_argument("--report-dir", type=Path, default=None, help="markdown report and PNG plots")
+    p.add_argument("--no-plan", action="store_true",
+                   help="no coserve (planned) row and no simulated twins (skips profiling)")
     _add_engine_options(p)
+    add_plan_option(p)
     p.set_defaults(func=cmd_bench if sweep else cmd_demo, storage="sata-530")
 
 
@@ -370,7 +402,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     with bar:
         plan = profile_repository(model, processors=processors, threads=args.threads,
                                   batch_sizes=batch_sizes, sample=sample, inputs_from=inputs,
-                                  progress=update)
+                                  progress=update, max_executors=args.max_executors,
+                                  calibration_requests=args.calibration_requests)
     try:
         plan.save(args.out)
     except OSError as exc:
@@ -418,6 +451,10 @@ def _add_profile_parser(sub: argparse._SubParsersAction) -> None:
                    help="intra-op CPU threads while profiling (default: a default CPU executor's)")
     p.add_argument("--batch-sizes", default=None, help="e.g. 1,2,4,8 (default 1,2,3,4,6,8,12,16,24,32)")
     p.add_argument("--processors", default=None, help="cpu or cpu,cuda (default: cpu, plus cuda if present)")
+    p.add_argument("--max-executors", type=int, default=None,
+                   help="measure the slowdown of up to N executors of a kind at once (default: the cores, at most 4)")
+    p.add_argument("--calibration-requests", type=int, default=2000,
+                   help="requests each engine calibration run serves, the sample replayed (default 2000)")
     p.set_defaults(func=cmd_profile)
 
 

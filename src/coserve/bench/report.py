@@ -33,14 +33,26 @@ def _cell(row: dict[str, Any], col: tuple) -> str:
 
 
 def table_rows(rows: Sequence[dict[str, Any]], baseline: str = "samba") -> tuple[list[str], list[list[str]]]:
+    """With a plan, each engine row also shows its simulated twin: images/s and
+    switches predicted by the simulator for the same configuration, as sim/engine."""
     base = next((r for r in rows if r["policy"] == baseline), None)
+    simulated = any("simulated" in r for r in rows)
     header = [c[1] for c in COLUMNS] + [f"vs {baseline}"]
+    header += ["sim images/s", "sim/engine", "sim switches"] if simulated else []
     body = []
     for r in rows:
         ratio = (f"{r['throughput_rps'] / base['throughput_rps']:.2f}x"
                  if base and base["throughput_rps"] else "-")
-        body.append([_cell(r, c) for c in COLUMNS] + [ratio])
+        body.append([_cell(r, c) for c in COLUMNS] + [ratio] + (_sim_cells(r) if simulated else []))
     return header, body
+
+
+def _sim_cells(row: dict[str, Any]) -> list[str]:
+    sim = row.get("simulated")
+    if not sim:
+        return ["-", "-", "-"]
+    ratio = sim["throughput_ratio"]
+    return [f"{sim['throughput_rps']:.1f}", f"{ratio:.2f}" if ratio else "-", str(sim["num_switches"])]
 
 
 def markdown(run: BenchRun) -> str:
@@ -56,6 +68,7 @@ def markdown(run: BenchRun) -> str:
         + (f" (reads paced to {m['storage_paced_bytes_per_s'] / 1e6:.0f} MB/s)" if m["storage_paced_bytes_per_s"] else "")
         + f"; raw storage read measured in this run: {m['raw_storage_bytes_per_s'] / 1e6:.0f} MB/s (O_DIRECT)",
         f"- executors: {', '.join(m['executors'])}; {m['cpu_cores']} CPU cores; torch {m['torch']}; {m['date']}",
+        *_planned_lines(m),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -66,6 +79,16 @@ def markdown(run: BenchRun) -> str:
         lines += [f"| {r['policy']} | {r['budget_fraction']:.0%} | {r['throughput_rps']:.1f} | {r['num_switches']} |"
                   for r in run.sweep]
     return "\n".join(lines) + "\n"
+
+
+def _planned_lines(m: dict[str, Any]) -> list[str]:
+    p = m.get("planned")
+    if not p:
+        return []
+    return [f"- coserve (planned): the planner's choice for the same {p['memory_bytes'] / 1e9:.2f} GB "
+            f"(expert budget + the default's activation areas): executors {p['executors']}, experts "
+            f"{p['budget_bytes'] / 1e9:.2f} GB, activations {p['activation_bytes'] / 1e6:.0f} MB per "
+            f"executor; predicted {p['items_per_s']:.1f} images/s; plan {m.get('plan', '-')}"]
 
 
 def _budget(m: dict[str, Any]) -> str:

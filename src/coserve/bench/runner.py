@@ -8,7 +8,7 @@ import datetime
 import os
 import platform
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -16,8 +16,10 @@ import torch
 from coserve.engine.config import EngineConfig
 from coserve.engine.results import Request, Result
 from coserve.engine.run import run_trace
+from coserve.engine.stats import EngineStats
 from coserve.loader.storage import measure_raw_bandwidth, storage_profile
 from coserve.plan import CostModel
+from coserve.planfile import Plan
 from coserve.repository import CoEModel
 
 BENCH_POLICIES = ("samba", "samba-fifo", "samba-parallel", "coserve", "all-resident")
@@ -84,30 +86,98 @@ def run_bench(
     peer: Callable[[], dict[str, Any]] | None = None,
     trace: str = "",
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    plan: Plan | None = None,
 ) -> BenchRun:
-    run = BenchRun(bench_metadata(model, requests, config, trace, backlog))
-    costs: CostModel | None = None
-
-    def one(cfg: EngineConfig) -> dict[str, Any]:
-        nonlocal costs
-        stats, results, costs = run_trace(model, requests, cfg, backlog, costs)
-        return {**stats.to_dict(), "accuracy": inspection_accuracy(results)}
-
+    """Every policy in turn. With a `plan`, coserve runs twice: `coserve (default)` (the
+    configuration given, costs measured at start-up) and `coserve (planned)` (the
+    planner's executors and split of the same memory: the expert budget plus the
+    default's activation areas); and each engine row gets its simulated twin, so the
+    simulator's agreement with the engine is measured in the same run."""
+    bench = _Bench(model, requests, config, backlog, plan, on_row,
+                   BenchRun(bench_metadata(model, requests, config, trace, backlog)))
     for policy in policies:
-        row = one(replace(config, policy=policy))
-        run.rows.append(row)
-        if on_row:
-            on_row(row)
+        bench.policy_rows(policy)
     if peer is not None:
-        row = peer()
-        run.rows.append(row)
-        if on_row:
-            on_row(row)
+        bench.add(peer())
     for fraction in sweep_fractions:
         for policy in sweep_policies:
-            cfg = replace(config, policy=policy, budget_bytes=None, budget_fraction=fraction)
-            row = one(cfg)
-            run.sweep.append({"budget_fraction": fraction, **row})
-            if on_row:
-                on_row({**row, "policy": f"{policy} @ {fraction:.0%}"})
-    return run
+            bench.sweep_row(policy, fraction)
+    return bench.run
+
+
+@dataclass
+class _Bench:
+    model: CoEModel
+    requests: Sequence[Request]
+    config: EngineConfig
+    backlog: bool
+    plan: Plan | None
+    on_row: Callable[[dict[str, Any]], None] | None
+    run: BenchRun
+    costs: CostModel | None = None  # measured once, shared by every row without a plan
+
+    def policy_rows(self, policy: str) -> None:
+        planned = self.plan is not None and policy == "coserve"
+        self.add(self.one(replace(self.config, policy=policy),
+                          "coserve (default)" if planned else None))
+        if planned:
+            assert self.plan is not None
+            candidate = plan_for_bench(self.model, self.requests, self.config, self.plan, self.backlog)
+            self.run.metadata["planned"] = asdict(candidate)
+            self.add(self.one(candidate.config(self.config), "coserve (planned)", with_plan=True))
+
+    def sweep_row(self, policy: str, fraction: float) -> None:
+        cfg = replace(self.config, policy=policy, budget_bytes=None, budget_fraction=fraction)
+        row = self.one(cfg)
+        self.run.sweep.append({"budget_fraction": fraction, **row})
+        if self.on_row:
+            self.on_row({**row, "policy": f"{policy} @ {fraction:.0%}"})
+
+    def one(self, cfg: EngineConfig, label: str | None = None, with_plan: bool = False) -> dict[str, Any]:
+        plan = self.plan if with_plan else None
+        stats, results, measured = run_trace(self.model, self.requests, cfg, self.backlog,
+                                             None if with_plan else self.costs, plan)
+        if not with_plan:
+            self.costs = measured
+        row = {**stats.to_dict(), "accuracy": inspection_accuracy(results)}
+        if label:
+            row["policy"] = label
+        if self.plan is not None:
+            row["simulated"] = simulated_twin(self.model, self.requests, cfg, self.plan,
+                                              self.backlog, stats)
+        return row
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.run.rows.append(row)
+        if self.on_row:
+            self.on_row(row)
+
+
+def bench_memory_bytes(model: CoEModel, config: EngineConfig) -> int:
+    """What coserve (default) holds: its expert budget plus an activation area per
+    executor. The planned row splits the same amount."""
+    budget = config.resolve_budget(model.total_expert_bytes) or model.total_expert_bytes
+    return budget + len(config.executors) * config.activation_bytes
+
+
+def plan_for_bench(model: CoEModel, requests: Sequence[Request], config: EngineConfig,
+                   plan: Plan, backlog: bool):
+    from coserve.planner.planner import Planner, default_executor_options
+
+    planner = Planner(model, plan, requests, config, backlog)
+    return planner.plan_memory(bench_memory_bytes(model, config),
+                               default_executor_options(plan)).best
+
+
+def simulated_twin(model: CoEModel, requests: Sequence[Request], config: EngineConfig,
+                   plan: Plan, backlog: bool, real: EngineStats) -> dict[str, Any]:
+    """The same configuration on the simulator, and how far it is from the real run."""
+    from coserve.simulator import simulate
+
+    sim, _ = simulate(model, requests, config, backlog=backlog, plan=plan)
+    return {
+        "throughput_rps": sim.throughput_rps,
+        "num_switches": sim.num_switches,
+        "throughput_ratio": sim.throughput_rps / real.throughput_rps if real.throughput_rps else None,
+        "switches_ratio": sim.num_switches / real.num_switches if real.num_switches else None,
+    }

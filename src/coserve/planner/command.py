@@ -135,7 +135,10 @@ def _memories(planner, args: argparse.Namespace) -> list[int]:
     if args.budget_bytes is not None:
         if args.budget_bytes <= 0:
             raise ConfigError(f"--budget-bytes must be positive, got {args.budget_bytes}")
-        return sorted({int(args.budget_bytes * f) for f in (0.25, 0.5, 0.75, 1.0)})
+        # Smaller sizes than the least that runs are left out; the budget itself never is
+        # (if it is too small, the planner says how much is needed).
+        smaller = {int(args.budget_bytes * f) for f in (0.25, 0.5, 0.75)}
+        return sorted({m for m in smaller if m >= planner.min_memory_bytes(1)} | {args.budget_bytes})
     if args.target_throughput <= 0:
         raise ConfigError(f"--target-throughput must be positive, got {args.target_throughput}")
     low, high = planner.min_memory_bytes(2), planner.full_memory_bytes(2)

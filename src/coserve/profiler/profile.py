@@ -53,6 +53,7 @@ def profile_repository(
     inputs_from: Sequence[Request] | None = None,
     progress: Progress | None = None,
     max_executors: int | None = None,
+    calibration_requests: int = CALIBRATION_REQUESTS,
 ) -> Plan:
     """Measure `model` on this machine (see the package docstring for what).
 
@@ -63,7 +64,8 @@ def profile_repository(
     repository's rules). `inputs_from`: requests whose inputs feed the latency curves
     of architectures of that input shape (default: random inputs). `max_executors`:
     measure the slowdown of up to this many executors of a kind running at once
-    (default: the cores, at most 4)."""
+    (default: the cores, at most 4). `calibration_requests`: how many requests (the
+    sample, replayed) each engine calibration run serves."""
     kinds = _check_processors(default_processors() if processors is None else processors)
     threads = default_executors()[0].num_threads if threads is None else threads
     if threads < 1:
@@ -84,7 +86,7 @@ def profile_repository(
                     loads=loads, usage=dict(model.usage), label_probs=_label_probs(model, []),
                     usage_source="rules", machine=_machine(batch_sizes))
         if sample is not None:
-            plan = _route_sample(plan, model, sample, max_executors, steps)
+            plan = _route_sample(plan, model, sample, max_executors, calibration_requests, steps)
     finally:
         torch.set_num_threads(previous_threads)
     steps.finish()
@@ -219,7 +221,8 @@ def _file_bytes(expert: ExpertSpec) -> int:
 
 
 def _route_sample(
-    plan: Plan, model: CoEModel, sample: Sequence[Request], max_executors: int, steps: _Steps
+    plan: Plan, model: CoEModel, sample: Sequence[Request], max_executors: int,
+    calibration_requests: int, steps: _Steps,
 ) -> Plan:
     """Usage and label probabilities from the sample routed through the real experts,
     and the CPU slowdowns calibrated on the engine itself: the sample runs (all experts
@@ -229,7 +232,7 @@ def _route_sample(
     (routing, queueing) competing for the GIL and the cores."""
     steps.start(f"routing {len(sample)} sample requests on the engine")
     # The calibration needs more batches than a small sample makes: replay it.
-    copies = max(1, -(-CALIBRATION_REQUESTS // len(sample)))
+    copies = max(1, -(-calibration_requests // len(sample)))
     replayed = [replace(r, request_id=f"{k}/{r.request_id}") for k in range(copies) for r in sample]
     runs = {k: _route(model, replayed, plan, k) for k in range(1, max_executors + 1)}
     routed = [r for r in runs[1][0][: len(sample)] if r.ok]
