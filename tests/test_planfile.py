@@ -106,3 +106,32 @@ def test_a_plan_for_another_repository_is_refused(tiny_zoo):
         make_plan(archs=("other",), experts=tuple(model.experts)).cost_model(model)
     with pytest.raises(PlanError, match="lacks"):
         make_plan(archs=tuple(model.architectures), experts=("nope",)).cost_model(model)
+
+
+def test_a_measured_curve_is_followed_between_its_points():
+    from coserve.plan import ArchCost
+
+    cost = ArchCost(0.001, 0.005, 16, 1, ((1, 0.006), (2, 0.008), (4, 0.010), (16, 0.020)))
+    assert cost.exec_s(2) == pytest.approx(0.008)  # measured points exactly
+    assert cost.exec_s(3) == pytest.approx(0.009)  # straight between them
+    assert cost.exec_s(10) == pytest.approx(0.015)
+    assert cost.exec_s(20) == pytest.approx(0.024)  # beyond the curve: K per item
+    assert cost.scaled(2).exec_s(3) == pytest.approx(0.018)
+    assert ArchCost(0.001, 0.005, 16, 1).exec_s(3) == pytest.approx(0.008)  # no curve: K*n + B
+
+
+def test_the_cost_model_uses_the_curve_and_the_slowdown(tiny_zoo):
+    from coserve.repository import open_repository
+
+    model = open_repository(tiny_zoo[0])
+    plan = make_plan(archs=tuple(model.architectures), experts=tuple(model.experts))
+    arch = next(iter(model.architectures))
+    plan = Plan.from_json({**plan.to_json(), "processors": {"cpu": {
+        a: {**p, "slowdown": {"1": 1.0, "2": 1.5}} for a, p in plan.to_json()["processors"]["cpu"].items()}}})
+    expert = next(e for e in model.experts.values() if e.architecture == arch).name
+    one = plan.cost_model(model, executors_per_kind={"cpu": 1})
+    two = plan.cost_model(model, executors_per_kind={"cpu": 2})
+    assert one.exec_s(expert, "cpu", 2) == pytest.approx(0.005)  # the measured point, not K*2+B
+    assert two.exec_s(expert, "cpu", 2) == pytest.approx(0.0075)
+    assert plan.cost_model(model, executors_per_kind={"cpu": 4}).exec_s(expert, "cpu", 2) == \
+        pytest.approx(0.0075)  # beyond the measured counts: the largest measured slowdown

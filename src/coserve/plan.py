@@ -9,6 +9,8 @@ Pure Python (no torch) so that the policies, the engine and the simulator share 
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -25,12 +27,15 @@ DEFAULT_HOST_TO_DEVICE_BYTES_PER_S = 10e9
 
 @dataclass(frozen=True)
 class ArchCost:
-    """Latency model of one architecture on one processor: a batch of n takes k_s*n + b_s."""
+    """Latency model of one architecture on one processor: a batch of n takes k_s*n + b_s,
+    or, when a measured curve is given, the curve between its points (real curves are
+    not straight: oneDNN picks other kernels at some sizes), extended by k_s beyond."""
 
     k_s: float
     b_s: float
     max_batch: int
     item_bytes: int
+    curve: tuple[tuple[int, float], ...] = ()  # (batch size, seconds), ascending sizes
 
     def __post_init__(self) -> None:
         if self.k_s <= 0 or self.b_s < 0:
@@ -39,7 +44,24 @@ class ArchCost:
             raise ConfigError(f"ArchCost.max_batch must be >= 1, got {self.max_batch}")
 
     def exec_s(self, num_items: int) -> float:
-        return self.k_s * num_items + self.b_s
+        if not self.curve:
+            return self.k_s * num_items + self.b_s
+        i = bisect.bisect_left(self.curve, (num_items, -math.inf))
+        if i < len(self.curve) and self.curve[i][0] == num_items:
+            return self.curve[i][1]
+        if i == 0:  # below the first measured size: scale it down by K
+            n0, s0 = self.curve[0]
+            return max(s0 - self.k_s * (n0 - num_items), self.k_s)
+        if i == len(self.curve):
+            n1, s1 = self.curve[-1]
+            return s1 + self.k_s * (num_items - n1)
+        (n0, s0), (n1, s1) = self.curve[i - 1], self.curve[i]
+        return s0 + (s1 - s0) * (num_items - n0) / (n1 - n0)
+
+    def scaled(self, factor: float) -> ArchCost:
+        """Every time multiplied by `factor` (e.g. a slowdown)."""
+        return ArchCost(self.k_s * factor, self.b_s * factor, self.max_batch, self.item_bytes,
+                        tuple((n, s * factor) for n, s in self.curve))
 
 
 @dataclass(frozen=True)

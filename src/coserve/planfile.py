@@ -37,10 +37,13 @@ class ArchProfile:
 
     def cost_with(self, num_executors: int) -> ArchCost:
         """The latency model when `num_executors` of this kind run at once (beyond the
-        most measured, the largest measured slowdown)."""
-        factor = self.slowdown_for(num_executors)
-        c = self.cost
-        return ArchCost(c.k_s * factor, c.b_s * factor, c.max_batch, c.item_bytes)
+        most measured, the largest measured slowdown): the measured curve between its
+        points, the fit's K beyond them."""
+        return self.curve_cost().scaled(self.slowdown_for(num_executors))
+
+    def curve_cost(self) -> ArchCost:
+        """The fit with the measured curve attached, as one executor alone runs it."""
+        return replace(self.cost, curve=tuple(sorted(self.latency_s.items())))
 
     def slowdown_for(self, num_executors: int) -> float:
         known = [n for n in self.slowdown if n <= num_executors]

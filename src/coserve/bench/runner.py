@@ -144,7 +144,7 @@ class _Bench:
             row["policy"] = label
         if self.plan is not None:
             row["simulated"] = simulated_twin(self.model, self.requests, cfg, self.plan,
-                                              self.backlog, stats)
+                                              self.backlog, stats, None if with_plan else measured)
         return row
 
     def add(self, row: dict[str, Any]) -> None:
@@ -170,11 +170,14 @@ def plan_for_bench(model: CoEModel, requests: Sequence[Request], config: EngineC
 
 
 def simulated_twin(model: CoEModel, requests: Sequence[Request], config: EngineConfig,
-                   plan: Plan, backlog: bool, real: EngineStats) -> dict[str, Any]:
-    """The same configuration on the simulator, and how far it is from the real run."""
+                   plan: Plan, backlog: bool, real: EngineStats,
+                   scheduling_costs: CostModel | None = None) -> dict[str, Any]:
+    """The same configuration on the simulator, and how far it is from the real run:
+    timed by the plan, scheduled with the cost model the engine scheduled with."""
     from coserve.simulator import simulate
 
-    sim, _ = simulate(model, requests, config, backlog=backlog, plan=plan)
+    sim, _ = simulate(model, requests, config, backlog=backlog, plan=plan,
+                      scheduling_costs=scheduling_costs)
     return {
         "throughput_rps": sim.throughput_rps,
         "num_switches": sim.num_switches,

@@ -227,7 +227,7 @@ def _route_sample(
     """Usage and label probabilities from the sample routed through the real experts,
     and the CPU slowdowns calibrated on the engine itself: the sample runs (all experts
     resident) with 1..max_executors CPU executors, and each architecture's slowdown is
-    the engine's total batch time over what the profiled fit predicts for those batches. This
+    the engine's total batch time over what the measured curve predicts for those batches. This
     catches what the thread micro-benchmark cannot: the engine's own Python work
     (routing, queueing) competing for the GIL and the cores."""
     steps.start(f"routing {len(sample)} sample requests on the engine")
@@ -260,7 +260,8 @@ def _engine_slowdowns(model: CoEModel, arch: str, profile: ArchProfile,
         batches = {(step.executor, step.expert, step.batch_size, step.exec_s)
                    for r in results for step in r.steps
                    if model.experts[step.expert].architecture == arch}
-        predicted = sum(profile.cost.exec_s(n) for _, _, n, _ in batches)
+        alone = profile.curve_cost()
+        predicted = sum(alone.exec_s(n) for _, _, n, _ in batches)
         if predicted > 0:
             slowdowns[k] = max(MIN_SLOWDOWN, sum(s for *_, s in batches) / predicted)
     return slowdowns

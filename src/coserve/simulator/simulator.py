@@ -65,17 +65,21 @@ class Simulator:
         usage: Mapping[str, float] | None = None,
         labels: LabelSource | None = None,
         plan: Plan | None = None,
+        scheduling_costs: CostModel | None = None,
     ) -> None:
         """As the engine takes them: `costs` (else the plan's for this executor layout and
         storage profile), `usage` (else the plan's, else the repository's prior).
         `labels`: where routing decisions come from (else drawn from the plan's
-        P(label | expert), else the repository's)."""
+        P(label | expert), else the repository's). `scheduling_costs`: what the scheduler
+        predicts with, when the engine being mirrored used another cost model than the
+        one that times the simulation (e.g. its start-up measurement)."""
         if costs is None and plan is None:
             raise ConfigError("the simulator needs a plan (coserve profile) or a cost model")
         self.model = model
         self.config = config
         self.plan = plan
         self._costs = costs
+        self._scheduling_costs = scheduling_costs
         if usage is None and plan is not None:
             usage = plan.usage
         self.prior_usage = dict(usage) if usage is not None else dict(model.usage)
@@ -131,7 +135,8 @@ class Simulator:
             self.config.host_cache_bytes,
         )
         self._scheduler = Scheduler(
-            self._processors, self.policies.assign, self.policies.arrange, self.costs,
+            self._processors, self.policies.assign, self.policies.arrange,
+            self._scheduling_costs or self.costs,
             self.config.activation_bytes, self._residency.resident, self._residency.in_host,
             self._clock,
         )
@@ -328,6 +333,7 @@ def simulate(
     usage: Mapping[str, float] | None = None,
     labels: LabelSource | None = None,
     plan: Plan | None = None,
+    scheduling_costs: CostModel | None = None,
 ) -> tuple[EngineStats, list[Result]]:
     """One simulated run: what `coserve simulate` does."""
-    return Simulator(model, config, costs, usage, labels, plan).run(requests, backlog)
+    return Simulator(model, config, costs, usage, labels, plan, scheduling_costs).run(requests, backlog)
