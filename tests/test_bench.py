@@ -115,7 +115,7 @@ def test_bench_with_a_plan_adds_the_planned_row_and_simulated_twins(pcb_tiny, tm
     out = tmp_path / "bench.json"
     code = main(["bench", str(pcb_tiny), str(trace), "--policies", "samba,coserve", "--sweep", "",
                  "--budget-fraction", "0.4", "--storage", "none", "--plan", str(plan_path),
-                 "--json", str(out), "--report-dir", str(tmp_path / "r")])
+                 "--repeat", "3", "--json", str(out), "--report-dir", str(tmp_path / "r")])
     assert code == 0
     data = json.loads(out.read_text())
     rows = data["rows"]
@@ -126,6 +126,8 @@ def test_bench_with_a_plan_adds_the_planned_row_and_simulated_twins(pcb_tiny, tm
     assert planned["budget_bytes"] + planned["activation_bytes"] * int(planned["executors"][4:]) <= memory
     assert rows[2]["budget_bytes"] == planned["budget_bytes"]
     for row in rows:
+        runs = row["throughput_rps_runs"]
+        assert len(runs) == 3 and row["throughput_rps"] == sorted(runs)[1]  # the median run
         sim = row["simulated"]
         assert sim["throughput_rps"] > 0 and sim["throughput_ratio"] > 0
     assert all(r["num_completed"] == 60 for r in rows)

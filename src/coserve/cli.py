@@ -218,7 +218,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     policies = args.policies.split(",")
     plan = None if args.no_plan or "coserve" not in policies else _bench_plan(args, model, repo, requests)
     run = run_bench(model, requests, config, policies=policies, backlog=not args.realtime,
-                    sweep_fractions=sweep, peer=peer, trace=str(trace), plan=plan,
+                    sweep_fractions=sweep, peer=peer, trace=str(trace), plan=plan, repeat=args.repeat,
                     on_row=lambda r: print(f"  {r['policy']}: {r['throughput_rps']:.1f} images/s, "
                                            f"{r['num_switches']} switches", flush=True))
     header, body = table_rows(run.rows)
@@ -368,6 +368,8 @@ def _add_bench_options(p: argparse.ArgumentParser, sweep: str) -> None:
     p.add_argument("--limit", type=int, default=None, help="only the first N requests")
     p.add_argument("--json", type=Path, default=None, help="write run metadata and rows here")
     p.add_argument("--report-dir", type=Path, default=None, help="markdown report and PNG plots")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run every policy row N times, in rounds; each row is the median run")
     p.add_argument("--no-plan", action="store_true",
                    help="no coserve (planned) row and no simulated twins (skips profiling)")
     _add_engine_options(p)
@@ -420,18 +422,22 @@ def _print_plan(plan) -> None:
 
     table = Table(title=f"coserve profile: {plan.repository}")
     for h in ("arch", "processor", "K ms", "B ms", "max batch", "fit error %", "item MB",
-              "footprint MB"):
+              "footprint MB", "slowdown by executors"):
         table.add_column(h, justify="left" if h in ("arch", "processor") else "right")
     for kind, archs in plan.processors.items():
         for arch, p in archs.items():
             table.add_row(arch, f"{kind} ({plan.threads.get(kind, '?')} threads)",
                           f"{p.cost.k_s * 1e3:.2f}", f"{p.cost.b_s * 1e3:.2f}",
                           str(p.cost.max_batch), f"{p.fit_max_rel_error * 100:.1f}",
-                          f"{p.cost.item_bytes / 1e6:.2f}", f"{p.footprint_bytes / 1e6:.2f}")
+                          f"{p.cost.item_bytes / 1e6:.2f}", f"{p.footprint_bytes / 1e6:.2f}",
+                          " ".join(f"{n}:{f:.2f}" for n, f in sorted(p.slowdown.items())))
     Console(width=120).print(table)
     for path, lp in plan.loads.items():
         print(f"load {path}: {lp.bytes_per_s / 1e6:.0f} MB/s + {lp.fixed_s * 1e3:.2f} ms fixed "
               f"({lp.samples} loads)")
+    overhead = " ".join(f"{n}:{s * 1e6:.0f}" for n, s in sorted(plan.task_overhead_s.items()))
+    print(f"engine calibration: per-task handling {overhead or '-'} us by executors; "
+          f"submit {plan.submit_s * 1e6:.0f} us per request")
     print(f"usage: {plan.usage_source}")
 
 

@@ -16,7 +16,7 @@ import torch
 from coserve.engine.config import EngineConfig
 from coserve.engine.results import Request, Result
 from coserve.engine.run import run_trace
-from coserve.engine.stats import EngineStats
+from coserve.errors import ConfigError
 from coserve.loader.storage import measure_raw_bandwidth, storage_profile
 from coserve.plan import CostModel
 from coserve.planfile import Plan
@@ -87,22 +87,32 @@ def run_bench(
     trace: str = "",
     on_row: Callable[[dict[str, Any]], None] | None = None,
     plan: Plan | None = None,
+    repeat: int = 1,
 ) -> BenchRun:
-    """Every policy in turn. With a `plan`, coserve runs twice: `coserve (default)` (the
+    """Every policy in turn (`repeat` rounds of them; each row is the median run). With a `plan`, coserve runs twice: `coserve (default)` (the
     configuration given, costs measured at start-up) and `coserve (planned)` (the
     planner's executors and split of the same memory: the expert budget plus the
     default's activation areas); and each engine row gets its simulated twin, so the
     simulator's agreement with the engine is measured in the same run."""
+    if repeat < 1:
+        raise ConfigError(f"repeat must be >= 1 runs per row, got {repeat}")
     bench = _Bench(model, requests, config, backlog, plan, on_row,
                    BenchRun(bench_metadata(model, requests, config, trace, backlog)))
-    for policy in policies:
-        bench.policy_rows(policy)
+    bench.run.metadata["repeat"] = repeat
+    bench.policy_rows(bench.variants(policies), repeat)
     if peer is not None:
         bench.add(peer())
     for fraction in sweep_fractions:
         for policy in sweep_policies:
             bench.sweep_row(policy, fraction)
     return bench.run
+
+
+@dataclass(frozen=True)
+class _Variant:
+    label: str | None  # the row's name when it is not the policy's
+    config: EngineConfig
+    with_plan: bool = False
 
 
 @dataclass
@@ -116,15 +126,36 @@ class _Bench:
     run: BenchRun
     costs: CostModel | None = None  # measured once, shared by every row without a plan
 
-    def policy_rows(self, policy: str) -> None:
-        planned = self.plan is not None and policy == "coserve"
-        self.add(self.one(replace(self.config, policy=policy),
-                          "coserve (default)" if planned else None))
-        if planned:
-            assert self.plan is not None
-            candidate = plan_for_bench(self.model, self.requests, self.config, self.plan, self.backlog)
-            self.run.metadata["planned"] = asdict(candidate)
-            self.add(self.one(candidate.config(self.config), "coserve (planned)", with_plan=True))
+    def variants(self, policies: Sequence[str]) -> list[_Variant]:
+        """One per policy; with a plan, coserve as given and as planned."""
+        variants = []
+        for policy in policies:
+            planned = self.plan is not None and policy == "coserve"
+            variants.append(_Variant("coserve (default)" if planned else None,
+                                     replace(self.config, policy=policy)))
+            if planned:
+                assert self.plan is not None
+                candidate = plan_for_bench(self.model, self.requests, self.config, self.plan,
+                                           self.backlog)
+                self.run.metadata["planned"] = asdict(candidate)
+                variants.append(_Variant("coserve (planned)", candidate.config(self.config), True))
+        return variants
+
+    def policy_rows(self, variants: Sequence[_Variant], repeat: int) -> None:
+        """Every variant `repeat` times, in rounds (so a slow spell of a shared machine
+        falls on all of them alike); each row is the run of median throughput, with
+        every run's throughput beside it."""
+        runs: list[list[dict[str, Any]]] = [[] for _ in variants]
+        for _ in range(repeat):
+            for v, done in zip(variants, runs, strict=True):
+                done.append(self.one(v.config, v.label, v.with_plan, twin=False))
+        for v, done in zip(variants, runs, strict=True):
+            ordered = sorted(done, key=lambda r: r["throughput_rps"])
+            row = {**ordered[(len(ordered) - 1) // 2],
+                   "throughput_rps_runs": [r["throughput_rps"] for r in done]}
+            if self.plan is not None:
+                row["simulated"] = self.twin(v.config, row, v.with_plan)
+            self.add(row)
 
     def sweep_row(self, policy: str, fraction: float) -> None:
         cfg = replace(self.config, policy=policy, budget_bytes=None, budget_fraction=fraction)
@@ -133,7 +164,8 @@ class _Bench:
         if self.on_row:
             self.on_row({**row, "policy": f"{policy} @ {fraction:.0%}"})
 
-    def one(self, cfg: EngineConfig, label: str | None = None, with_plan: bool = False) -> dict[str, Any]:
+    def one(self, cfg: EngineConfig, label: str | None = None, with_plan: bool = False,
+            twin: bool = True) -> dict[str, Any]:
         plan = self.plan if with_plan else None
         stats, results, measured = run_trace(self.model, self.requests, cfg, self.backlog,
                                              None if with_plan else self.costs, plan)
@@ -142,10 +174,15 @@ class _Bench:
         row = {**stats.to_dict(), "accuracy": inspection_accuracy(results)}
         if label:
             row["policy"] = label
-        if self.plan is not None:
-            row["simulated"] = simulated_twin(self.model, self.requests, cfg, self.plan,
-                                              self.backlog, stats, None if with_plan else measured)
+        if self.plan is not None and twin:
+            row["simulated"] = self.twin(cfg, row, with_plan)
         return row
+
+    def twin(self, cfg: EngineConfig, row: dict[str, Any], with_plan: bool) -> dict[str, Any]:
+        assert self.plan is not None
+        return simulated_twin(self.model, self.requests, cfg, self.plan, self.backlog,
+                              row["throughput_rps"], row["num_switches"],
+                              None if with_plan else self.costs)
 
     def add(self, row: dict[str, Any]) -> None:
         self.run.rows.append(row)
@@ -170,7 +207,7 @@ def plan_for_bench(model: CoEModel, requests: Sequence[Request], config: EngineC
 
 
 def simulated_twin(model: CoEModel, requests: Sequence[Request], config: EngineConfig,
-                   plan: Plan, backlog: bool, real: EngineStats,
+                   plan: Plan, backlog: bool, real_rps: float, real_switches: int,
                    scheduling_costs: CostModel | None = None) -> dict[str, Any]:
     """The same configuration on the simulator, and how far it is from the real run:
     timed by the plan, scheduled with the cost model the engine scheduled with."""
@@ -181,6 +218,6 @@ def simulated_twin(model: CoEModel, requests: Sequence[Request], config: EngineC
     return {
         "throughput_rps": sim.throughput_rps,
         "num_switches": sim.num_switches,
-        "throughput_ratio": sim.throughput_rps / real.throughput_rps if real.throughput_rps else None,
-        "switches_ratio": sim.num_switches / real.num_switches if real.num_switches else None,
+        "throughput_ratio": sim.throughput_rps / real_rps if real_rps else None,
+        "switches_ratio": sim.num_switches / real_switches if real_switches else None,
     }
