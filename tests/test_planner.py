@@ -73,12 +73,16 @@ def test_run_and_simulate_with_a_plan(setup, tmp_path, capsys):
     _, _, plan, path, root, trace = setup
     rec_path = plan.with_recommendation(
         plan.recommended or _rec()).save(tmp_path / "rec.json")
-    assert main(["run", str(root), str(trace), "--plan", str(rec_path), "--backlog", "--json"]) == 0
-    real = json.loads(capsys.readouterr().out)
+    assert main(["run", str(root), str(trace), "--plan", str(rec_path), "--backlog", "--json",
+                 "--storage", "sata-530"]) == 0
+    captured = capsys.readouterr()
+    real = json.loads(captured.out)
+    assert "predicted for storage 'none'" in captured.err  # the plan assumed another storage
     assert len(real["switches_per_executor"]) == 1  # the recommendation's cpu:1
     assert real["budget_bytes"] == _rec().budget_bytes
     assert real["cost_source"].startswith("plan")
-    assert main(["simulate", str(root), str(trace), "--plan", str(rec_path), "--backlog", "--json"]) == 0
+    assert main(["simulate", str(root), str(trace), "--plan", str(rec_path), "--backlog", "--json",
+                 "--storage", "sata-530"]) == 0
     sim = json.loads(capsys.readouterr().out)
     assert sim.keys() == real.keys()
     assert sim["budget_bytes"] == real["budget_bytes"] and sim["num_completed"] == real["num_completed"]

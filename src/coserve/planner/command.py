@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -34,6 +35,9 @@ def apply_recommendation(config: EngineConfig, plan: Plan | None, args: argparse
     rec = plan.recommended if plan else None
     if rec is None:
         return config
+    if rec.storage != config.storage:
+        print(f"warning: the plan's recommendation was predicted for storage {rec.storage!r}, "
+              f"this run uses {config.storage!r}", file=sys.stderr)
     changes: dict[str, Any] = {}
     if not args.executors:
         changes["executors"] = parse_executors(rec.executors)
