@@ -93,9 +93,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     storage_profile(args.storage)  # a bad name fails here, before any work
     base = EngineConfig(storage=args.storage)
     options = _options(args.executors_options) if args.executors_options else default_executor_options(plan)
-    planner = Planner(model, plan, requests, base)
-    memories = _memories(planner, args)
-    curve = planner.capacity_curve(memories, options)
+    from rich.console import Console
+
+    with Console(stderr=True).status("planning") as status:
+        planner = Planner(model, plan, requests, base, progress=lambda what, done, _: status.update(
+            f"simulated {done} configurations; now {what}"))
+        memories = _memories(planner, args)
+        curve = planner.capacity_curve(memories, options)
     _print_curve(curve, options)
     chosen = _choose(curve, args)
     if chosen is None:
