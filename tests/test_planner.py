@@ -103,3 +103,12 @@ def test_unreachable_target_and_bad_options(setup, capsys):
                  "--executors-options", "gpu:9"]) == 2
     assert main(["simulate", str(root), str(trace), "--plan", str(path.parent / "missing.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_plan_from_another_machine_is_flagged(setup, tmp_path, capsys):
+    _, _, plan, _, root, trace = setup
+    other = plan.__class__(**{**plan.__dict__, "machine": {**plan.machine, "cpu_count": 96}})
+    path = other.save(tmp_path / "other.json")
+    assert main(["simulate", str(root), str(trace), "--plan", str(path), "--backlog", "--json"]) == 0
+    assert "profiled on 96 cores" in capsys.readouterr().err
+    assert other.machine_differences(96, plan.machine["cuda"]) == []

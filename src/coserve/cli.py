@@ -245,14 +245,14 @@ BENCH_PLAN = "plan.json"  # the bench's plan, beside the repository, made on fir
 
 def _bench_plan(args: argparse.Namespace, model, repo: Path, requests):
     """--plan, else the plan beside the repository, else a profile made now (once)."""
-    from coserve.planfile import Plan
+    from coserve.planner.command import load_checked
     from coserve.profiler import profile_repository
 
     if args.plan:
-        return Plan.load(args.plan)
+        return load_checked(args.plan)
     path = repo / BENCH_PLAN
     if path.is_file():
-        return Plan.load(path)
+        return load_checked(path)
     bar, update = _progress_builder(f"profiling {model.name} for the planned row (once)")
     with bar:
         plan = profile_repository(model, sample=requests[:200], inputs_from=requests[:64],

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -134,6 +134,18 @@ class Plan:
             raise PlanError(f"the plan's usage names experts {sorted(unknown)[:5]} that "
                             f"repository {model.name!r} lacks: it was made for another "
                             f"repository; profile this one (coserve profile)")
+
+    def machine_differences(self, cpu_count: int | None, cuda: Sequence[str]) -> list[str]:
+        """How this machine differs from the one profiled (a plan is per machine)."""
+        notes = []
+        profiled_cpus = self.machine.get("cpu_count")
+        if profiled_cpus is not None and profiled_cpus != cpu_count:
+            notes.append(f"the plan was profiled on {profiled_cpus} cores, this machine has {cpu_count}")
+        profiled_cuda = list(self.machine.get("cuda", []))
+        if profiled_cuda != list(cuda):
+            notes.append(f"the plan was profiled with GPUs {profiled_cuda or 'none'}, this machine "
+                         f"has {list(cuda) or 'none'}")
+        return notes
 
     def with_recommendation(self, rec: Recommendation | None) -> Plan:
         return replace(self, recommended=rec)

@@ -26,7 +26,22 @@ def add_plan_option(p: argparse.ArgumentParser) -> None:
 
 
 def load_plan(args: argparse.Namespace) -> Plan | None:
-    return Plan.load(args.plan) if getattr(args, "plan", None) else None
+    return load_checked(args.plan) if getattr(args, "plan", None) else None
+
+
+def load_checked(path: Path) -> Plan:
+    """The plan, with a warning for each way this machine differs from the profiled one."""
+    import os
+
+    import torch
+
+    plan = Plan.load(path)
+    cuda = ([torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            if torch.cuda.is_available() else [])
+    for note in plan.machine_differences(os.cpu_count(), cuda):
+        print(f"warning: {note}; profile this machine (coserve profile) for costs that hold here",
+              file=sys.stderr)
+    return plan
 
 
 def apply_recommendation(config: EngineConfig, plan: Plan | None, args: argparse.Namespace) -> EngineConfig:
@@ -54,7 +69,7 @@ def cmd_simulate(args: argparse.Namespace, config: EngineConfig) -> int:
     from coserve.trace import read_trace
 
     model = open_repository(args.repo)
-    plan = Plan.load(args.plan)
+    plan = load_checked(args.plan)
     requests = read_trace(args.trace)
     config = apply_recommendation(config, plan, args)
     stats, results = simulate(model, requests, config, backlog=args.backlog, plan=plan)
@@ -88,7 +103,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from coserve.trace import read_trace
 
     model = open_repository(args.repo)
-    plan = Plan.load(args.plan)
+    plan = load_checked(args.plan)
     requests = read_trace(args.trace)[: args.limit or None]
     storage_profile(args.storage)  # a bad name fails here, before any work
     base = EngineConfig(storage=args.storage)
