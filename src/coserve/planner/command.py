@@ -241,7 +241,9 @@ def add_plan_parser(sub: argparse._SubParsersAction) -> None:
                         "the cores, at most 4, plus CUDA mixes when the plan has a GPU)")
     p.add_argument("--storage", default="none", help="storage profile: none, sata-530, nvme-3000")
     p.add_argument("--points", type=int, default=8, help="memory sizes swept for a target (default 8)")
-    p.add_argument("--confirm", type=int, default=0, help="run the best N candidates on the real engine")
+    p.add_argument("--confirm", type=int, default=2,
+                   help="run the best N candidates on the real engine and keep the best measured "
+                        "(default 2; 0: trust the simulator)")
     p.add_argument("--limit", type=int, default=None, help="only the first N requests of the trace")
     p.add_argument("--out", type=Path, default=None, help="where to write the plan (default: --plan)")
     p.add_argument("--report-dir", type=Path, default=None, help=f"write {PLOT_NAME} here")
