@@ -100,7 +100,9 @@ class Plan:
         raw speed, or at the pace of a slower storage profile. PlanError if the plan was
         made for other architectures."""
         counts = executors_per_kind or {}
-        overheads = [s for n, s in self.task_overhead_s.items() if n <= max(1, sum(counts.values()))]
+        # Handling measured with the most executors not above this layout's.
+        measured = max((n for n in self.task_overhead_s if n <= max(1, sum(counts.values()))),
+                       default=None)
         self.check_covers(model)
         storage = self.loads[STORAGE_PATH]
         bps = storage.bytes_per_s
@@ -116,7 +118,7 @@ class Plan:
             arch_costs=arch_costs,
             storage_bytes_per_s=bps,
             storage_fixed_s=storage.fixed_s,
-            task_overhead_s=overheads[-1] if overheads else 0.0,
+            task_overhead_s=self.task_overhead_s[measured] if measured else 0.0,
             submit_s=self.submit_s,
             source=f"plan (profiled {self.machine.get('profiled_at', 'earlier')})",
             **extra,

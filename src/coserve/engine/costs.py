@@ -53,7 +53,7 @@ def _measure_arch(spec, device: str) -> ArchCost:
     tn = _time_forward(module, spec.input_shape, PROBE_BATCH, device)
     k_s = max((tn - t1) / (PROBE_BATCH - 1), 1e-6)
     b_s = max(t1 - k_s, 0.0)
-    return ArchCost(k_s, b_s, DEFAULT_MAX_BATCH, _activation_bytes_per_item(module, spec, device))
+    return ArchCost(k_s, b_s, DEFAULT_MAX_BATCH, leaf_output_bytes(module, spec, device))
 
 
 def _time_forward(module: torch.nn.Module, input_shape, n: int, device: str) -> float:
@@ -70,7 +70,7 @@ def _time_forward(module: torch.nn.Module, input_shape, n: int, device: str) -> 
     return statistics.median(times)
 
 
-def _activation_bytes_per_item(module: torch.nn.Module, spec, device: str) -> int:
+def leaf_output_bytes(module: torch.nn.Module, spec, device: str) -> int:
     """Sum of every leaf module's output bytes for one item: an upper bound on the
     activation memory a batch item needs (nothing is freed early in this count)."""
     total = 0

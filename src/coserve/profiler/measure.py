@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from coserve.engine.costs import _activation_bytes_per_item
+from coserve.engine.costs import leaf_output_bytes
 from coserve.errors import ConfigError
 from coserve.executors.executor import Executor, build_skeletons
 from coserve.loader.expert_loader import ExpertLoader
@@ -123,7 +123,7 @@ def activation_bytes_per_item(spec: ArchitectureSpec, processor: str) -> int:
     """Bytes of every leaf module's output for one item: the upper bound the engine
     splits batches by (the same count as its start-up measurement)."""
     device = _device(processor)
-    return _activation_bytes_per_item(spec.build(device=device), spec, device)
+    return leaf_output_bytes(spec.build(device=device), spec, device)
 
 
 def load_profile(

@@ -79,8 +79,11 @@ def profile_repository(
     max_executors = max_executors or default_max_executors()
     try:
         storage = Storage(storage_profile("none"))
+        # With a sample, the engine calibration measures the CPU slowdowns: the thread
+        # micro-benchmark is then only needed for the other kinds.
+        micro = {kind: 1 if sample is not None and kind == "cpu" else max_executors for kind in kinds}
         archs = _profile_architectures(model, kinds, batch_sizes, inputs_from, storage, steps,
-                                       max_executors)
+                                       micro)
         loads = _profile_loads(model, kinds, storage, steps)
         plan = Plan(repository=model.name, processors=archs, threads=dict.fromkeys(kinds, threads),
                     loads=loads, usage=dict(model.usage), label_probs=_label_probs(model, []),
@@ -156,7 +159,7 @@ def _profile_architectures(
     inputs_from: Sequence[Request] | None,
     storage: Storage,
     steps: _Steps,
-    max_executors: int,
+    max_executors: Mapping[str, int],
 ) -> dict[str, dict[str, ArchProfile]]:
     """Experts of one architecture differ only in weights, so one expert stands for all."""
     profiles: dict[str, dict[str, ArchProfile]] = {kind: {} for kind in kinds}
@@ -166,7 +169,7 @@ def _profile_architectures(
         for kind in kinds:
             steps.start(f"{arch} on {kind}")
             profiles[kind][arch] = profile_architecture(
-                spec, tensors, kind, batch_sizes, inputs, footprint_bytes, max_executors)
+                spec, tensors, kind, batch_sizes, inputs, footprint_bytes, max_executors[kind])
     return profiles
 
 

@@ -3,13 +3,15 @@
 It drives the *same* objects the engine does (the policy set's assignment, arrangement,
 eviction and placement policies, the `Scheduler` through its non-blocking
 `take_batch`, the manager's `Residency` for every room decision, the `UsageTracker`, the
-`StatsRecorder`) and replaces only what takes time: an expert's execution costs the
-plan's K*n + B, a load costs the plan's storage read (one serial device, as the paced
-storage is) plus its fixed part, and a routing decision draws the expert's label. No
-tensors, no threads: a 2,500-image trace simulates in seconds, deterministically.
+`StatsRecorder`) and replaces only what takes time: a batch costs the plan's measured
+curve times the slowdown of the executor layout, a load costs the plan's storage read
+(one serial device, as the paced storage is) plus its fixed part, each task adds the
+engine's measured handling time, a backlog is queued at the measured submit cost, and a
+routing decision draws the expert's label. No tensors, no threads: a 2,500-image trace
+simulates in seconds, deterministically.
 
-What it does not model: failures and quarantine, contention between executors for the
-same cores, and Python overheads outside a batch."""
+What it does not model: failures and quarantine, and contention beyond what the
+slowdown and handling calibrations capture."""
 
 from __future__ import annotations
 
