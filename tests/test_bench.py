@@ -79,13 +79,14 @@ def test_bench_rows_reports_and_plots(pcb_tiny, tmp_path):
 
 
 def test_accuracy_needs_ground_truth(tiny_zoo):
-    from coserve.engine.results import Result, Step
+    from coserve.types import Result, Step
 
-    step = Step("cls-R", "defect", {}, 0, 1, 0.0, 0.0)
-    right = Result("a", True, (step,), 0, 1, fields={"defect": "missing"})
-    wrong = Result("b", True, (step,), 0, 1, fields={"defect": None})
+    step = Step(expert="cls-R", label="defect", detail={}, executor=0, batch_size=1,
+                queued_s=0.0, exec_s=0.0)
+    right = Result(request_id="a", ok=True, steps=(step,), submitted_s=0, completed_s=1, fields={"defect": "missing"})
+    wrong = Result(request_id="b", ok=True, steps=(step,), submitted_s=0, completed_s=1, fields={"defect": None})
     assert inspection_accuracy([right, wrong]) == 0.5
-    assert inspection_accuracy([Result("c", True, (step,), 0, 1, fields={})]) is None
+    assert inspection_accuracy([Result(request_id="c", ok=True, steps=(step,), submitted_s=0, completed_s=1, fields={})]) is None
 
 
 def test_cli_trace_make_and_bench_json(pcb_tiny, tmp_path, capsys):

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from coserve.cli import main
-from coserve.engine.config import EngineConfig, parse_executors
+from coserve.config import EngineConfig
+from coserve.executors.spec import parse_executors
 from coserve.planfile import Plan
 from coserve.planner import Planner
 from coserve.profiler import profile_repository

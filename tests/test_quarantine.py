@@ -44,8 +44,8 @@ def test_zero_never_quarantines_and_negative_is_refused():
 
 def test_engine_quarantines_a_broken_expert_and_then_never_touches_it(tiny_zoo, tmp_path):
     from coserve import Engine, EngineConfig, open_repository, parse_executors, read_trace
-    from coserve.engine.results import FailureKind
     from coserve.errors import ConfigError
+    from coserve.types import FailureKind
 
     root = tmp_path / "repo"
     shutil.copytree(tiny_zoo[0], root)

@@ -78,7 +78,7 @@ def test_round_robin_and_shortest_queue():
 
 
 def task(expert, t=0.0, i=0):
-    return Task(i, f"r{i}", expert, t)
+    return Task(request_id=f"r{i}", expert=expert, enqueued_s=t)
 
 
 def test_group_arrange_places_behind_last_same_expert():
@@ -99,10 +99,10 @@ def test_group_arrange_starvation_bound_is_on_delay_by_overtaking():
 
 def test_scheduler_bounds_the_delay_of_an_overtaken_task():
     s = make_scheduler(GroupByExpertArrange(max_defer_s=0.05))
-    s.enqueue(Task(0, "r0", "a", 0.0))
-    s.enqueue(Task(1, "r1", "b", 0.0))
+    s.enqueue(Task(request_id="r0", expert="a", enqueued_s=0.0))
+    s.enqueue(Task(request_id="r1", expert="b", enqueued_s=0.0))
     for i in range(2, 12):  # each "a" adds K = 0.01 s in front of "b"
-        s.enqueue(Task(i, f"r{i}", "a", 0.0))
+        s.enqueue(Task(request_id=f"r{i}", expert="a", enqueued_s=0.0))
     order = [(b.expert, len(b.tasks)) for b in iter(lambda: s.take_batch(0), None)]
     # Five "a" tasks may overtake "b" (5 x 0.01 s = the bound); the rest wait behind it.
     assert order == [("a", 6), ("b", 1), ("a", 5)]
@@ -124,11 +124,11 @@ def test_split_batch():
 def make_scheduler(arrange, num_executors=1, max_batch=8, activation_bytes=1000):
     clock = iter(range(10_000)).__next__
     return Scheduler(
-        ["cpu"] * num_executors,
-        MinMaxLatencyAssign(),
-        arrange,
-        costs(max_batch=max_batch),
-        activation_bytes,
+        processors=["cpu"] * num_executors,
+        assign=MinMaxLatencyAssign(),
+        arrange=arrange,
+        costs=costs(max_batch=max_batch),
+        activation_bytes=activation_bytes,
         resident_of=lambda i: frozenset(),
         in_host=lambda e: False,
         clock=lambda: float(clock()),
@@ -138,7 +138,7 @@ def make_scheduler(arrange, num_executors=1, max_batch=8, activation_bytes=1000)
 def test_scheduler_groups_interleaved_tasks_into_batches():
     s = make_scheduler(GroupByExpertArrange(100.0))
     for i, e in enumerate("ababab"):
-        s.enqueue(Task(i, f"r{i}", e, 0.0))
+        s.enqueue(Task(request_id=f"r{i}", expert=e, enqueued_s=0.0))
     first = s.take_batch(0)
     second = s.take_batch(0)
     assert (first.expert, len(first.tasks)) == ("a", 3)
@@ -149,24 +149,24 @@ def test_scheduler_groups_interleaved_tasks_into_batches():
 def test_fifo_scheduler_keeps_arrival_order():
     s = make_scheduler(FifoArrange())
     for i, e in enumerate("aab"):
-        s.enqueue(Task(i, f"r{i}", e, 0.0))
+        s.enqueue(Task(request_id=f"r{i}", expert=e, enqueued_s=0.0))
     assert [len(s.take_batch(0).tasks) for _ in range(2)] == [2, 1]
 
 
 def test_scheduler_splits_at_max_batch_and_activation_memory():
     s = make_scheduler(FifoArrange(), max_batch=4)
     for i in range(10):
-        s.enqueue(Task(i, f"r{i}", "a", 0.0))
+        s.enqueue(Task(request_id=f"r{i}", expert="a", enqueued_s=0.0))
     assert [len(s.take_batch(0).tasks) for _ in range(3)] == [4, 4, 2]
     s = make_scheduler(FifoArrange(), max_batch=16, activation_bytes=3)  # item_bytes=1
     for i in range(5):
-        s.enqueue(Task(i, f"r{i}", "a", 0.0))
+        s.enqueue(Task(request_id=f"r{i}", expert="a", enqueued_s=0.0))
     assert len(s.take_batch(0).tasks) == 3
 
 
 def test_scheduler_spreads_load_over_executors():
     s = make_scheduler(GroupByExpertArrange(100.0), num_executors=2)
-    executors = [s.enqueue(Task(i, f"r{i}", e, 0.0)) for i, e in enumerate("abab")]
+    executors = [s.enqueue(Task(request_id=f"r{i}", expert=e, enqueued_s=0.0)) for i, e in enumerate("abab")]
     # Same expert sticks to one queue (no second switch); different experts spread.
     assert executors[0] == executors[2] and executors[1] == executors[3]
     assert executors[0] != executors[1]

@@ -6,15 +6,16 @@ from dataclasses import replace
 
 import pytest
 
-from coserve.engine.config import EngineConfig, parse_executors
+from coserve.config import EngineConfig
 from coserve.engine.engine import Engine
-from coserve.engine.results import Request
 from coserve.engine.run import run_trace
+from coserve.executors.spec import parse_executors
 from coserve.plan import executors_per_kind
 from coserve.profiler import profile_repository
 from coserve.repository import open_repository
 from coserve.simulator import RecordedLabels, SampledLabels, Simulator, simulate
 from coserve.trace import read_trace
+from coserve.types import Request
 
 
 @pytest.fixture(scope="module")

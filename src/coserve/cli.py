@@ -33,7 +33,8 @@ def _add_engine_options(p: argparse.ArgumentParser, backlog: bool = True) -> Non
 
 
 def _engine_config(args: argparse.Namespace, policy: str):
-    from coserve.engine.config import EngineConfig, parse_executors
+    from coserve.config import EngineConfig
+    from coserve.executors.spec import parse_executors
 
     kwargs = {
         "policy": policy,

@@ -1,11 +1,16 @@
 """Policy sets: coserve and the baselines, each a bundle of small policy objects the
-engine and the simulator run unchanged. A baseline is a different bundle, never a branch."""
+engine and the simulator run unchanged. A baseline is a different bundle, never a branch:
+even the executor layout (samba runs one worker per processor) and the budget rule
+(all-resident has none) are objects of the bundle."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 from coserve.errors import ConfigError
+from coserve.executors.spec import ExecutorSpec, auto_threads
 from coserve.manager.eviction import (
     EvictionPolicy,
     FifoEviction,
@@ -21,43 +26,106 @@ from coserve.scheduler.assign import (
     ShortestQueueAssign,
 )
 
-POLICY_NAMES = ("samba", "samba-fifo", "samba-parallel", "coserve", "all-resident")
 DEFAULT_MAX_DEFER_S = 5.0
 
 
-@dataclass(frozen=True)
+# -- executor layouts ----------------------------------------------------------------------
+class ExecutorLayout(Protocol):
+    def executors(self, configured: Sequence[ExecutorSpec]) -> tuple[ExecutorSpec, ...]:
+        """The executors a policy set runs, given the configured ones."""
+        ...
+
+
+class AsConfigured:
+    """Every configured executor runs."""
+
+    def executors(self, configured: Sequence[ExecutorSpec]) -> tuple[ExecutorSpec, ...]:
+        return tuple(configured)
+
+
+class OnePerProcessor:
+    """One executor per processor (samba), with all the processor's cores: the same
+    thread rule as any single CPU executor."""
+
+    def executors(self, configured: Sequence[ExecutorSpec]) -> tuple[ExecutorSpec, ...]:
+        merged: dict[str, ExecutorSpec] = {}
+        for spec in configured:
+            threads = auto_threads(1) if spec.processor == "cpu" else spec.num_threads
+            merged[spec.processor] = replace(spec, num_threads=threads)
+        return tuple(merged.values())
+
+
+# -- budget rules --------------------------------------------------------------------------
+class BudgetRule(Protocol):
+    def budget_bytes(self, configured_bytes: int | None) -> int | None:
+        """The executing pools' total budget (None = unlimited), given the configured one."""
+        ...
+
+
+class ConfiguredBudget:
+    def budget_bytes(self, configured_bytes: int | None) -> int | None:
+        return configured_bytes
+
+
+class UnlimitedBudget:
+    """all-resident: the ceiling any policy can reach on the same executors."""
+
+    def budget_bytes(self, configured_bytes: int | None) -> int | None:
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
 class PolicySet:
     name: str
     assign: AssignPolicy
     arrange: ArrangePolicy
     evict: EvictionPolicy
     place: PlacementPolicy
-    one_executor_per_processor: bool = False  # samba runs one worker per processor
-    unlimited_budget: bool = False  # all-resident: the ceiling any policy can reach
+    layout: ExecutorLayout
+    budget: BudgetRule
+
+
+def _samba(name: str, max_defer_s: float) -> PolicySet:
+    return PolicySet(name=name, assign=ShortestQueueAssign(), arrange=FifoArrange(),
+                     evict=LruEviction(), place=RoundRobinByUsage(), layout=OnePerProcessor(),
+                     budget=ConfiguredBudget())
+
+
+def _samba_fifo(name: str, max_defer_s: float) -> PolicySet:
+    return replace(_samba(name, max_defer_s), evict=FifoEviction())
+
+
+def _samba_parallel(name: str, max_defer_s: float) -> PolicySet:
+    return replace(_samba(name, max_defer_s), assign=RoundRobinAssign(), layout=AsConfigured())
+
+
+def _coserve(name: str, max_defer_s: float) -> PolicySet:
+    return PolicySet(name=name, assign=MinMaxLatencyAssign(),
+                     arrange=GroupByExpertArrange(max_defer_s), evict=TwoStageEviction(),
+                     place=RoundRobinByUsage(), layout=AsConfigured(), budget=ConfiguredBudget())
+
+
+def _all_resident(name: str, max_defer_s: float) -> PolicySet:
+    return replace(_coserve(name, max_defer_s), place=ReplicateAll(), budget=UnlimitedBudget())
+
+
+_FACTORIES: dict[str, Callable[[str, float], PolicySet]] = {
+    "samba": _samba,
+    "samba-fifo": _samba_fifo,
+    "samba-parallel": _samba_parallel,
+    "coserve": _coserve,
+    "all-resident": _all_resident,
+}
+
+# Every policy name comes from here; the roles say which one a report compares against.
+POLICY_NAMES: tuple[str, ...] = tuple(_FACTORIES)
+DEFAULT_POLICY = "coserve"  # the best we have, and the one the planner configures
+BASELINE_POLICY = "samba"  # the state of the art before CoServe: ratios are against it
+CEILING_POLICY = "all-resident"  # unlimited budget: what any policy could reach
 
 
 def policy_set(name: str, max_defer_s: float = DEFAULT_MAX_DEFER_S) -> PolicySet:
     """A fresh policy set by name (policies may hold state, so never share one)."""
-    place = RoundRobinByUsage()
-    grouped = GroupByExpertArrange(max_defer_s)
-    sets = {
-        "samba": lambda: PolicySet(
-            name, ShortestQueueAssign(), FifoArrange(), LruEviction(), place, True
-        ),
-        "samba-fifo": lambda: PolicySet(
-            name, ShortestQueueAssign(), FifoArrange(), FifoEviction(), place, True
-        ),
-        "samba-parallel": lambda: PolicySet(
-            name, RoundRobinAssign(), FifoArrange(), LruEviction(), place
-        ),
-        "coserve": lambda: PolicySet(
-            name, MinMaxLatencyAssign(), grouped, TwoStageEviction(), place
-        ),
-        "all-resident": lambda: PolicySet(
-            name, MinMaxLatencyAssign(), grouped, TwoStageEviction(), ReplicateAll(),
-            unlimited_budget=True,
-        ),
-    }
-    if name not in sets:
+    if name not in _FACTORIES:
         raise ConfigError(f"unknown policy {name!r}; choose one of {', '.join(POLICY_NAMES)}")
-    return sets[name]()
+    return _FACTORIES[name](name, max_defer_s)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from coserve.engine.stats import EngineStats
+from coserve.stats import EngineStats
 
 
 def print_table(rows: Sequence[EngineStats], baseline: str | None = None) -> None:

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from coserve.engine.results import Request
 from coserve.errors import TraceError
+from coserve.types import Request
 
 
 def read_trace(path: str | Path) -> list[Request]:

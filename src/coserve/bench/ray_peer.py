@@ -54,13 +54,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from coserve.engine.results import Request, Result, Step
-from coserve.engine.stats import EngineStats, percentile
 from coserve.errors import ConfigError
 from coserve.loader.safetensors_view import parse_safetensors
 from coserve.loader.storage import Storage, StorageProfile, storage_profile
 from coserve.repository import CoEModel
 from coserve.repository.spec import ArchitectureSpec
+from coserve.stats import EngineStats, percentile
+from coserve.types import Request, Result, Step
 
 RAY_PEER_POLICY = "ray-serve"
 RAY_APP_NAME = "coserve-ray-peer"

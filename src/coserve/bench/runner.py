@@ -13,14 +13,14 @@ from typing import Any
 
 import torch
 
-from coserve.engine.config import EngineConfig
-from coserve.engine.results import Request, Result
+from coserve.config import EngineConfig
 from coserve.engine.run import run_trace
 from coserve.errors import ConfigError
 from coserve.loader.storage import measure_raw_bandwidth, storage_profile
 from coserve.plan import CostModel
 from coserve.planfile import Plan
 from coserve.repository import CoEModel
+from coserve.types import Request, Result
 
 BENCH_POLICIES = ("samba", "samba-fifo", "samba-parallel", "coserve", "all-resident")
 DEFECT_LABELS = frozenset({"defect", "flagged"})

@@ -11,55 +11,35 @@ path of a request from DESIGN.md. Executor threads each loop over:
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 
 import torch
 
 from coserve.architectures.base import Decoded
-from coserve.engine.config import (
-    EngineConfig,
-    executor_layout,
-    resolve_budget,
-    split_budget,
-)
+from coserve.assembly import Assembly
+from coserve.config import EngineConfig
 from coserve.engine.costs import default_costs, measure_costs
-from coserve.engine.results import FailureKind, Request, Result, Step
-from coserve.engine.stats import EngineStats, StatsRecorder
 from coserve.errors import ConfigError, EngineClosedError, RequestError
 from coserve.executors.executor import Executor, build_skeletons
+from coserve.executors.spec import ExecutorSpec
 from coserve.loader.expert_loader import ExpertLoader
 from coserve.loader.storage import Storage, storage_profile
 from coserve.manager.manager import ExpertManager
 from coserve.manager.quarantine import Quarantine
-from coserve.manager.usage import UsageTracker
-from coserve.plan import CostModel, executors_per_kind
+from coserve.plan import CostModel
 from coserve.planfile import Plan
-from coserve.policies import PolicySet, policy_set
-from coserve.repository import CoEModel, Stage
-from coserve.scheduler.queues import Batch, Scheduler
+from coserve.repository import CoEModel
+from coserve.scheduler.queues import Batch
 from coserve.scheduler.task import Task
+from coserve.stats import EngineStats, StatsRecorder
+from coserve.tracker import InFlight, RequestTracker, rejected
+from coserve.types import FailureKind, Request, Result
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(eq=False)
-class _InFlight:
-    """Per-request state while its tasks run."""
-
-    request: Request
-    future: Future
-    submitted_s: float
-    pending: int = 0
-    steps: list[Step] = field(default_factory=list)
-    error: str | None = None  # the first failure wins
-    error_kind: FailureKind | None = None
-    failed_expert: str | None = None
 
 
 class Engine:
@@ -75,132 +55,87 @@ class Engine:
         """`costs`: a cost model (else the plan's, else measured at start, or defaults).
         `usage`: usage probabilities to start from instead of the plan's or the
         repository's prior, e.g. from `coserve.repository.usage_from_sample`. `plan`: a
-        profiled plan (`Plan.load`): its costs and usage."""
+        profiled plan (`Plan.load`): its costs and usage. ConfigError at once for a
+        budget the executors cannot use."""
         self.model = model
         self.config = config or EngineConfig()
-        self.policies: PolicySet = policy_set(self.config.policy, self.config.max_defer_s)
-        self.executor_specs = executor_layout(self.config.executors, self.policies)
-        if plan is not None:
-            costs = costs or plan.cost_model(
-                model, storage_profile(self.config.storage).read_bytes_per_s,
-                executors_per_kind([s.processor for s in self.executor_specs]))
-            usage = usage if usage is not None else plan.usage
-        self.prior_usage = dict(usage) if usage is not None else dict(model.usage)
-        unknown = set(self.prior_usage) - set(model.experts)
-        if unknown:
-            raise ConfigError(f"usage names unknown experts {sorted(unknown)[:5]}; use names from coe.yaml")
-        self.budget_bytes = self._resolve_budget()
+        self._assembly = Assembly.of(model, self.config, plan=plan, costs=costs, usage=usage)
         self._clock = clock
-        self._costs = costs
         self._storage = Storage(storage_profile(self.config.storage), self.config.direct_io)
-        self._stats = StatsRecorder(len(self.executor_specs))
+        self._stats = StatsRecorder(len(self._assembly.executors))
+        self._usage = self._assembly.usage_tracker()
+        self._requests = RequestTracker(clock=clock, stats=self._stats, usage=self._usage)
         self._quarantine = Quarantine(self.config.quarantine_after, clock)
-        self._task_ids = itertools.count()
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)  # notified when nothing is in flight
-        self._inflight: dict[str, _InFlight] = {}
+        self._lock = threading.Lock()  # start and close
         self._threads: list[threading.Thread] = []
         self._started = False
         self._closed = False
 
-    # -- configuration -------------------------------------------------------------------
-    def _resolve_budget(self) -> int | None:
-        return resolve_budget(self.model, self.config, self.policies, len(self.executor_specs))
-
-    def _pool_budgets(self) -> list[int | None]:
-        return split_budget(self.budget_bytes, len(self.executor_specs))
-
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> Engine:
         """Measure costs (unless given), place experts, start the executors."""
-        if self._started:
-            return self
-        processors = [s.processor for s in self.executor_specs]
-        _check_processors(processors)
-        cpu_threads = [s.num_threads for s in self.executor_specs if s.processor == "cpu"]
-        if cpu_threads:
-            # Intra-op threads are process-wide in PyTorch; CPU executors share one setting.
-            torch.set_num_threads(max(cpu_threads))
-        if self._costs is None:
-            self._costs = (
-                measure_costs(self.model, processors, self._storage)
-                if self.config.measure_costs
-                else default_costs(self.model)
-            )
-        missing = set(self.model.experts) - set(self._costs.arch_of)
-        if missing:
-            raise ConfigError(f"the cost model has no entry for experts {sorted(missing)[:5]}; "
-                              f"profile this repository again or pass no cost model")
-        log.info("cost model: %s", self._costs.source)
-        usage = UsageTracker(
-            self.prior_usage, self.config.usage_blend, self.config.usage_min_samples
-        )
-        experts = self.model.experts
-        loader = ExpertLoader(
-            self._storage,
-            {e.name: (e.weights_path, e.file_bytes) for e in experts.values()},
-            pin_memory=any(p.startswith("cuda") for p in processors),
-        )
-        self._manager = ExpertManager(
-            processors,
-            self._pool_budgets(),
-            {e.name: e.num_bytes for e in experts.values()},
-            frozenset(e.name for e in experts.values() if e.stage is Stage.SUBSEQUENT),
-            self.model.predecessors,
-            self.policies.evict,
-            loader,
-            usage,
-            self._stats,
-            self._clock,
-            self.config.host_cache_bytes,
-        )
-        self._scheduler = Scheduler(
-            processors,
-            self.policies.assign,
-            self.policies.arrange,
-            self._costs,
-            self.config.activation_bytes,
-            self._manager.resident,
-            self._manager.in_host,
-            self._clock,
-        )
-        # One skeleton set per executor: functional_call swaps tensors into the module for
-        # the duration of a call, so two threads must never share one.
-        self._executors = [
-            Executor(i, p, build_skeletons(self.model.architectures))
-            for i, p in enumerate(processors)
-        ]
-        self._manager.place(
-            self.policies.place.place(
-                self.prior_usage,
-                {e.name: e.num_bytes for e in experts.values()},
-                [b if b is not None else self.model.total_expert_bytes for b in self._pool_budgets()],
-            )
-        )
-        self._storage_bytes_at_start = self._storage.stats().bytes_read
-        self._stats.reset(self._clock())
-        for ex in self._executors:
-            t = threading.Thread(target=self._executor_loop, args=(ex,), daemon=True,
-                                 name=f"coserve-executor-{ex.index}")
-            t.start()
-            self._threads.append(t)
-        self._started = True
+        with self._lock:
+            if self._started or self._closed:
+                return self
+            self._set_threads()
+            if self._assembly.costs is None:
+                self._assembly = self._assembly.with_costs(self._measure_costs())
+            log.info("cost model: %s", self.costs.source)  # type: ignore[union-attr]
+            parts = self._assembly.build(clock=self._clock, usage=self._usage)
+            self._scheduler = parts.scheduler
+            self._manager = ExpertManager(processors=self._assembly.processors,
+                                          residency=parts.residency, loader=self._loader(),
+                                          stats=self._stats)
+            # One skeleton set per executor: functional_call swaps tensors into the module
+            # for the duration of a call, so two threads must never share one.
+            self._executors = [Executor(i, p, build_skeletons(self.model.architectures))
+                               for i, p in enumerate(self._assembly.processors)]
+            self._manager.place(self._assembly.initial_placement())
+            self._storage_bytes_at_start = self._storage.stats().bytes_read
+            self._stats.reset(self._clock())
+            self._threads = [self._start_executor(ex) for ex in self._executors]
+            self._requests.open()
+            self._started = True
         return self
 
     def close(self) -> None:
         """Stop intake, let every request in flight finish, then stop the executors."""
         with self._lock:
-            was_running = self._started and not self._closed
             self._closed = True
             # Drain first: a finishing task may still route to a subsequent expert on any queue.
-            while was_running and self._inflight:
-                self._idle.wait()
-        if not was_running:
-            return
-        self._scheduler.close()
-        for t in self._threads:
-            t.join()
-        self._manager.close()
+            if not self._requests.close_and_drain():
+                return
+            self._scheduler.close()
+            for t in self._threads:
+                t.join()
+            self._manager.close()
+
+    def _set_threads(self) -> None:
+        processors = self._assembly.processors
+        _check_processors(processors)
+        cpu_threads = [s.num_threads for s in self._assembly.executors if s.processor == "cpu"]
+        if cpu_threads:
+            # Intra-op threads are process-wide in PyTorch; CPU executors share one setting.
+            torch.set_num_threads(max(cpu_threads))
+
+    def _measure_costs(self) -> CostModel:
+        if not self.config.measure_costs:
+            return default_costs(self.model)
+        return measure_costs(self.model, self._assembly.processors, self._storage)
+
+    def _loader(self) -> ExpertLoader:
+        experts = self.model.experts.values()
+        return ExpertLoader(
+            self._storage,
+            {e.name: (e.weights_path, e.file_bytes) for e in experts},
+            pin_memory=any(p.startswith("cuda") for p in self._assembly.processors),
+        )
+
+    def _start_executor(self, executor: Executor) -> threading.Thread:
+        t = threading.Thread(target=self._executor_loop, args=(executor,), daemon=True,
+                             name=f"coserve-executor-{executor.index}")
+        t.start()
+        return t
 
     def __enter__(self) -> Engine:
         return self.start()
@@ -222,19 +157,12 @@ class Engine:
         EngineClosedError when the engine is not running. An accepted request is always
         finished: its future cannot be cancelled."""
         first = self.validate(request)
-        now = self._clock()
-        state = _InFlight(request, Future(), now, pending=len(first))
-        state.future.set_running_or_notify_cancel()
-        with self._lock:
-            if not self._started or self._closed:
-                raise EngineClosedError("the engine is not running: call start() first (or use `with`)")
-            if request.request_id in self._inflight:
-                raise RequestError(f"request id {request.request_id!r} is already in flight")
-            self._inflight[request.request_id] = state
-        self._stats.request_submitted()
+        future: Future = Future()
+        future.set_running_or_notify_cancel()
+        state = self._requests.admit(request, len(first), future.set_result)
         for expert in first:
-            self._enqueue_or_fail(state, expert, now)
-        return state.future
+            self._enqueue_or_fail(state, expert)
+        return future
 
     async def infer(self, request: Request) -> Result:
         return await asyncio.wrap_future(self.submit(request))
@@ -253,20 +181,21 @@ class Engine:
                     f"of shape {list(shape)}, got {got}"
                 )
 
-    def _enqueue_or_fail(self, state: _InFlight, expert: str, now: float) -> None:
+    def _enqueue_or_fail(self, state: InFlight, expert: str) -> None:
         """Queue the request's task for `expert`; if that fails, the task counts as done
         with an error, so the request still resolves."""
         if not self._quarantine.allows(expert):  # fail fast, never touch the expert
-            self._fail_task(state, self._quarantine.reason(expert),
-                            FailureKind.EXPERT_QUARANTINED, expert)
+            self._requests.fail(state, self._quarantine.reason(expert),
+                                FailureKind.EXPERT_QUARANTINED, expert)
             return
-        task = Task(next(self._task_ids), state.request.request_id, expert, now, state.request.input)
+        task = Task(request_id=state.request.request_id, expert=expert,
+                    enqueued_s=self._clock(), payload=state.request.input)
         try:
             executor = self._scheduler.enqueue(task)
         except Exception as exc:
             log.exception("could not queue %s for %s", expert, task.request_id)
-            self._fail_task(state, f"could not queue expert {expert!r}: {exc}",
-                            FailureKind.NOT_QUEUED, expert)
+            self._requests.fail(state, f"could not queue expert {expert!r}: {exc}",
+                                FailureKind.NOT_QUEUED, expert)
             return
         self._stats.queue_depth(executor, self._scheduler.depth(executor))
 
@@ -300,7 +229,7 @@ class Engine:
             return exec_s
         self._quarantine.record_success(batch.expert)
         try:
-            self._route_again(batch, (outputs, exec_s))
+            self._route_again(batch, outputs, exec_s)
         except Exception:  # an engine bug: keep the executor alive, say so loudly
             log.exception("routing after %s on executor %d failed", batch.expert, executor.index)
         return exec_s
@@ -328,64 +257,37 @@ class Engine:
         return outputs, exec_s
 
     # -- route again ---------------------------------------------------------------------
-    def _route_again(self, batch: Batch, run: tuple[list[Decoded], float]) -> None:
-        outputs, exec_s = run
-        now = self._clock()
+    def _route_again(self, batch: Batch, outputs: list[Decoded], exec_s: float) -> None:
         for task, out in zip(batch.tasks, outputs, strict=True):
-            state = self._inflight[task.request_id]
+            state = self._requests.get(task.request_id)
             try:
-                label, following = self._next_experts(batch.expert, out, state)
+                label, following = self._next_experts(batch.expert, out, state.request)
             except Exception as exc:  # a bad label index, a routing callable that raised
-                self._fail_task(state, f"routing after expert {batch.expert!r} failed: {exc}",
-                                FailureKind.ROUTING_FAILED, batch.expert)
+                self._requests.fail(state, f"routing after expert {batch.expert!r} failed: {exc}",
+                                    FailureKind.ROUTING_FAILED, batch.expert)
                 continue
-            step = Step(batch.expert, label, out.detail, batch.executor, len(batch.tasks),
-                        batch.started_s - task.enqueued_s, exec_s)
-            with self._lock:
-                state.steps.append(step)
-                state.pending += len(following) - 1
+            self._requests.advance(state, batch.step(task, label, out.detail, exec_s),
+                                   len(following))
             for expert in following:
-                self._enqueue_or_fail(state, expert, now)
-            self._maybe_finish(state)
+                self._enqueue_or_fail(state, expert)
+            self._requests.finish_if_done(state)
 
-    def _next_experts(self, expert: str, out: Decoded, state: _InFlight) -> tuple[str, tuple[str, ...]]:
+    def _next_experts(self, expert: str, out: Decoded, request: Request) -> tuple[str, tuple[str, ...]]:
         labels = self.model.architectures[self.model.experts[expert].architecture].labels
         label = labels[out.label_index]
-        return label, self.model.router.next(expert, label, state.request.fields)
+        return label, self.model.router.next(expert, label, request.fields)
 
     def _fail_batch(self, batch: Batch, error: str, kind: FailureKind) -> None:
         for task in batch.tasks:
-            self._fail_task(self._inflight[task.request_id], error, kind, batch.expert)
-
-    def _fail_task(self, state: _InFlight, error: str, kind: FailureKind, expert: str | None) -> None:
-        with self._lock:
-            if state.error is None:
-                state.error, state.error_kind, state.failed_expert = error, kind, expert
-            state.pending -= 1
-        self._maybe_finish(state)
-
-    def _maybe_finish(self, state: _InFlight) -> None:
-        with self._lock:
-            # Only one caller may finish a request: fan-out branches can reach zero together.
-            if state.pending > 0 or self._inflight.get(state.request.request_id) is not state:
-                return
-            del self._inflight[state.request.request_id]
-            if not self._inflight:
-                self._idle.notify_all()
-        now = self._clock()
-        ok = state.error is None
-        result = Result(state.request.request_id, ok, tuple(state.steps), state.submitted_s,
-                        now, state.error, dict(state.request.fields), state.error_kind,
-                        state.failed_expert)
-        if ok:
-            self._manager.usage.observe(result.path)
-        self._stats.request_done(result.latency_s, ok, now)
-        state.future.set_result(result)
+            self._requests.fail(self._requests.get(task.request_id), error, kind, batch.expert)
 
     # -- traces and statistics -----------------------------------------------------------
     def run_trace(self, requests: Iterable[Request], realtime: bool = True) -> list[Result]:
         """Submit each request at its arrival offset (all at once if not `realtime`) and
-        wait for every result. A request that cannot be served yields a failed Result."""
+        wait for every result. A request that cannot be served yields a failed Result.
+        EngineClosedError when the engine is not running."""
+        if not self.running:
+            raise EngineClosedError("the engine is not running: call start() first (or use `with`)")
         t0 = self._clock()
         futures: list[Future] = []
         self._scheduler.hold(not realtime)
@@ -395,43 +297,49 @@ class Engine:
                     delay = request.arrival_s - (self._clock() - t0)
                     if delay > 0:
                         time.sleep(delay)
-                futures.append(self._submit_or_fail(request))
+                futures.append(self._submit_or_reject(request))
         finally:
             self._scheduler.hold(False)
         if not realtime:  # the executors waited this long for the backlog to be queued
             self._stats.note("backlog_submit_s", self._clock() - t0)
         return [f.result() for f in futures]
 
-    def _submit_or_fail(self, request: Request) -> Future:
+    def _submit_or_reject(self, request: Request) -> Future:
         try:
             return self.submit(request)
         except RequestError as exc:
-            now = self._clock()
             failed: Future = Future()
-            failed.set_result(Result(request.request_id, False, (), now, now, str(exc),
-                                     dict(request.fields), FailureKind.REJECTED))
+            failed.set_result(rejected(request, str(exc), self._clock()))
             return failed
 
-    def reset_stats(self) -> None:
-        self._storage_bytes_at_start = self._storage.stats().bytes_read
-        self._stats.reset(self._clock())
-
     def stats(self) -> EngineStats:
+        bytes_read = (self._storage.stats().bytes_read - self._storage_bytes_at_start
+                      if self._started else 0)
         return self._stats.snapshot(
             self._clock(),
-            bytes_read=self._storage.stats().bytes_read - self._storage_bytes_at_start,
-            policy=self.policies.name,
+            bytes_read=bytes_read,
+            policy=self._assembly.policies.name,
             budget_bytes=self.budget_bytes,
             total_expert_bytes=self.model.total_expert_bytes,
             storage=self.config.storage,
-            cost_source=self._costs.source if self._costs else "not started",
+            cost_source=self.costs.source if self.costs else "not started",
         )
 
+    # -- what a server or an operator reads ----------------------------------------------
     @property
     def costs(self) -> CostModel | None:
-        return self._costs
+        return self._assembly.costs
 
-    # -- what a server or an operator reads ----------------------------------------------
+    @property
+    def executor_specs(self) -> tuple[ExecutorSpec, ...]:
+        """The executors this engine runs (the policy set's layout of the configured ones)."""
+        return self._assembly.executors
+
+    @property
+    def budget_bytes(self) -> int | None:
+        """The executing pools' total budget in bytes; None = unlimited."""
+        return self._assembly.budget_bytes
+
     @property
     def running(self) -> bool:
         """Started (costs known, initial placement done) and not closed."""
@@ -453,7 +361,7 @@ class Engine:
 
     def usage(self) -> dict[str, float]:
         """Usage probabilities now: the prior blended with the routing observed."""
-        return self._manager.usage.usage() if self._started else dict(self.prior_usage)
+        return self._usage.usage()
 
     def queue_depths(self) -> list[int]:
         """Tasks waiting in each executor's queue now."""
@@ -469,7 +377,7 @@ class Engine:
 
     def pool_budgets(self) -> list[int | None]:
         """Each executor's pool budget in bytes; None = unlimited."""
-        return self._pool_budgets()
+        return self._assembly.pool_budgets
 
 
 def _check_processors(processors: list[str]) -> None:

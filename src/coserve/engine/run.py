@@ -6,13 +6,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from coserve.engine.config import EngineConfig
+from coserve.config import EngineConfig
 from coserve.engine.engine import Engine
-from coserve.engine.results import Request, Result
-from coserve.engine.stats import EngineStats
 from coserve.plan import CostModel
 from coserve.planfile import Plan
 from coserve.repository import CoEModel
+from coserve.stats import EngineStats
+from coserve.types import Request, Result
 
 
 def run_trace(

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from coserve.engine.config import EngineConfig
+from coserve.config import EngineConfig
 from coserve.errors import ConfigError
 from coserve.inspect.runner import MAX_INFLIGHT, InspectSummary, inspect_lot
 from coserve.inspect.store import ResultStore, Status, export_csv

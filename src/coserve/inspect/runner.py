@@ -17,13 +17,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from coserve.engine.config import EngineConfig
+from coserve.config import EngineConfig
 from coserve.engine.engine import Engine
-from coserve.engine.results import Request, Result
 from coserve.errors import ConfigError, RequestError
 from coserve.inspect.lot import ImageError, LotItem, discover_lot, read_image
 from coserve.inspect.store import InspectRow, ResultStore, Status
 from coserve.repository import CoEModel
+from coserve.types import Request, Result
 
 # Images submitted but not answered. Enough to keep every executor's queue grouped and
 # busy (on the tiny CoE, 2 cores: ~200 images/s at 64, ~250 at 128, no better at 256);

@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence, Set
+from collections.abc import Sequence, Set
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from coserve.engine.stats import StatsRecorder
 from coserve.errors import ExpertError
-from coserve.manager.eviction import EvictionPolicy
 from coserve.manager.pool import Resident
 from coserve.manager.residency import Residency
-from coserve.manager.usage import UsageTracker
-from coserve.plan import processor_kind
+from coserve.stats import StatsRecorder
+from coserve.types import STORAGE_TO_HOST, LoadPath
 
 log = logging.getLogger(__name__)
 
@@ -39,30 +37,26 @@ class Loader(Protocol):
 class ExpertManager:
     def __init__(
         self,
+        *,
         processors: Sequence[str],
-        budgets: Sequence[int | None],
-        expert_bytes: Mapping[str, int],
-        subsequent: Set[str],
-        predecessors: Callable[[str], Set[str]],
-        evict: EvictionPolicy,
+        residency: Residency,
         loader: Loader,
-        usage: UsageTracker,
         stats: StatsRecorder,
-        clock: Callable[[], float],
-        host_cache_bytes: int = 0,
     ) -> None:
+        """`residency` decides what each pool holds (the same object the scheduler reads);
+        this manager loads what it reserves, under its own lock."""
         self.processors = list(processors)
-        self.residency = Residency(budgets, expert_bytes, subsequent, predecessors, evict,
-                                   usage, clock, host_cache_bytes)
-        self._pools = self.residency.pools
-        self._host = self.residency.host
-        self._expert_bytes = expert_bytes
+        self.residency = residency
+        self._pools = residency.pools
+        self._host = residency.host
+        self._expert_bytes = residency.expert_bytes
         self._loader = loader
-        self.usage = usage
+        self.usage = residency.usage
         self._stats = stats
         self._cond = threading.Condition()
         self._prefetchers = [
-            ThreadPoolExecutor(1, thread_name_prefix=f"coserve-prefetch-{i}") for i in budgets
+            ThreadPoolExecutor(1, thread_name_prefix=f"coserve-prefetch-{i}")
+            for i in range(len(self.processors))
         ]
 
     # -- what the scheduler reads --------------------------------------------------------
@@ -156,13 +150,12 @@ class ExpertManager:
     def _fetch(self, executor: int, expert: str) -> dict[str, Any]:
         processor = self.processors[executor]
         size = self._expert_bytes[expert]
-        if processor_kind(processor) == "cpu":
+        path = LoadPath.to_executor(processor)
+        if path.source == "storage":  # a CPU: the host pool is the executing tier
             tensors, seconds = self._loader.read(expert)
-            self._stats.switch(executor, "storage->cpu", size, seconds)
-            return tensors
-        host = self._host_tensors(expert)
-        tensors, seconds = self._loader.to_device(host, processor)
-        self._stats.switch(executor, f"host->{processor}", size, seconds)
+        else:
+            tensors, seconds = self._loader.to_device(self._host_tensors(expert), processor)
+        self._stats.switch(executor, path, size, seconds)
         return tensors
 
     def _host_tensors(self, expert: str) -> dict[str, Any]:
@@ -173,7 +166,7 @@ class ExpertManager:
             if cached is not None and not cached.loading:
                 return cached.tensors  # type: ignore[return-value]
         tensors, seconds = self._loader.read(expert)
-        self._stats.switch(None, "storage->host", self._expert_bytes[expert], seconds)
+        self._stats.switch(None, STORAGE_TO_HOST, self._expert_bytes[expert], seconds)
         with self._cond:
             if expert not in self._host.entries and self.residency.reserve_host(expert):
                 self._host.entries[expert].tensors = tensors

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Set
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from coserve.manager.eviction import PoolEntry
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, kw_only=True)
 class Resident:
     expert: str
     num_bytes: int
@@ -19,7 +19,6 @@ class Resident:
     last_used_s: float
     tensors: dict[str, Any] | None = None  # None while loading
     in_use: int = 0  # batches running on it now
-    error: BaseException | None = field(default=None, repr=False)
 
     @property
     def loading(self) -> bool:

@@ -15,6 +15,7 @@ from coserve.manager.usage import UsageTracker
 class Residency:
     def __init__(
         self,
+        *,
         budgets: Sequence[int | None],
         expert_bytes: Mapping[str, int],
         subsequent: Set[str],
@@ -24,6 +25,8 @@ class Residency:
         clock: Callable[[], float],
         host_cache_bytes: int = 0,
     ) -> None:
+        """`budgets`: each executor's pool (None = unlimited). `subsequent`: experts that
+        only a preliminary expert's output leads to; `predecessors(e)` names those."""
         self.pools = [ModelPool(b) for b in budgets]
         self.host = ModelPool(host_cache_bytes)  # only used in front of CUDA pools
         self.expert_bytes = expert_bytes
@@ -68,7 +71,7 @@ class Residency:
         if not self._make_room(pool, size, protected):
             return False
         now = self._clock()
-        pool.add(Resident(expert, size, loaded_s=now, last_used_s=now))
+        pool.add(Resident(expert=expert, num_bytes=size, loaded_s=now, last_used_s=now))
         return True
 
     def _make_room(self, pool: ModelPool, size: int, protected: Set[str]) -> bool:

@@ -11,8 +11,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from coserve.engine.config import EngineConfig, parse_executors
+from coserve.config import EngineConfig
 from coserve.errors import ConfigError
+from coserve.executors.spec import parse_executors
 from coserve.planfile import Plan
 
 PLOT_NAME = "capacity.png"

@@ -13,13 +13,14 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from coserve.engine.config import EngineConfig, parse_executors
-from coserve.engine.results import Request
+from coserve.config import EngineConfig
 from coserve.errors import ConfigError
+from coserve.executors.spec import parse_executors
 from coserve.planfile import Plan, Recommendation
 from coserve.planner.search import SearchResult, decay_window_search
 from coserve.repository import CoEModel
 from coserve.simulator import SampledLabels, Simulator
+from coserve.types import Request
 
 MAX_POINTS = 12  # split candidates per executor option
 

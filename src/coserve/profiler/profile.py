@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from coserve.engine.config import EngineConfig, default_executors, parse_executors
+from coserve.config import EngineConfig
 from coserve.engine.engine import Engine
-from coserve.engine.results import Request, Result
 from coserve.errors import ConfigError
+from coserve.executors.spec import default_executors, parse_executors
 from coserve.loader.expert_loader import ExpertLoader
 from coserve.loader.storage import Storage, storage_profile
 from coserve.plan import ArchCost
@@ -29,6 +29,7 @@ from coserve.profiler.measure import (
     load_profile,
 )
 from coserve.repository import ArchitectureSpec, CoEModel, ExpertSpec, usage_from_sample
+from coserve.types import Request, Result
 
 DEFAULT_BATCH_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 PROCESSOR_KINDS = ("cpu", "cuda")

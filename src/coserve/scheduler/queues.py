@@ -9,12 +9,14 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass
+from typing import Any
 
 from coserve.plan import CostModel
 from coserve.scheduler.arrange import ArrangePolicy
 from coserve.scheduler.assign import AssignPolicy, QueueView, added_latency_s
 from coserve.scheduler.split import split_batch
 from coserve.scheduler.task import Task
+from coserve.types import Step
 
 
 @dataclass(frozen=True)
@@ -24,10 +26,17 @@ class Batch:
     tasks: tuple[Task, ...]
     started_s: float
 
+    def step(self, task: Task, label: str, detail: dict[str, Any], exec_s: float) -> Step:
+        """What `task` did in this batch, as its request records it."""
+        return Step(expert=self.expert, label=label, detail=detail, executor=self.executor,
+                    batch_size=len(self.tasks), queued_s=self.started_s - task.enqueued_s,
+                    exec_s=exec_s)
+
 
 class Scheduler:
     def __init__(
         self,
+        *,
         processors: Sequence[str],
         assign: AssignPolicy,
         arrange: ArrangePolicy,
@@ -141,10 +150,6 @@ class Scheduler:
     def depth(self, executor: int) -> int:
         with self._cond:
             return len(self._queues[executor])
-
-    def num_queued(self) -> int:
-        with self._cond:
-            return sum(len(q) for q in self._queues)
 
     def close(self) -> None:
         with self._cond:

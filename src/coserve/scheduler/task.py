@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, kw_only=True)
 class Task:
-    task_id: int
     request_id: str
     expert: str
     enqueued_s: float

@@ -22,8 +22,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from coserve.engine.results import FailureKind
 from coserve.errors import EngineClosedError, RequestError
+from coserve.types import FailureKind
 
 
 class ApiError(Exception):

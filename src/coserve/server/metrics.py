@@ -16,8 +16,8 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from coserve.engine.engine import Engine
-from coserve.engine.stats import EngineStats
 from coserve.server.limits import Admission
+from coserve.stats import EngineStats
 
 # HTTP inference endpoints, by path: the `endpoint` label.
 ENDPOINTS = {"/v1/inspect": "inspect", "/v1/inspect/batch": "inspect_batch"}

@@ -14,13 +14,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 from coserve.engine.engine import Engine
-from coserve.engine.results import Request, Result
 from coserve.errors import RequestError
 from coserve.server.config import ServerConfig
 from coserve.server.errors import OverloadedError, UnavailableError
 from coserve.server.limits import Admission, Ticket
 from coserve.server.metrics import ServerMetrics
 from coserve.server.parsing import Parsed
+from coserve.types import Request, Result
 
 log = logging.getLogger(__name__)
 

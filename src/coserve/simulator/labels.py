@@ -10,8 +10,8 @@ import random
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
-from coserve.engine.results import Request, Result
 from coserve.errors import ConfigError
+from coserve.types import Request, Result
 
 
 class LabelSource(Protocol):

@@ -18,34 +18,23 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from coserve.engine.config import EngineConfig, executor_layout, resolve_budget, split_budget
-from coserve.engine.results import FailureKind, Request, Result, Step
-from coserve.engine.stats import EngineStats, StatsRecorder
+from coserve.assembly import Assembly
+from coserve.config import EngineConfig
 from coserve.errors import ConfigError, RequestError
-from coserve.loader.storage import storage_profile
 from coserve.manager.pool import Resident
-from coserve.manager.residency import Residency
-from coserve.manager.usage import UsageTracker
-from coserve.plan import CostModel, executors_per_kind, processor_kind
+from coserve.plan import CostModel
 from coserve.planfile import Plan
-from coserve.policies import policy_set
-from coserve.repository import CoEModel, Stage
-from coserve.scheduler.queues import Batch, Scheduler
+from coserve.repository import CoEModel
+from coserve.scheduler.queues import Batch
 from coserve.scheduler.task import Task
 from coserve.simulator.labels import LabelSource, SampledLabels
+from coserve.stats import EngineStats, StatsRecorder
+from coserve.tracker import InFlight, RequestTracker, rejected
+from coserve.types import STORAGE_TO_HOST, LoadPath, Request, Result
 
 LOADED: dict[str, Any] = {}  # a simulated resident expert's "tensors": present, empty
-
-
-@dataclass(eq=False)
-class _InFlight:
-    request: Request
-    submitted_s: float
-    pending: int
-    steps: list[Step] = field(default_factory=list)
 
 
 class _VirtualClock:
@@ -63,6 +52,7 @@ class Simulator:
         self,
         model: CoEModel,
         config: EngineConfig,
+        *,
         costs: CostModel | None = None,
         usage: Mapping[str, float] | None = None,
         labels: LabelSource | None = None,
@@ -82,9 +72,7 @@ class Simulator:
         self.plan = plan
         self._costs = costs
         self._scheduling_costs = scheduling_costs
-        if usage is None and plan is not None:
-            usage = plan.usage
-        self.prior_usage = dict(usage) if usage is not None else dict(model.usage)
+        self._usage = usage
         label_probs = plan.label_probs if plan is not None and plan.label_probs else model.label_probs
         self.labels = labels or SampledLabels(label_probs)
 
@@ -114,52 +102,33 @@ class Simulator:
         return self._snapshot(), ordered
 
     def _setup(self) -> None:
+        """Fresh parts for one run, from the same builder the engine uses."""
         self._clock = _VirtualClock()
-        self.policies = policy_set(self.config.policy, self.config.max_defer_s)
-        specs = executor_layout(self.config.executors, self.policies)
-        self._processors = [s.processor for s in specs]
-        self.costs = self._costs or self.plan.cost_model(  # type: ignore[union-attr]
-            self.model, storage_profile(self.config.storage).read_bytes_per_s,
-            executors_per_kind(self._processors))
-        missing = set(self.model.experts) - set(self.costs.arch_of)
-        if missing:
-            raise ConfigError(f"the cost model has no entry for experts {sorted(missing)[:5]}")
-        self.budget_bytes = resolve_budget(self.model, self.config, self.policies, len(specs))
-        budgets = split_budget(self.budget_bytes, len(specs))
-        experts = self.model.experts.values()
-        expert_bytes = {e.name: e.num_bytes for e in experts}
-        self._usage = UsageTracker(self.prior_usage, self.config.usage_blend,
-                                   self.config.usage_min_samples)
-        self._residency = Residency(
-            budgets, expert_bytes,
-            frozenset(e.name for e in experts if e.stage is Stage.SUBSEQUENT),
-            self.model.predecessors, self.policies.evict, self._usage, self._clock,
-            self.config.host_cache_bytes,
-        )
-        self._scheduler = Scheduler(
-            self._processors, self.policies.assign, self.policies.arrange,
-            self._scheduling_costs or self.costs,
-            self.config.activation_bytes, self._residency.resident, self._residency.in_host,
-            self._clock,
-        )
-        self._stats = StatsRecorder(len(specs))
+        assembly = Assembly.of(self.model, self.config, plan=self.plan, costs=self._costs,
+                               usage=self._usage)
+        self.costs: CostModel = assembly.costs  # type: ignore[assignment]
+        self.policies = assembly.policies
+        self.budget_bytes = assembly.budget_bytes
+        self._processors = assembly.processors
+        self._stats = StatsRecorder(len(self._processors))
+        usage = assembly.usage_tracker()
+        self._requests = RequestTracker(clock=self._clock, stats=self._stats, usage=usage)
+        parts = assembly.build(clock=self._clock, usage=usage,
+                               scheduling_costs=self._scheduling_costs)
+        self._residency, self._scheduler = parts.residency, parts.scheduler
         self._events: list[tuple[float, int, Callable[..., None], tuple]] = []
         self._seq = itertools.count()
-        self._idle = [False] * len(specs)
+        self._idle = [False] * len(self._processors)
         self._loading: dict[tuple[int, str], float] = {}  # (pool, expert) -> ready at
         self._storage_free_s = 0.0
         self._bytes_read = 0
-        self._inflight: dict[str, _InFlight] = {}
         self._results: dict[str, Result] = {}
-        self._task_ids = itertools.count()
-        self._place(budgets, expert_bytes)
+        self._place(assembly.initial_placement())
+        self._requests.open()
         self._stats.reset(0.0)
 
-    def _place(self, budgets: list[int | None], expert_bytes: Mapping[str, int]) -> None:
+    def _place(self, placement: list[list[str]]) -> None:
         """Initial placement happens before the measured window, as in the engine."""
-        total = self.model.total_expert_bytes
-        placement = self.policies.place.place(
-            self.prior_usage, expert_bytes, [b if b is not None else total for b in budgets])
         for executor, experts in enumerate(placement):
             for expert in experts:
                 if self._residency.reserve(executor, expert, frozenset()):
@@ -170,24 +139,22 @@ class Simulator:
 
     # -- submit: route, assign, arrange --------------------------------------------------
     def _submit(self, request: Request) -> None:
-        now = self._clock()
         try:
             first = self.model.router.first(request.fields)
         except RequestError as exc:
-            self._results[request.request_id] = Result(
-                request.request_id, False, (), now, now, str(exc), dict(request.fields),
-                FailureKind.REJECTED)
+            self._results[request.request_id] = rejected(request, str(exc), self._clock())
             return
-        state = _InFlight(request, now, pending=len(first))
-        self._inflight[request.request_id] = state
-        self._stats.request_submitted()
+        state = self._requests.admit(request, len(first), self._deliver)
         for expert in first:
             self._enqueue(state, expert)
 
-    def _enqueue(self, state: _InFlight, expert: str) -> None:
+    def _deliver(self, result: Result) -> None:
+        self._results[result.request_id] = result
+
+    def _enqueue(self, state: InFlight, expert: str) -> None:
         now = self._clock()
-        task = Task(next(self._task_ids), state.request.request_id, expert, now)
-        i = self._scheduler.enqueue(task)
+        i = self._scheduler.enqueue(Task(request_id=state.request.request_id, expert=expert,
+                                         enqueued_s=now))
         self._stats.queue_depth(i, self._scheduler.depth(i))
         if self._idle[i]:
             self._idle[i] = False
@@ -251,15 +218,15 @@ class Simulator:
     def _load(self, i: int, expert: str) -> float:
         """Start filling a reserved entry; returns when it is ready."""
         now = self._clock()
-        processor = self._processors[i]
         size = self._residency.expert_bytes[expert]
-        if processor_kind(processor) == "cpu":
+        path = LoadPath.to_executor(self._processors[i])
+        if path.source == "storage":  # a CPU: the host pool is the executing tier
             ready = self._storage_read(expert)
-            self._stats.switch(i, "storage->cpu", size, ready - now)
+            self._stats.switch(i, path, size, ready - now)
         else:
             host_ready = self._host_copy(expert)
             ready = host_ready + size / self.costs.host_to_device_bytes_per_s
-            self._stats.switch(i, f"host->{processor}", size, ready - host_ready)
+            self._stats.switch(i, path, size, ready - host_ready)
         self._loading[(i, expert)] = ready
         self._at(ready, self._loaded, i, expert)
         return ready
@@ -284,33 +251,20 @@ class Simulator:
             return self._clock()
         now = self._clock()
         ready = self._storage_read(expert)
-        self._stats.switch(None, "storage->host", self._residency.expert_bytes[expert], ready - now)
+        self._stats.switch(None, STORAGE_TO_HOST, self._residency.expert_bytes[expert], ready - now)
         if self._residency.reserve_host(expert):
             self._residency.host.entries[expert].tensors = LOADED
         return ready
 
     # -- route again ---------------------------------------------------------------------
     def _route_again(self, batch: Batch, task: Task, exec_s: float) -> None:
-        state = self._inflight[task.request_id]
-        request = state.request
-        label = self.labels.label(request, batch.expert)
-        following = self.model.router.next(batch.expert, label, request.fields)
-        state.steps.append(Step(batch.expert, label, {}, batch.executor, len(batch.tasks),
-                                batch.started_s - task.enqueued_s, exec_s))
-        state.pending += len(following) - 1
+        state = self._requests.get(task.request_id)
+        label = self.labels.label(state.request, batch.expert)
+        following = self.model.router.next(batch.expert, label, state.request.fields)
+        self._requests.advance(state, batch.step(task, label, {}, exec_s), len(following))
         for expert in following:
             self._enqueue(state, expert)
-        if state.pending == 0:
-            self._finish(state)
-
-    def _finish(self, state: _InFlight) -> None:
-        del self._inflight[state.request.request_id]
-        now = self._clock()
-        result = Result(state.request.request_id, True, tuple(state.steps), state.submitted_s,
-                        now, None, dict(state.request.fields))
-        self._usage.observe(result.path)
-        self._stats.request_done(result.latency_s, True, now)
-        self._results[state.request.request_id] = result
+        self._requests.finish_if_done(state)
 
     def _snapshot(self) -> EngineStats:
         stats = self._stats.snapshot(
@@ -330,6 +284,7 @@ def simulate(
     model: CoEModel,
     requests: Sequence[Request],
     config: EngineConfig,
+    *,
     costs: CostModel | None = None,
     backlog: bool = False,
     usage: Mapping[str, float] | None = None,
@@ -338,4 +293,6 @@ def simulate(
     scheduling_costs: CostModel | None = None,
 ) -> tuple[EngineStats, list[Result]]:
     """One simulated run: what `coserve simulate` does."""
-    return Simulator(model, config, costs, usage, labels, plan, scheduling_costs).run(requests, backlog)
+    simulator = Simulator(model, config, costs=costs, usage=usage, labels=labels, plan=plan,
+                          scheduling_costs=scheduling_costs)
+    return simulator.run(requests, backlog)

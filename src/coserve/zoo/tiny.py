@@ -14,8 +14,8 @@ import yaml
 from safetensors.torch import save_file
 
 from coserve.architectures import ResNetClassifier, YoloDetector
-from coserve.engine.results import Request
 from coserve.trace import write_trace
+from coserve.types import Request
 
 INPUT_SHAPE = (3, 32, 32)
 PASS_RATE = 0.85

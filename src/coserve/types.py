@@ -1,4 +1,6 @@
-"""What a request gives back: its outputs, the experts it passed through, its timings."""
+"""The values every layer passes around: a request, what it gives back (its outputs, the
+experts it passed through, its timings), why it failed, and the tier paths experts are
+loaded along. Pure Python: the policies, the simulator and the surfaces all read them."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ class Request:
     arrival_s: float = 0.0  # offset in a trace; ignored by submit()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Step:
     """One task's outcome."""
 
@@ -42,7 +44,7 @@ class FailureKind(enum.Enum):
     REJECTED = "rejected"  # never accepted (a trace request that failed validation)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Result:
     request_id: str
     ok: bool
@@ -74,3 +76,32 @@ class Result:
             "latency_s": self.latency_s,
             "steps": [s.__dict__ for s in self.steps],
         }
+
+
+@dataclass(frozen=True)
+class LoadPath:
+    """A tier path an expert is loaded along: `storage->cpu` (on a CPU the host pool is
+    the executing tier), `storage->host` (the host RAM cache in front of a GPU),
+    `host->cuda:0`. Statistics count per device; plans profile per kind (`host->cuda`)."""
+
+    source: str  # "storage" or "host"
+    target: str  # "cpu", "host", or a device such as "cuda:0"
+
+    def __str__(self) -> str:
+        return f"{self.source}->{self.target}"
+
+    @property
+    def kind(self) -> LoadPath:
+        """The same path for any device of the kind: host->cuda:1 -> host->cuda."""
+        return LoadPath(self.source, self.target.split(":", 1)[0])
+
+    @staticmethod
+    def to_executor(processor: str) -> LoadPath:
+        """The switch that makes an expert runnable on `processor`: a storage read on the
+        CPU, a host-to-device copy on a GPU (its host copy comes by STORAGE_TO_HOST)."""
+        if processor.split(":", 1)[0] == "cpu":
+            return LoadPath("storage", "cpu")
+        return LoadPath("host", processor)
+
+
+STORAGE_TO_HOST = LoadPath("storage", "host")

@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from coserve.types import LoadPath
+
 LATENCY_WINDOW = 100_000  # latest request latencies kept for percentiles
 
 
@@ -109,13 +111,14 @@ class StatsRecorder:
             else:
                 self._misses += 1
 
-    def switch(self, executor: int | None, path: str, num_bytes: int, load_s: float) -> None:
-        """A load along `path` (e.g. 'storage->cpu'); executor None for the host cache."""
+    def switch(self, executor: int | None, path: LoadPath, num_bytes: int, load_s: float) -> None:
+        """A load along `path` (e.g. storage->cpu); executor None for the host cache."""
+        key = str(path)
         with self._lock:
             if executor is not None:
-                self._switches[executor][path] += 1
-            self._bytes_by_path[path] += num_bytes
-            self._load_s_by_path[path] += load_s
+                self._switches[executor][key] += 1
+            self._bytes_by_path[key] += num_bytes
+            self._load_s_by_path[key] += load_s
 
     def batch(self, executor: int, num_items: int, busy_s: float) -> None:
         with self._lock:

@@ -1,0 +1,62 @@
+"""Engine configuration: frozen, validated on construction, messages say how to fix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from coserve.errors import ConfigError
+from coserve.executors.spec import ExecutorSpec, default_executors
+from coserve.policies import DEFAULT_MAX_DEFER_S, DEFAULT_POLICY, POLICY_NAMES
+
+DEFAULT_ACTIVATION_BYTES = 256 << 20  # per executor, for batch splitting
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How to serve a CoE model.
+
+    The budget is the bytes of expert weights the executing pools may hold, all executors
+    together (split evenly between them): give `budget_bytes`, or `budget_fraction` of all
+    expert bytes, or neither for an unlimited budget."""
+
+    policy: str = DEFAULT_POLICY
+    budget_bytes: int | None = None
+    budget_fraction: float | None = None
+    executors: tuple[ExecutorSpec, ...] = field(default_factory=default_executors)
+    activation_bytes: int = DEFAULT_ACTIVATION_BYTES
+    host_cache_bytes: int = 0  # host RAM cache in front of CUDA pools
+    storage: str = "none"
+    direct_io: bool = True
+    max_defer_s: float = DEFAULT_MAX_DEFER_S
+    usage_blend: float = 0.5  # weight of observed routing once enough is observed
+    usage_min_samples: int = 50
+    measure_costs: bool = True
+    quarantine_after: int = 3  # consecutive failed attempts that quarantine an expert; 0: never
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICY_NAMES:
+            raise ConfigError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICY_NAMES)}")
+        if self.budget_bytes is not None and self.budget_fraction is not None:
+            raise ConfigError("give budget_bytes or budget_fraction, not both")
+        if self.budget_bytes is not None and self.budget_bytes <= 0:
+            raise ConfigError(f"budget_bytes must be positive, got {self.budget_bytes}")
+        if self.budget_fraction is not None and not 0 < self.budget_fraction <= 1:
+            raise ConfigError(f"budget_fraction must be in (0, 1], got {self.budget_fraction}")
+        if not self.executors:
+            raise ConfigError("at least one executor is needed, e.g. executors=parse_executors('cpu:1')")
+        if self.activation_bytes <= 0 or self.host_cache_bytes < 0:
+            raise ConfigError("activation_bytes must be > 0 and host_cache_bytes >= 0")
+        if not 0 <= self.usage_blend <= 1:
+            raise ConfigError(f"usage_blend must be in [0, 1], got {self.usage_blend}")
+        if self.max_defer_s < 0:
+            raise ConfigError(f"max_defer_s must be >= 0 seconds, got {self.max_defer_s}")
+        if self.quarantine_after < 0:
+            raise ConfigError(f"quarantine_after must be >= 0 failures (0 never quarantines), "
+                              f"got {self.quarantine_after}")
+
+    def resolve_budget(self, total_expert_bytes: int) -> int | None:
+        """Total executing-pool budget in bytes; None = unlimited."""
+        if self.budget_fraction is not None:
+            return int(self.budget_fraction * total_expert_bytes)
+        return self.budget_bytes
+

@@ -1,0 +1,119 @@
+"""Requests in flight: what each accepted request has done so far, how many of its tasks
+are still pending (fan-out adds some), and the one place a request is finished into its
+`Result`. Shared by the engine (threads) and the simulator (a virtual clock), so both
+count, fail and finish requests the same way.
+
+Intake is part of it: `open`, `admit` and `close_and_drain` hold one lock, so a request
+can never slip in after a drain found nothing in flight."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from coserve.errors import EngineClosedError, RequestError
+from coserve.manager.usage import UsageTracker
+from coserve.stats import StatsRecorder
+from coserve.types import FailureKind, Request, Result, Step
+
+
+@dataclass(eq=False)
+class InFlight:
+    """One accepted request while its tasks run."""
+
+    request: Request
+    submitted_s: float
+    deliver: Callable[[Result], None]  # called once, with the finished Result
+    pending: int  # tasks queued or running
+    steps: list[Step] = field(default_factory=list)
+    error: str | None = None  # the first failure wins
+    error_kind: FailureKind | None = None
+    failed_expert: str | None = None
+
+
+class RequestTracker:
+    def __init__(
+        self, *, clock: Callable[[], float], stats: StatsRecorder, usage: UsageTracker
+    ) -> None:
+        self._clock = clock
+        self._stats = stats
+        self._usage = usage
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # notified when nothing is in flight
+        self._inflight: dict[str, InFlight] = {}
+        self._open = False
+
+    # -- intake --------------------------------------------------------------------------
+    def open(self) -> None:
+        with self._lock:
+            self._open = True
+
+    def admit(self, request: Request, num_tasks: int, deliver: Callable[[Result], None]) -> InFlight:
+        """Accept `request`, whose first `num_tasks` tasks are about to be queued.
+        EngineClosedError when intake is closed, RequestError for an id in flight."""
+        state = InFlight(request, self._clock(), deliver, pending=num_tasks)
+        with self._lock:
+            if not self._open:
+                raise EngineClosedError("the engine is not running: call start() first (or use `with`)")
+            if request.request_id in self._inflight:
+                raise RequestError(f"request id {request.request_id!r} is already in flight")
+            self._inflight[request.request_id] = state
+        self._stats.request_submitted()
+        return state
+
+    def close_and_drain(self) -> bool:
+        """Stop intake and wait until every accepted request has finished (a finishing
+        task may still queue subsequent tasks meanwhile). False if it was not open."""
+        with self._lock:
+            was_open, self._open = self._open, False
+            while was_open and self._inflight:
+                self._idle.wait()
+        return was_open
+
+    def get(self, request_id: str) -> InFlight:
+        return self._inflight[request_id]
+
+    # -- progress ------------------------------------------------------------------------
+    def advance(self, state: InFlight, step: Step, num_following: int) -> None:
+        """A task finished as `step` and routed to `num_following` subsequent tasks,
+        which the caller queues next (then calls `finish_if_done`)."""
+        with self._lock:
+            state.steps.append(step)
+            state.pending += num_following - 1
+
+    def fail(self, state: InFlight, error: str, kind: FailureKind, expert: str | None) -> None:
+        """One of the request's tasks failed (or could not be queued): it counts as done,
+        so the request still resolves, with the first error."""
+        with self._lock:
+            if state.error is None:
+                state.error, state.error_kind, state.failed_expert = error, kind, expert
+            state.pending -= 1
+        self.finish_if_done(state)
+
+    def finish_if_done(self, state: InFlight) -> None:
+        with self._lock:
+            # Only one caller may finish a request: fan-out branches can reach zero together.
+            if state.pending > 0 or self._inflight.get(state.request.request_id) is not state:
+                return
+            del self._inflight[state.request.request_id]
+            if not self._inflight:
+                self._idle.notify_all()
+        now = self._clock()
+        result = Result(
+            request_id=state.request.request_id, ok=state.error is None,
+            steps=tuple(state.steps), submitted_s=state.submitted_s, completed_s=now,
+            error=state.error, fields=dict(state.request.fields), error_kind=state.error_kind,
+            failed_expert=state.failed_expert,
+        )
+        if result.ok:
+            self._usage.observe(result.path)
+        self._stats.request_done(result.latency_s, result.ok, now)
+        state.deliver(result)
+
+
+def rejected(request: Request, error: str, now_s: float) -> Result:
+    """The Result of a trace request that was never accepted (it failed validation)."""
+    return Result(request_id=request.request_id, ok=False, steps=(), submitted_s=now_s,
+                  completed_s=now_s, error=error, fields=dict(request.fields),
+                  error_kind=FailureKind.REJECTED)
