@@ -15,9 +15,13 @@ classifiers, YOLOv5m/l detectors, ~60 GB; for machines with the disk for it)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,8 +29,8 @@ import yaml
 from safetensors.torch import save_file
 
 from coserve.architectures import ResNetClassifier, YoloDetector
-from coserve.engine.results import Request
 from coserve.repository import write_repository
+from coserve.types import Request
 
 BOARDS_FILE = "boards.yaml"
 DEFECT_RATE = 0.1
@@ -98,45 +102,155 @@ def build_pcb(
     size: str = "default",
     seed: int = 0,
     progress: Callable[[str, int, int], None] | None = None,
+    num_workers: int | None = None,
 ) -> Path:
-    """Write the repository into `root`; `progress(what, done, total)` is called per expert."""
+    """Write the repository into `root`; `progress(what, done, total)` is called in this
+    process as each expert is written. Experts are built by `num_workers` processes
+    (default: one per core this process may use; 1: in this process), each expert from
+    its own seed, so the files are the same whatever the number of workers."""
     from coserve.zoo.pcb_images import component_types, family_of
-    from coserve.zoo.pcb_train import train_classifier
 
     spec = pcb_size(size)
+    num_workers = _num_workers(num_workers)
     root = Path(root)
     (root / "weights").mkdir(parents=True, exist_ok=True)
     types = component_types(spec.num_types, seed=seed)
     det_of = _detector_groups(types, spec, family_of)
-    detectors = sorted(set(det_of.values()))
-    total = len(types) + len(detectors)
-    experts, accuracies = [], {}
-    cls_args = {"depth": spec.cls_depth, "width": spec.cls_width, "num_classes": 2}
-    for k, t in enumerate(types):
-        name = f"cls-{t}"
-        torch.manual_seed(seed * 100_003 + k)
-        model = ResNetClassifier(**cls_args).eval()
+    jobs = _expert_jobs(root, spec, types, sorted(set(det_of.values())), seed)
+    accuracies = _run_jobs(jobs, num_workers, progress)
+    bom = boards(types, seed)
+    write_repository(root, _repository_config(size, spec, types, det_of, jobs, bom))
+    (root / BOARDS_FILE).write_text(yaml.safe_dump({
+        "size": size, "seed": seed, "image_size": spec.image_size, "defect_rate": DEFECT_RATE,
+        "boards": bom, "classifier_accuracy_at_10pct": accuracies,
+    }, sort_keys=False))
+    return root
+
+
+def _cls_args(spec: PcbSize) -> dict[str, int]:
+    return {"depth": spec.cls_depth, "width": spec.cls_width, "num_classes": 2}
+
+
+@dataclass(frozen=True)
+class _ClassifierJob:
+    """One classifier to initialise from `seed`, fine-tune and write: picklable, so a
+    worker process can run it."""
+
+    name: str
+    component_type: str
+    seed: int
+    cls_args: dict[str, int]
+    num_train: int
+    image_size: int
+    path: Path
+
+    architecture = "classifier"
+    stage = "preliminary"
+
+    def run(self) -> float:
+        """Writes the weights; returns the expected accuracy at the deployed defect rate."""
+        from coserve.zoo.pcb_train import train_classifier
+
+        torch.manual_seed(self.seed)
+        model = ResNetClassifier(**self.cls_args).eval()
         # One intra-op thread: on a small machine more threads make training several times
         # slower (OpenMP workers spinning on shared cores).
-        report = train_classifier(model, t, seed=seed * 100_003 + k, num_train=spec.num_train,
-                                  size=spec.image_size, num_threads=1)
-        accuracies[name] = round(report.accuracy_at_10pct, 4)
-        save_file(model.state_dict(), root / "weights" / f"{name}.safetensors")
-        experts.append({"name": name, "architecture": "classifier",
-                        "weights": f"weights/{name}.safetensors", "stage": "preliminary"})
-        if progress:
-            progress(name, k + 1, total)
+        report = train_classifier(model, self.component_type, seed=self.seed,
+                                  num_train=self.num_train, size=self.image_size, num_threads=1)
+        save_file(model.state_dict(), self.path)
+        return round(report.accuracy_at_10pct, 4)
+
+
+@dataclass(frozen=True)
+class _DetectorJob:
+    """One detector, randomly initialised from `seed` (which detector runs is decided by
+    inference on the classifier's output, not by its own weights), written."""
+
+    name: str
+    architecture: str  # "detector-s" or "detector-m"
+    seed: int
+    depth_multiple: float
+    width_multiple: float
+    path: Path
+
+    stage = "subsequent"
+
+    def run(self) -> None:
+        torch.manual_seed(self.seed)
+        detector = YoloDetector(self.depth_multiple, self.width_multiple, num_classes=2)
+        save_file(detector.eval().state_dict(), self.path)
+
+
+_Job = _ClassifierJob | _DetectorJob
+
+
+def _expert_jobs(
+    root: Path, spec: PcbSize, types: list[str], detectors: list[str], seed: int
+) -> list[_Job]:
+    """Every expert of the zoo, classifiers first; the k-th classifier's seed is
+    seed * 100_003 + k, the k-th detector's seed * 100_003 + 50_000 + k."""
+    jobs: list[_Job] = [
+        _ClassifierJob(f"cls-{t}", t, seed * 100_003 + k, _cls_args(spec), spec.num_train,
+                       spec.image_size, root / "weights" / f"cls-{t}.safetensors")
+        for k, t in enumerate(types)
+    ]
     for k, name in enumerate(detectors):
-        torch.manual_seed(seed * 100_003 + 50_000 + k)
         arch = "detector-m" if name.startswith("det-m") else "detector-s"
         dm, wm = spec.large_det if arch == "detector-m" else spec.small_det
-        save_file(YoloDetector(dm, wm, num_classes=2).eval().state_dict(),
-                  root / "weights" / f"{name}.safetensors")
-        experts.append({"name": name, "architecture": arch,
-                        "weights": f"weights/{name}.safetensors", "stage": "subsequent"})
+        jobs.append(_DetectorJob(name, arch, seed * 100_003 + 50_000 + k, dm, wm,
+                                 root / "weights" / f"{name}.safetensors"))
+    return jobs
+
+
+def _num_workers(num_workers: int | None) -> int:
+    if num_workers is None:
+        return len(os.sched_getaffinity(0))
+    if num_workers < 1:
+        from coserve.errors import ConfigError
+
+        raise ConfigError(f"num_workers must be at least 1 (or None: one per core), got {num_workers}")
+    return num_workers
+
+
+def _run_jobs(
+    jobs: list[_Job], num_workers: int, progress: Callable[[str, int, int], None] | None
+) -> dict[str, float]:
+    """Runs every job, in worker processes unless one worker is asked for; returns the
+    classifiers' accuracies in job order."""
+    outcomes: dict[str, float | None] = {}
+    for job, outcome in _completed(jobs, min(num_workers, len(jobs))):
+        outcomes[job.name] = outcome
         if progress:
-            progress(name, len(types) + k + 1, total)
-    bom = boards(types, seed)
+            progress(job.name, len(outcomes), len(jobs))
+    return {job.name: outcome for job in jobs if (outcome := outcomes[job.name]) is not None}
+
+
+def _completed(jobs: list[_Job], num_workers: int) -> Iterator[tuple[_Job, float | None]]:
+    """(job, what its run returned) as each finishes."""
+    if num_workers <= 1:
+        for job in jobs:
+            yield job, job.run()
+        return
+    # spawn, not fork: a forked child inherits the parent's OpenMP thread pool state,
+    # which can hang torch in the child once the parent has run a parallel op.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(num_workers, mp_context=context, initializer=torch.set_num_threads,
+                             initargs=(1,)) as pool:
+        futures = {pool.submit(job.run): job for job in jobs}
+        try:
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+        finally:  # on an error (or the caller stopping early), start nothing more
+            for future in futures:
+                future.cancel()
+
+
+def _repository_config(
+    size: str, spec: PcbSize, types: list[str], det_of: dict[str, str], jobs: list[_Job],
+    bom: dict[str, dict[str, int]],
+) -> dict[str, Any]:
+    """coe.yaml: the architectures, every expert in job order, the routing rules and the
+    usage prior (board A's counts, the deployed defect rate)."""
     shape = [3, spec.image_size, spec.image_size]
     det_arch = {
         f"detector-{k}": {"factory": "coserve.architectures.yolo:YoloDetector",
@@ -144,14 +258,17 @@ def build_pcb(
                           "input_shape": shape, "labels": ["clear", "flagged"]}
         for k, (dm, wm) in (("s", spec.small_det), ("m", spec.large_det))
     }
-    write_repository(root, {
+    return {
         "name": f"pcb-{size}",
         "architectures": {
             "classifier": {"factory": "coserve.architectures.resnet:ResNetClassifier",
-                           "args": cls_args, "input_shape": shape, "labels": ["pass", "defect"]},
+                           "args": _cls_args(spec), "input_shape": shape,
+                           "labels": ["pass", "defect"]},
             **det_arch,
         },
-        "experts": experts,
+        "experts": [{"name": job.name, "architecture": job.architecture,
+                     "weights": f"weights/{job.name}.safetensors", "stage": job.stage}
+                    for job in jobs],
         "routing": {
             "first": {"field": "component_type", "map": {t: f"cls-{t}" for t in types}},
             "next": {f"cls-{t}": {"pass": det_of[t], "defect": "end"} for t in types},
@@ -162,12 +279,7 @@ def build_pcb(
             "label_probs": {f"cls-{t}": {"pass": 1 - DEFECT_RATE, "defect": DEFECT_RATE}
                             for t in types},
         },
-    })
-    (root / BOARDS_FILE).write_text(yaml.safe_dump({
-        "size": size, "seed": seed, "image_size": spec.image_size, "defect_rate": DEFECT_RATE,
-        "boards": bom, "classifier_accuracy_at_10pct": accuracies,
-    }, sort_keys=False))
-    return root
+    }
 
 
 # The reference inspection tasks: (board, number of component images).
