@@ -10,7 +10,7 @@ import torch
 
 from coserve import Engine, EngineConfig, Request, open_repository, parse_executors, read_trace
 from coserve.cli import main
-from coserve.errors import ConfigError, RequestError
+from coserve.errors import ConfigError, EngineClosedError, RequestError
 from reference_routing import reference
 
 NUM_REQUESTS = 120
@@ -74,6 +74,19 @@ def test_async_infer_and_bad_requests(model, requests):
             engine.submit(Request("bad-shape", dict(requests[0].fields), torch.zeros(3, 8, 8)))
         # The engine keeps serving after rejecting them.
         assert engine.infer_sync(requests[1], timeout_s=60).ok
+
+
+def test_an_engine_not_running_refuses_work_without_a_traceback(model, requests):
+    engine = Engine(model, config())
+    with pytest.raises(EngineClosedError):
+        engine.run_trace(requests[:1])
+    with pytest.raises(EngineClosedError):
+        engine.submit(requests[0])
+    with engine:
+        assert engine.infer_sync(requests[0], timeout_s=60).ok
+    with pytest.raises(EngineClosedError):
+        engine.submit(requests[0])
+    engine.close()  # a second close is harmless
 
 
 def test_budget_too_small_says_the_minimum(model):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from coserve.config import EngineConfig
 from coserve.errors import ConfigError
@@ -18,8 +19,10 @@ from coserve.manager.usage import UsageTracker
 from coserve.plan import CostModel, executors_per_kind
 from coserve.planfile import Plan
 from coserve.policies import PolicySet, policy_set
-from coserve.repository import CoEModel, Stage
 from coserve.scheduler.queues import Scheduler
+
+if TYPE_CHECKING:  # the repository brings torch; the simulator's parts need none
+    from coserve.repository import CoEModel
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,7 @@ class Assembly:
         residency = Residency(
             budgets=self.pool_budgets,
             expert_bytes={e.name: e.num_bytes for e in experts},
-            subsequent=frozenset(e.name for e in experts if e.stage is Stage.SUBSEQUENT),
+            subsequent=self.model.subsequent_experts,
             predecessors=self.model.predecessors,
             evict=self.policies.evict,
             usage=usage,

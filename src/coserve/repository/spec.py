@@ -74,6 +74,11 @@ class CoEModel:
         """Bytes of all experts' tensors: what holding every expert resident takes."""
         return sum(expert.num_bytes for expert in self.experts.values())
 
+    @property
+    def subsequent_experts(self) -> frozenset[str]:
+        """Experts only another expert's output leads to (two-stage eviction's stage 1)."""
+        return frozenset(e.name for e in self.experts.values() if e.stage is Stage.SUBSEQUENT)
+
     def predecessors(self, expert: str) -> frozenset[str]:
         """Experts that can route to `expert` in the static routing graph."""
         return self.router.predecessors(expert)

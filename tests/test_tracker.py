@@ -1,0 +1,73 @@
+"""The request tracker shared by the engine and the simulator: intake, fan-out counting,
+first failure wins, exactly one Result per request. No torch, no threads."""
+
+import pytest
+
+from coserve.errors import EngineClosedError, RequestError
+from coserve.manager.usage import UsageTracker
+from coserve.stats import StatsRecorder
+from coserve.tracker import RequestTracker, rejected
+from coserve.types import FailureKind, Request, Step
+
+
+def tracker():
+    clock = iter(range(100)).__next__
+    usage = UsageTracker({"a": 0.5, "b": 0.5}, blend=1.0, min_samples=1)
+    t = RequestTracker(clock=lambda: float(clock()), stats=StatsRecorder(1), usage=usage)
+    return t, usage
+
+
+def step(expert):
+    return Step(expert=expert, label="pass", detail={}, executor=0, batch_size=1,
+                queued_s=0.0, exec_s=0.0)
+
+
+def test_intake_is_closed_until_opened_and_after_a_drain():
+    t, _ = tracker()
+    with pytest.raises(EngineClosedError):
+        t.admit(Request("r", {}, None), 1, print)
+    t.open()
+    results = []
+    state = t.admit(Request("r", {}, None), 1, results.append)
+    with pytest.raises(RequestError, match="already in flight"):
+        t.admit(Request("r", {}, None), 1, results.append)
+    t.advance(state, step("a"), 0)
+    t.finish_if_done(state)
+    assert t.close_and_drain() and not t.close_and_drain()
+    with pytest.raises(EngineClosedError):
+        t.admit(Request("s", {}, None), 1, results.append)
+
+
+def test_fan_out_finishes_once_after_every_branch():
+    t, usage = tracker()
+    t.open()
+    results = []
+    state = t.admit(Request("r", {}, None), 1, results.append)
+    t.advance(state, step("a"), 2)  # a routes to two subsequent tasks
+    t.finish_if_done(state)
+    assert not results
+    t.advance(state, step("b"), 0)
+    t.finish_if_done(state)
+    assert not results
+    t.advance(state, step("b"), 0)
+    t.finish_if_done(state)
+    t.finish_if_done(state)  # a late second caller finishes nothing
+    assert len(results) == 1 and results[0].ok and results[0].path == ("a", "b", "b")
+    assert usage.usage() == {"a": 1.0, "b": 1.0}  # learned from the finished request
+
+
+def test_the_first_failure_wins_and_the_request_still_resolves():
+    t, _ = tracker()
+    t.open()
+    results = []
+    state = t.admit(Request("r", {"component_type": "R"}, None), 2, results.append)
+    t.fail(state, "expert 'a' failed", FailureKind.EXPERT_FAILED, "a")
+    t.fail(state, "expert 'b' quarantined", FailureKind.EXPERT_QUARANTINED, "b")
+    (result,) = results
+    assert not result.ok and result.error_kind is FailureKind.EXPERT_FAILED
+    assert result.failed_expert == "a" and result.fields == {"component_type": "R"}
+
+
+def test_a_rejected_request_has_a_result_too():
+    result = rejected(Request("r", {"x": 1}, None), "unknown component type", 3.0)
+    assert not result.ok and result.error_kind is FailureKind.REJECTED and result.latency_s == 0
