@@ -33,6 +33,7 @@ from coserve.manager.quarantine import Quarantine
 from coserve.plan import CostModel
 from coserve.planfile import Plan
 from coserve.repository import CoEModel
+from coserve.repository.inputs import check_input
 from coserve.scheduler.queues import Batch
 from coserve.scheduler.task import Task
 from coserve.stats import EngineStats, StatsRecorder
@@ -148,7 +149,7 @@ class Engine:
         """The experts `request` starts at. Raises RequestError for a request that cannot
         be served (unknown routing value, wrong input shape); queues nothing."""
         first = self.model.router.first(request.fields)
-        self._check_input(request, first)
+        check_input(self.model, request, first)
         return first
 
     def submit(self, request: Request) -> Future:
@@ -169,17 +170,6 @@ class Engine:
 
     def infer_sync(self, request: Request, timeout_s: float | None = None) -> Result:
         return self.submit(request).result(timeout_s)
-
-    def _check_input(self, request: Request, first: tuple[str, ...]) -> None:
-        x = request.input
-        for expert in first:
-            shape = tuple(self.model.architectures[self.model.experts[expert].architecture].input_shape)
-            if not isinstance(x, torch.Tensor) or tuple(x.shape) != shape or not x.is_floating_point():
-                got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-                raise RequestError(
-                    f"request {request.request_id!r}: expert {expert!r} takes a float tensor "
-                    f"of shape {list(shape)}, got {got}"
-                )
 
     def _enqueue_or_fail(self, state: InFlight, expert: str) -> None:
         """Queue the request's task for `expert`; if that fails, the task counts as done
