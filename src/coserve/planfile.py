@@ -15,11 +15,14 @@ from typing import Any
 
 from coserve.errors import PlanError
 from coserve.plan import ArchCost, CostModel
+from coserve.types import STORAGE_TO_HOST, LoadPath
 
 PLAN_FORMAT = "coserve-plan"
 PLAN_VERSION = 1
-STORAGE_PATH = "storage->host"  # the storage read every load starts with
-HOST_TO_DEVICE_PATH = "host->cuda"
+# Loads are profiled per processor kind: the storage read every load starts with, and
+# the copy to any CUDA device.
+STORAGE_PATH = str(STORAGE_TO_HOST)
+HOST_TO_DEVICE_PATH = str(LoadPath.to_executor("cuda:0").kind)
 
 
 @dataclass(frozen=True)
