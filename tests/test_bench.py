@@ -96,7 +96,7 @@ def test_cli_trace_make_and_bench_json(pcb_tiny, tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = main(["bench", str(pcb_tiny), str(trace), "--policies", "samba,coserve", "--sweep", "",
                  "--budget-fraction", "0.4", "--storage", "none", "--no-measure", "--no-plan",
-                 "--json", str(out), "--report-dir", str(tmp_path / "r")])
+                 "--json-out", str(out), "--report-dir", str(tmp_path / "r")])
     assert code == 0
     rows = json.loads(out.read_text())["rows"]
     assert [r["policy"] for r in rows] == ["samba", "coserve"]
@@ -116,7 +116,7 @@ def test_bench_with_a_plan_adds_the_planned_row_and_simulated_twins(pcb_tiny, tm
     out = tmp_path / "bench.json"
     code = main(["bench", str(pcb_tiny), str(trace), "--policies", "samba,coserve", "--sweep", "",
                  "--budget-fraction", "0.4", "--storage", "none", "--plan", str(plan_path),
-                 "--repeat", "3", "--json", str(out), "--report-dir", str(tmp_path / "r")])
+                 "--repeat", "3", "--json-out", str(out), "--report-dir", str(tmp_path / "r")])
     assert code == 0
     data = json.loads(out.read_text())
     rows = data["rows"]

@@ -1,9 +1,8 @@
 """`coserve inspect`: the command-line face of batch inspection (progress bar, summary,
-signals). The work is in runner.py; the parser lives in coserve.cli."""
+signals). The work is in runner.py; the parser lives in coserve.cli.inspect."""
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 import threading
@@ -16,38 +15,25 @@ from coserve.errors import ConfigError
 from coserve.inspect.runner import MAX_INFLIGHT, InspectSummary, inspect_lot
 from coserve.inspect.store import ResultStore, Status, export_csv
 
-EXPORT_WORD = "export"  # `coserve inspect export --db ... --csv ...`
 
-
-def inspect_command(args: argparse.Namespace, config: EngineConfig) -> int:
+def inspect_command(lot_dir: Path, repo: Path, db: Path, config: EngineConfig, *,
+                    max_inflight: int | None = None, export_to: Path | None = None) -> int:
     """Exit code 0 when every image of the lot has a row (whatever its status), 1 when
     stopped early by SIGINT/SIGTERM (run it again to resume)."""
     from coserve.repository import open_repository
 
-    if args.repo is None:
-        raise ConfigError("coserve inspect DIR needs --repo REPO, the model repository to run")
-    if args.csv is not None:
-        raise ConfigError("--csv goes with `coserve inspect export`; to export after a run use --export-csv")
-    if not Path(args.dir).is_dir():
-        raise ConfigError(f"{args.dir} is not a directory: give the folder that holds the images")
-    model = open_repository(args.repo)
-    with ResultStore(args.db, Path(args.dir), args.repo) as store, _stop_on_signals() as stop:
-        max_inflight = MAX_INFLIGHT if args.max_inflight is None else args.max_inflight
-        summary = _run_with_progress(model, Path(args.dir), store, config, max_inflight, stop)
+    if not lot_dir.is_dir():
+        raise ConfigError(f"{lot_dir} is not a directory: give the folder that holds the images")
+    model = open_repository(repo)
+    with ResultStore(db, lot_dir, repo) as store, _stop_on_signals() as stop:
+        max_inflight = MAX_INFLIGHT if max_inflight is None else max_inflight
+        summary = _run_with_progress(model, lot_dir, store, config, max_inflight, stop)
         totals = store.counts()
-    _print_summary(summary, totals, args.db)
-    if args.export_csv is not None:
-        num_rows = export_csv(args.db, args.export_csv)
-        print(f"wrote {num_rows} rows to {args.export_csv}")
+    _print_summary(summary, totals, db)
+    if export_to is not None:
+        num_rows = export_csv(db, export_to)
+        print(f"wrote {num_rows} rows to {export_to}")
     return 1 if summary.num_remaining else 0
-
-
-def export_command(args: argparse.Namespace) -> int:
-    if args.csv is None:
-        raise ConfigError("coserve inspect export needs --csv OUT.csv (and --db results.sqlite)")
-    num_rows = export_csv(args.db, args.csv)
-    print(f"wrote {num_rows} rows to {args.csv}")
-    return 0
 
 
 def _run_with_progress(model, lot_dir: Path, store: ResultStore, config: EngineConfig,

@@ -1,0 +1,181 @@
+"""`coserve simulate` (a trace on the simulator) and `coserve plan` (executors and the
+memory split; capacity questions). The planning is in coserve.planner."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from coserve.cli.options import (
+    add_engine_options,
+    add_json_option,
+    add_plan_option,
+    add_policy_option,
+    load_plan,
+    planned_config,
+)
+from coserve.cli.run import print_stats
+from coserve.planner.recommend import PLOT_NAME
+
+if TYPE_CHECKING:
+    from coserve.planfile import Plan
+    from coserve.planner.planner import Candidate, MemoryPlan
+
+
+# -- coserve simulate ----------------------------------------------------------------------
+def add_simulate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("simulate", help="run a trace on the simulator (the plan's costs, a virtual clock)",
+                       description="The engine's policies on a virtual clock with the plan's costs: "
+                                   "the same options and --json keys as `coserve run`, in seconds.")
+    p.add_argument("repo", type=Path)
+    p.add_argument("trace", type=Path)
+    add_plan_option(p, required=True, help="the plan file (coserve profile)")
+    add_policy_option(p)
+    add_json_option(p)
+    add_engine_options(p, backlog=True)
+    p.set_defaults(func=cmd_simulate)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from coserve.repository import open_repository
+    from coserve.simulator import simulate
+    from coserve.trace import read_trace
+
+    model = open_repository(args.repo)
+    config, plan = planned_config(args, args.policy)
+    requests = read_trace(args.trace)
+    stats, results = simulate(model, requests, config, backlog=args.backlog, plan=plan)
+    print_stats(stats, as_json=args.json)
+    if not args.json:
+        print("simulated: no expert ran; times are the plan's costs on a virtual clock")
+    return 0 if all(r.ok for r in results) else 1
+
+
+# -- coserve plan --------------------------------------------------------------------------
+def add_plan_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="choose executors and the memory split; capacity questions",
+                       description="For each memory size, the decay-window search over the usage "
+                                   "CDF for every executor option, on the simulator. Writes the "
+                                   "recommendation into the plan file.")
+    p.add_argument("repo", type=Path)
+    p.add_argument("trace", type=Path, help="the workload to plan for")
+    add_plan_option(p, required=True, help="the plan file from `coserve profile`")
+    goal = p.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--budget-bytes", type=int, help="memory for experts plus activations: the "
+                      "best plan for it, and the curve over fractions of it")
+    goal.add_argument("--target-throughput", type=float, help="requests/s wanted: the least "
+                      "memory that reaches it")
+    p.add_argument("--executors-options", default=None,
+                   help="executor layouts to try, ';'-separated, e.g. 'cpu:1;cpu:2' (default: 1 to "
+                        "the cores, at most 4, plus CUDA mixes when the plan has a GPU)")
+    p.add_argument("--storage", default="none", help="storage profile: none, sata-530, nvme-3000")
+    p.add_argument("--points", type=int, default=8, help="memory sizes swept for a target (default 8)")
+    p.add_argument("--confirm", type=int, default=2,
+                   help="run the best N candidates on the real engine and keep the best measured "
+                        "(default 2; 0: trust the simulator)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N requests of the trace")
+    p.add_argument("--out", type=Path, default=None, help="where to write the plan (default: --plan)")
+    p.add_argument("--report-dir", type=Path, default=None, help=f"write {PLOT_NAME} here")
+    p.set_defaults(func=cmd_plan)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from coserve.config import EngineConfig
+    from coserve.loader.storage import storage_profile
+    from coserve.planner.planner import confirm, default_executor_options
+    from coserve.planner.recommend import choose_memory, plot_capacity
+    from coserve.repository import open_repository
+    from coserve.trace import read_trace
+
+    model = open_repository(args.repo)
+    plan = load_plan(args.plan)
+    requests = read_trace(args.trace)[: args.limit or None]
+    storage_profile(args.storage)  # a bad name fails here, before any work
+    base = EngineConfig(storage=args.storage)
+    options = (executor_options(args.executors_options) if args.executors_options
+               else default_executor_options(plan))
+    curve = _capacity_curve(model, plan, requests, base, options, args)
+    print_curve(curve, options)
+    chosen = choose_memory(curve, budget_bytes=args.budget_bytes,
+                           target_throughput=args.target_throughput)
+    if chosen is None:
+        top = max(curve, key=lambda m: m.best.items_per_s).best
+        print(f"no memory size reaches {args.target_throughput:g} requests/s on this machine: the "
+              f"most predicted is {top.items_per_s:.1f} with {top.memory_bytes / 1e6:.0f} MB "
+              f"({top.executors})")
+        return 1
+    best, confirmed = chosen.best, None
+    if args.confirm:
+        finalists = sorted(chosen.candidates, key=lambda c: -c.items_per_s)[: args.confirm]
+        best, confirmed = _confirm(confirm(model, plan, requests, finalists, base))
+    _write_recommendation(plan, best, confirmed, args)
+    if args.report_dir:
+        print(f"wrote {plot_capacity(curve, options, args.report_dir / PLOT_NAME, args.target_throughput)}")
+    return 0
+
+
+def _capacity_curve(model, plan: Plan, requests, base, options: Sequence[str],
+                    args: argparse.Namespace) -> list[MemoryPlan]:
+    """The best split of each memory size the question asks about, with a status line."""
+    from rich.console import Console
+
+    from coserve.planner.planner import Planner
+    from coserve.planner.recommend import memory_sizes
+
+    with Console(stderr=True).status("planning") as status:
+        planner = Planner(model, plan, requests, base, progress=lambda what, done, _: status.update(
+            f"simulated {done} configurations; now {what}"))
+        memories = memory_sizes(planner, budget_bytes=args.budget_bytes,
+                                target_throughput=args.target_throughput, num_points=args.points)
+        return planner.capacity_curve(memories, options)
+
+
+def _confirm(measured: Sequence[tuple[Candidate, float]]) -> tuple[Candidate, float]:
+    """Each finalist as predicted and as measured on the engine; the best measured."""
+    for c, rps in measured:
+        print(f"confirm on the engine: {c.executors}, experts {c.budget_bytes / 1e6:.0f} MB: "
+              f"predicted {c.items_per_s:.1f}, measured {rps:.1f} requests/s")
+    return max(measured, key=lambda m: m[1])
+
+
+def _write_recommendation(plan: Plan, best: Candidate, confirmed: float | None,
+                          args: argparse.Namespace) -> None:
+    rec = best.recommendation(args.storage, confirmed)
+    out = args.out or args.plan
+    plan.with_recommendation(rec).save(out)
+    print(f"recommended for {rec.memory_bytes / 1e6:.0f} MB: executors {rec.executors}, "
+          f"experts {rec.budget_bytes / 1e6:.0f} MB, activations {rec.activation_bytes / 1e6:.0f} MB "
+          f"per executor; predicted {rec.predicted_items_per_s:.1f} requests/s"
+          + (f", measured {confirmed:.1f}" if confirmed is not None else "")
+          + f"; written to {out}")
+
+
+def executor_options(text: str) -> list[str]:
+    """'cpu:1;cpu:2' as executor layouts, each checked (ConfigError names a bad one)."""
+    from coserve.executors.spec import parse_executors
+
+    options = [o.strip() for o in text.split(";") if o.strip()]
+    for o in options:
+        parse_executors(o)
+    return options
+
+
+def print_curve(curve: Sequence[MemoryPlan], options: Sequence[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="predicted requests/s (best split of each memory size)")
+    table.add_column("memory MB", justify="right")
+    for o in options:
+        table.add_column(o, justify="right")
+    table.add_column("best: experts MB / activations MB per executor", justify="right")
+    for m in curve:
+        by_option = {o: max((c for c in m.candidates if c.executors == o),
+                            key=lambda c: c.items_per_s, default=None) for o in options}
+        cells = [f"{c.items_per_s:.1f}" if c else "-" for c in by_option.values()]
+        b = m.best
+        table.add_row(f"{m.memory_bytes / 1e6:.0f}", *cells,
+                      f"{b.executors}: {b.budget_bytes / 1e6:.0f} / {b.activation_bytes / 1e6:.0f}")
+    Console(width=140).print(table)

@@ -1,0 +1,80 @@
+"""`coserve serve`: the HTTP inference API."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from coserve.cli.options import (
+    add_engine_options,
+    add_plan_option,
+    add_policy_option,
+    planned_config,
+)
+
+
+def add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    from coserve.config import EngineConfig
+    from coserve.server.config import TOKEN_ENV, ServerConfig
+
+    # The defaults are the configs' own (a dataclass field's default is its class attribute).
+    defaults = ServerConfig
+
+    p = sub.add_parser("serve", help="serve a repository over HTTP (inspection API, metrics)",
+                       description="An HTTP inference server: POST /v1/inspect, /v1/inspect/batch, "
+                                   "GET /v1/experts, /healthz, /readyz, /metrics, docs at /docs. "
+                                   "SIGTERM drains requests in flight, then exits 0.")
+    p.add_argument("repo", type=Path)
+    p.add_argument("--host", default=defaults.host, help=f"address to bind (default {defaults.host}: this machine only)")
+    p.add_argument("--port", type=int, default=defaults.port, help=f"port (default {defaults.port}; 0 picks a free one and prints it)")
+    p.add_argument("--token", default=None, help=f"bearer token the /v1 endpoints require (default: ${TOKEN_ENV}, else none)")
+    add_policy_option(p)
+    p.add_argument("--max-inflight", type=int, default=defaults.max_inflight,
+                   help=f"images the server holds (parsing or in the engine); beyond it 429 + Retry-After (default {defaults.max_inflight})")
+    p.add_argument("--max-batch-items", type=int, default=defaults.max_batch_items,
+                   help=f"images per batch request (default {defaults.max_batch_items})")
+    p.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes,
+                   help=f"largest request body; beyond it 413 (default {defaults.max_body_bytes})")
+    p.add_argument("--request-timeout-s", type=float, default=defaults.request_timeout_s,
+                   help=f"answer 504 after this long; the engine still finishes the request (default {defaults.request_timeout_s:g})")
+    p.add_argument("--max-loop-lag-s", type=float, default=defaults.max_loop_lag_s,
+                   help=f"also 429 while the HTTP event loop runs this far behind; 0 never (default {defaults.max_loop_lag_s:g})")
+    p.add_argument("--quarantine-after", type=int, default=EngineConfig.quarantine_after,
+                   help=f"consecutive failures that quarantine an expert; 0 never (default {EngineConfig.quarantine_after})")
+    add_engine_options(p, backlog=False)
+    add_plan_option(p)
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from coserve.engine.engine import Engine
+    from coserve.errors import ConfigError
+    from coserve.repository import open_repository
+    from coserve.server.config import TOKEN_ENV, ServerConfig
+    from coserve.server.run import bind, serve
+
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    config = ServerConfig(host=args.host, port=args.port, token=token, max_inflight=args.max_inflight,
+                          max_batch_items=args.max_batch_items, max_body_bytes=args.max_body_bytes,
+                          request_timeout_s=args.request_timeout_s,
+                          max_loop_lag_s=args.max_loop_lag_s or None)
+    model = open_repository(args.repo)
+    engine_config, plan = planned_config(args, args.policy, quarantine_after=args.quarantine_after)
+    engine = Engine(model, engine_config, plan=plan)  # validates the budget before the port is taken
+    try:
+        sock = bind(config.host, config.port)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {config.host}:{config.port} ({exc.strerror}); "
+                          f"pick another --port or stop what uses it") from None
+    host, port = sock.getsockname()[:2]
+    if not config.loopback and token is None:
+        print(f"warning: listening on {host} without a token; anyone who can reach it may "
+              f"use it (set --token or ${TOKEN_ENV})", file=sys.stderr)
+    where = f"[{host}]" if ":" in host else host
+    print(f"coserve: serving {model.name} on http://{where}:{port} (docs /docs, metrics /metrics; "
+          f"/readyz answers 200 once experts are placed)", flush=True)
+    serve(engine, config, sock, log_level="info" if args.verbose else "warning")
+    print("coserve: drained and stopped", flush=True)
+    return 0
