@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from coserve.bench.runner import BenchRun
+from coserve.policies import BASELINE_POLICY, CEILING_POLICY
 
 COLUMNS = (
     ("policy", "policy", "{}"),
@@ -32,7 +33,7 @@ def _cell(row: dict[str, Any], col: tuple) -> str:
     return fmt.format(value * scale[0] if scale else value)
 
 
-def table_rows(rows: Sequence[dict[str, Any]], baseline: str = "samba") -> tuple[list[str], list[list[str]]]:
+def table_rows(rows: Sequence[dict[str, Any]], baseline: str = BASELINE_POLICY) -> tuple[list[str], list[list[str]]]:
     """With a plan, each engine row also shows its simulated twin: images/s and
     switches predicted by the simulator for the same configuration, as sim/engine."""
     base = next((r for r in rows if r["policy"] == baseline), None)
@@ -94,7 +95,7 @@ def _planned_lines(m: dict[str, Any]) -> list[str]:
 def _budget(m: dict[str, Any]) -> str:
     if m["budget_bytes"] is None:
         return "unlimited"
-    return f"{m['budget_bytes'] / 1e9:.2f} GB ({m['budget_fraction']:.0%} of all expert bytes; all-resident is unlimited)"
+    return f"{m['budget_bytes'] / 1e9:.2f} GB ({m['budget_fraction']:.0%} of all expert bytes; {CEILING_POLICY} is unlimited)"
 
 
 def plots(run: BenchRun, out_dir: Path) -> list[Path]:
@@ -124,9 +125,9 @@ def plots(run: BenchRun, out_dir: Path) -> list[Path]:
         for policy in sorted({r["policy"] for r in run.sweep}):
             pts = sorted((r["budget_fraction"], r["throughput_rps"]) for r in run.sweep if r["policy"] == policy)
             ax.plot([100 * x for x, _ in pts], [y for _, y in pts], marker="o", label=policy)
-        ceiling = next((r for r in run.rows if r["policy"] == "all-resident"), None)
+        ceiling = next((r for r in run.rows if r["policy"] == CEILING_POLICY), None)
         if ceiling:
-            ax.axhline(ceiling["throughput_rps"], color="gray", linestyle="--", label="all-resident")
+            ax.axhline(ceiling["throughput_rps"], color="gray", linestyle="--", label=CEILING_POLICY)
         ax.set_xlabel("memory budget (% of all expert bytes)")
         ax.set_ylabel("images/s")
         ax.set_title("Throughput against memory budget")

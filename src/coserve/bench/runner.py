@@ -19,10 +19,10 @@ from coserve.errors import ConfigError
 from coserve.loader.storage import measure_raw_bandwidth, storage_profile
 from coserve.plan import CostModel
 from coserve.planfile import Plan
+from coserve.policies import BASELINE_POLICY, DEFAULT_POLICY, POLICY_NAMES
 from coserve.repository import CoEModel
 from coserve.types import Request, Result
 
-BENCH_POLICIES = ("samba", "samba-fifo", "samba-parallel", "coserve", "all-resident")
 DEFECT_LABELS = frozenset({"defect", "flagged"})
 
 
@@ -79,10 +79,10 @@ def run_bench(
     model: CoEModel,
     requests: Sequence[Request],
     config: EngineConfig,
-    policies: Sequence[str] = BENCH_POLICIES,
+    policies: Sequence[str] = POLICY_NAMES,
     backlog: bool = True,
     sweep_fractions: Sequence[float] = (),
-    sweep_policies: Sequence[str] = ("samba", "coserve"),
+    sweep_policies: Sequence[str] = (BASELINE_POLICY, DEFAULT_POLICY),
     peer: Callable[[], dict[str, Any]] | None = None,
     trace: str = "",
     on_row: Callable[[dict[str, Any]], None] | None = None,
@@ -130,15 +130,15 @@ class _Bench:
         """One per policy; with a plan, coserve as given and as planned."""
         variants = []
         for policy in policies:
-            planned = self.plan is not None and policy == "coserve"
-            variants.append(_Variant("coserve (default)" if planned else None,
+            planned = self.plan is not None and policy == DEFAULT_POLICY
+            variants.append(_Variant(f"{DEFAULT_POLICY} (default)" if planned else None,
                                      replace(self.config, policy=policy)))
             if planned:
                 assert self.plan is not None
                 candidate = plan_for_bench(self.model, self.requests, self.config, self.plan,
                                            self.backlog)
                 self.run.metadata["planned"] = asdict(candidate)
-                variants.append(_Variant("coserve (planned)", candidate.config(self.config), True))
+                variants.append(_Variant(f"{DEFAULT_POLICY} (planned)", candidate.config(self.config), True))
         return variants
 
     def policy_rows(self, variants: Sequence[_Variant], repeat: int) -> None:
