@@ -18,6 +18,7 @@ from coserve.errors import ConfigError
 from coserve.executors.spec import parse_executors
 from coserve.planfile import Plan, Recommendation
 from coserve.planner.search import SearchResult, decay_window_search
+from coserve.policies import DEFAULT_POLICY
 from coserve.repository import CoEModel
 from coserve.simulator import SampledLabels, Simulator
 from coserve.types import Request
@@ -36,7 +37,7 @@ class Candidate:
     switches: int
 
     def config(self, base: EngineConfig) -> EngineConfig:
-        return replace(base, policy="coserve", executors=parse_executors(self.executors),
+        return replace(base, policy=DEFAULT_POLICY, executors=parse_executors(self.executors),
                        budget_bytes=self.budget_bytes, budget_fraction=None,
                        activation_bytes=self.activation_bytes)
 

@@ -21,6 +21,7 @@ from coserve.loader.expert_loader import ExpertLoader
 from coserve.loader.storage import Storage, storage_profile
 from coserve.plan import ArchCost
 from coserve.planfile import HOST_TO_DEVICE_PATH, STORAGE_PATH, ArchProfile, LoadProfile, Plan
+from coserve.policies import CEILING_POLICY
 from coserve.profiler.fit import fit_linear, max_useful_batch
 from coserve.profiler.measure import (
     activation_bytes_per_item,
@@ -277,7 +278,7 @@ def _route(model: CoEModel, sample: Sequence[Request], plan: Plan,
     executors, with the profiled costs (batches as large as the engine will run):
     (results, executor seconds spent besides executing, tasks run, seconds it took to
     queue the backlog)."""
-    config = EngineConfig(policy="all-resident", executors=parse_executors(f"cpu:{num_executors}"),
+    config = EngineConfig(policy=CEILING_POLICY, executors=parse_executors(f"cpu:{num_executors}"),
                           measure_costs=False)
     with Engine(model, config, plan=plan) as engine:
         results = engine.run_trace(sample, realtime=False)
