@@ -14,7 +14,7 @@ from coserve.stats import EngineStats, StatsRecorder
 from coserve.types import LoadPath
 
 # Every replica runs on the CPU and loads from storage into its own (Ray's) cache.
-LOAD_PATH = str(LoadPath.to_executor("cpu"))
+LOAD_PATH = LoadPath.to_executor("cpu")
 NOT_MEASURED = ("queue_depth_max",)
 
 
