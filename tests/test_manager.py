@@ -52,12 +52,13 @@ class FakeLoader:
         return {"weight": f"{tensors['weight']}@{processor}"}, 0.1
 
 
-def residency(budgets, evict=None, host_cache_bytes=0, clock=None) -> Residency:
+def residency(budgets, evict=None, host_cache_bytes=0, clock=None, predecessors=PREDECESSORS,
+              **kwargs) -> Residency:
     return Residency(
         budgets=budgets, expert_bytes=SIZES, subsequent=frozenset({"det-x"}),
-        predecessors=lambda e: PREDECESSORS.get(e, frozenset()),
+        predecessors=lambda e: predecessors.get(e, frozenset()),
         evict=evict or TwoStageEviction(), usage=UsageTracker(USAGE, 0.5, 50),
-        clock=clock or FakeClock(), host_cache_bytes=host_cache_bytes,
+        clock=clock or FakeClock(), host_cache_bytes=host_cache_bytes, **kwargs,
     )
 
 
@@ -119,6 +120,50 @@ def test_stage_one_sees_every_pool():
     loaded(r, 1, "cls-a")
     assert r.reserve(0, "cls-c", frozenset())
     assert set(r.resident(0)) == {"det-x", "cls-c"}
+
+
+def test_stage_one_counts_the_incoming_expert_as_present():
+    # cls-a is resident nowhere, but it is the one coming in: its group reaches det-x
+    # next, so det-x must not be evicted to make room for it (it would be reloaded).
+    r = residency([40])
+    loaded(r, 0, "det-x", "cls-b", "cls-c")
+    assert r.reserve(0, "cls-a", frozenset())
+    assert set(r.resident(0)) == {"det-x", "cls-b", "cls-a"}  # stage 2 took cls-c
+
+
+def test_stage_one_counts_queued_experts_as_present():
+    # cls-a is resident nowhere but has tasks queued: their next step is det-x.
+    r = residency([30], queued=lambda: {"cls-a"})
+    loaded(r, 0, "det-x", "cls-b")
+    assert r.reserve(0, "cls-c", frozenset())
+    assert set(r.resident(0)) == {"det-x", "cls-c"}
+
+
+def test_a_subsequent_expert_with_queued_tasks_is_not_unreachable():
+    r = residency([30], queued=lambda: {"det-x"})
+    loaded(r, 0, "det-x", "cls-b")
+    assert r.reserve(0, "cls-c", frozenset())
+    assert set(r.resident(0)) == {"det-x", "cls-c"}
+
+
+def test_without_a_queue_nothing_reaches_an_absent_predecessor_s_experts():
+    r = residency([30], queued=lambda: set())
+    loaded(r, 0, "det-x", "cls-b")
+    assert r.reserve(0, "cls-c", frozenset())
+    assert set(r.resident(0)) == {"cls-b", "cls-c"}  # stage 1 still works
+
+
+def test_an_expert_with_no_known_predecessor_is_left_to_stage_two_until_one_is_seen():
+    # det-x is reached only through a routing callable: the static graph names no
+    # predecessor of it, so stage 1 cannot know it is unreachable.
+    r = residency([30], predecessors={})
+    loaded(r, 0, "det-x", "cls-b")
+    assert r.reserve(0, "cls-c", frozenset())
+    assert set(r.resident(0)) == {"det-x", "cls-c"}  # cls-b is the less likely to be used
+    # Once cls-b is seen routing to det-x, det-x is reachable only while cls-b is present.
+    r.usage.routed(r.usage.admitted(["cls-b"]), "cls-b", ["det-x"])
+    assert r.reserve(0, "cls-a", frozenset())
+    assert set(r.resident(0)) == {"cls-c", "cls-a"}  # det-x went in stage 1
 
 
 def test_the_host_cache_has_its_own_budget():

@@ -13,11 +13,12 @@ from coserve.manager import (
 PREDECESSORS = {"det-x": {"cls-a", "cls-b"}, "det-y": {"cls-c"}}
 
 
-def ctx(usage, resident_anywhere):
+def ctx(usage, present, queued=(), predecessors=PREDECESSORS):
     return EvictionContext(
         usage=usage,
-        predecessors=lambda e: frozenset(PREDECESSORS.get(e, ())),
-        resident_anywhere=frozenset(resident_anywhere),
+        predecessors=lambda e: frozenset(predecessors.get(e, ())),
+        present=frozenset(present) | frozenset(queued),
+        queued=frozenset(queued),
     )
 
 
@@ -40,6 +41,20 @@ def test_stage_one_takes_several_unreachable_before_stage_two():
     # has a higher usage probability than cls-c.
     victims = TwoStageEviction().victims(ENTRIES, 60, frozenset(), ctx(USAGE, {"det-x", "det-y"}))
     assert victims == ["det-y", "det-x"]
+
+
+def test_stage_one_spares_a_subsequent_expert_with_queued_tasks():
+    # det-y's predecessor cls-c is absent, but det-y's own tasks are queued somewhere.
+    usage = {**USAGE, "det-y": 0.2}
+    c = ctx(usage, {"cls-a", "det-x", "det-y"}, queued={"det-y"})
+    assert TwoStageEviction().victims(ENTRIES, 5, frozenset(), c) == ["cls-c"]  # stage 2
+
+
+def test_stage_one_spares_a_subsequent_expert_with_no_known_predecessor():
+    # Nothing in the graph routes to det-y (a routing callable does): stage 2 decides.
+    usage = {**USAGE, "det-y": 0.2}
+    c = ctx(usage, {"cls-a"}, predecessors={"det-x": {"cls-a"}})
+    assert TwoStageEviction().victims(ENTRIES, 5, frozenset(), c) == ["cls-c"]
 
 
 def test_stage_two_ascending_usage():

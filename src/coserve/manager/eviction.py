@@ -1,8 +1,11 @@
 """Eviction: which resident experts leave a pool to make room for an incoming one.
 
 coserve's `TwoStageEviction` uses expert dependency and usage probability, not recency:
-1. subsequent experts whose preliminary experts are resident nowhere (no request can
-   reach them soon), largest first, until the incoming expert fits;
+1. subsequent experts that no request can reach soon: none of their predecessors is
+   present (resident in any pool, incoming, or queued on any executor) and none of
+   their own tasks is queued, largest first, until the incoming expert fits. An expert
+   with no known predecessor (reached only through a routing callable not yet seen
+   routing to it) is not judged unreachable;
 2. then the rest in ascending usage probability.
 Protected experts (in use, or needed by a task queued ahead of the incoming one) never
 leave. The baselines (LRU, FIFO) are other objects behind the same method."""
@@ -28,8 +31,11 @@ class PoolEntry:
 @dataclass(frozen=True)
 class EvictionContext:
     usage: Mapping[str, float]  # P(a request uses expert e)
-    predecessors: Callable[[str], Set[str]]  # experts that route to e
-    resident_anywhere: Set[str]  # experts resident in any executing pool
+    predecessors: Callable[[str], Set[str]]  # experts that route to e (static + observed)
+    # Experts a request may be at soon: resident in any pool (loading included), the
+    # incoming one, and every expert with a task queued on any executor.
+    present: Set[str]
+    queued: Set[str] = frozenset()  # experts with a task queued on any executor
 
 
 class EvictionPolicy(Protocol):
@@ -64,6 +70,15 @@ def _ordered_victims(
     return taken if left <= 0 else None
 
 
+def _unreachable(entry: PoolEntry, ctx: EvictionContext) -> bool:
+    """Stage 1: a subsequent expert no request can reach soon."""
+    if not entry.subsequent or entry.expert in ctx.queued:
+        return False
+    predecessors = ctx.predecessors(entry.expert)
+    # None known yet: the routing callable may lead to it at any time, so usage decides.
+    return bool(predecessors) and not (predecessors & ctx.present)
+
+
 class TwoStageEviction:
     def victims(
         self,
@@ -75,11 +90,7 @@ class TwoStageEviction:
         if need_bytes <= 0:
             return []
         free = [e for e in entries if e.expert not in protected]
-        unreachable = [
-            e
-            for e in free
-            if e.subsequent and not (ctx.predecessors(e.expert) & ctx.resident_anywhere)
-        ]
+        unreachable = [e for e in free if _unreachable(e, ctx)]
         taken: list[str] = []
         left = _take_until(sorted(unreachable, key=lambda e: -e.num_bytes), need_bytes, taken)
         rest = sorted(

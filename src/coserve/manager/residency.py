@@ -24,9 +24,13 @@ class Residency:
         usage: UsageTracker,
         clock: Callable[[], float],
         host_cache_bytes: int = 0,
+        queued: Callable[[], Set[str]] = frozenset,
     ) -> None:
         """`budgets`: each executor's pool (None = unlimited). `subsequent`: experts that
-        only a preliminary expert's output leads to; `predecessors(e)` names those."""
+        only a preliminary expert's output leads to; `predecessors(e)` names those in the
+        static graph (the routing `usage` observes adds more). `queued()`: the experts
+        with a task queued on any executor (the scheduler's `queued_experts`); it may
+        take the scheduler's lock, which never waits for the caller's."""
         self.pools = [ModelPool(b) for b in budgets]
         self.host = ModelPool(host_cache_bytes)  # only used in front of CUDA pools
         self.expert_bytes = expert_bytes
@@ -35,6 +39,7 @@ class Residency:
         self._evict = evict
         self.usage = usage
         self._clock = clock
+        self._queued = queued
 
     # -- what the scheduler reads --------------------------------------------------------
     def resident(self, executor: int) -> Set[str]:
@@ -68,26 +73,36 @@ class Residency:
     # -- internals -----------------------------------------------------------------------
     def _reserve_in(self, pool: ModelPool, expert: str, protected: Set[str]) -> bool:
         size = self.expert_bytes[expert]
-        if not self._make_room(pool, size, protected):
+        if not self._make_room(pool, expert, size, protected):
             return False
         now = self._clock()
         pool.add(Resident(expert=expert, num_bytes=size, loaded_s=now, last_used_s=now))
         return True
 
-    def _make_room(self, pool: ModelPool, size: int, protected: Set[str]) -> bool:
+    def _make_room(self, pool: ModelPool, incoming: str, size: int, protected: Set[str]) -> bool:
         need = size - pool.free_bytes()
         if need <= 0:
             return True
         entries = pool.evictable(self._subsequent.__contains__, protected)
-        victims = self._evict.victims(entries, int(need), protected, self._context())
+        victims = self._evict.victims(entries, int(need), protected, self._context(incoming))
         if victims is None:
             return False
         for victim in victims:
             pool.remove(victim)
         return True
 
-    def _context(self) -> EvictionContext:
-        anywhere: set[str] = set()
+    def _context(self, incoming: str) -> EvictionContext:
+        """What eviction knows now. Present: resident anywhere, the incoming expert (its
+        group reaches its subsequent experts next) and every queued expert."""
+        queued = frozenset(self._queued())
+        present = {incoming, *queued}
         for pool in self.pools:
-            anywhere.update(pool.entries)
-        return EvictionContext(self.usage.usage(), self._predecessors, anywhere)
+            present.update(pool.entries)
+        static = self._predecessors
+        learned = self.usage.predecessors()
+
+        def predecessors(expert: str) -> Set[str]:
+            seen = learned.get(expert)
+            return static(expert) | seen if seen else static(expert)
+
+        return EvictionContext(self.usage.usage(), predecessors, present, queued)
