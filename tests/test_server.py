@@ -291,7 +291,8 @@ def test_bad_inputs_get_the_right_4xx_and_the_server_stays_healthy(client, healt
 
 
 def test_metrics_read_the_engine(client, by_type):
-    client.post("/v1/inspect", json=tensor_body(by_type["Q"].input, "Q"))
+    for _ in range(2):  # the second finds its experts resident: a pool hit, even run alone
+        client.post("/v1/inspect", json=tensor_body(by_type["Q"].input, "Q"))
     assert metric(client, "coserve_requests_total", endpoint="inspect", outcome="ok") >= 1
     assert metric(client, "coserve_request_duration_seconds_count", endpoint="inspect") >= 1
     assert metric(client, "coserve_requests_accepted_total") >= 1
@@ -302,6 +303,20 @@ def test_metrics_read_the_engine(client, by_type):
     assert metric(client, "coserve_queue_depth", executor="0", processor="cpu") == 0
     assert metric(client, "coserve_requests_in_flight") == 0
     assert metric(client, "coserve_requests_in_flight_limit") == 256
+    assert "coserve_deadline_misses_total" in client.get("/metrics").text
+
+
+def test_metrics_count_deadline_misses(tiny_zoo, by_type):
+    """With a latency target no answer can meet, every answer is a deadline miss."""
+    engine = Engine(open_repository(tiny_zoo[0]), engine_config(latency_target_s=1e-9))
+    config = ServerConfig(port=0, token=TOKEN, max_loop_lag_s=None)
+    with running_server(engine, config) as base_url, \
+            httpx.Client(base_url=base_url, headers=AUTH, timeout=WAIT_S) as c:
+        for component in ("Q", "R"):
+            response = c.post("/v1/inspect", json=tensor_body(by_type[component].input, component))
+            assert response.status_code == 200
+        assert metric(c, "coserve_deadline_misses_total") == 2
+        assert metric(c, "coserve_engine_requests_total", outcome="completed") == 2
 
 
 def test_fuzz_the_api_from_its_openapi_schema(client, healthy):

@@ -2,7 +2,7 @@
 
 The HTTP layer counts what only it sees (answers by outcome, rejections, latency); what
 the engine already counts (switches and bytes per tier path, pool hits, queue depth,
-quarantine) is read from the engine at scrape time by `EngineCollector`, never counted
+requests answered after their latency target, quarantine) is read from the engine at scrape time by `EngineCollector`, never counted
 twice. Each server has its own registry, so two servers can live in one process."""
 
 from __future__ import annotations
@@ -85,6 +85,9 @@ def _engine_counters(s: EngineStats) -> Iterator[Metric]:
     done.add_metric(["completed"], s.num_completed)
     done.add_metric(["failed"], s.num_failed)
     yield done
+    yield CounterMetricFamily("coserve_deadline_misses", "Requests the engine answered after "
+                              "their latency target (failed ones included)",
+                              value=s.num_deadline_misses)
     yield _by_path("coserve_expert_switches", "Expert loads into an executing tier, by tier path",
                    s.switches_by_path)
     yield _by_path("coserve_expert_load_bytes", "Bytes of expert weights loaded, by tier path",
