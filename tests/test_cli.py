@@ -12,6 +12,8 @@ import pytest
 
 from coserve.cli import build_parser, main
 from coserve.cli.inspect import cmd_export, cmd_inspect
+from coserve.cli.run import arrival_modes
+from coserve.errors import ConfigError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 DOCUMENTED_COMMANDS = ("run", "simulate", "bench", "demo", "serve", "inspect", "inspect export")
@@ -131,6 +133,28 @@ def test_bad_policies_are_refused_before_any_work(tmp_path, monkeypatch, capsys)
     assert not (tmp_path / "zoo").exists()
 
 
+@pytest.mark.parametrize("command", ["bench", "demo"])
+def test_arrivals_default_to_both_modes_and_realtime_means_trace(command):
+    assert arrival_modes(parse(command)) == ("backlog", "trace")
+    assert arrival_modes(parse(command, "--arrivals", "trace")) == ("trace",)
+    assert arrival_modes(parse(command, "--arrivals", "backlog")) == ("backlog",)
+    assert arrival_modes(parse(command, "--arrivals", "trace, backlog")) == ("trace", "backlog")
+    assert arrival_modes(parse(command, "--realtime")) == ("trace",)
+    assert arrival_modes(parse(command, "--realtime", "--arrivals", "trace")) == ("trace",)
+    for argv in (["--arrivals", "nope"], ["--arrivals", ""], ["--realtime", "--arrivals", "backlog"]):
+        with pytest.raises(ConfigError):
+            arrival_modes(parse(command, *argv))
+
+
+def test_bad_arrivals_are_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("COSERVE_CACHE", str(tmp_path))
+    assert main(["demo", "--tiny", "--arrivals", "backlog,later"]) == 2
+    assert "--arrivals" in capsys.readouterr().err
+    assert main(["bench", "--realtime", "--arrivals", "backlog"]) == 2
+    assert "--realtime means --arrivals trace" in capsys.readouterr().err
+    assert not (tmp_path / "zoo").exists()
+
+
 def test_json_is_a_flag_and_json_out_a_file():
     assert parse("run", "repo", "trace", "--json").json is True
     assert parse("simulate", "repo", "trace", "--plan", "p.json", "--json").json is True
@@ -169,7 +193,11 @@ def test_demo_tiny_honours_policies_limit_and_json_out(tiny_zoo, tmp_path, monke
     args = ["demo", "--tiny", "--policies", "samba,coserve", "--limit", "30", "--no-measure",
             "--storage", "none", "--json-out", str(out)]
     assert main(args) == 0
-    rows = json.loads(out.read_text())["rows"]
-    assert [r["policy"] for r in rows] == ["samba", "coserve"]
-    assert all(r["num_requests"] == 30 for r in rows)
+    data = json.loads(out.read_text())
+    rows = data["rows"]
+    assert [(r["policy"], r["arrivals"]) for r in rows] == [
+        (p, mode) for mode in ("backlog", "trace") for p in ("samba", "coserve")]
+    assert all(r["num_requests"] == 30 and "switches_over_floor" in r for r in rows)
     assert rows[0]["budget_bytes"] == int(0.3 * rows[0]["total_expert_bytes"])
+    assert data["metadata"]["raw_storage_bytes_per_s"] > 0 and "switch_floor" in data["metadata"]
+    assert not data["sweep"]

@@ -1,18 +1,22 @@
 """Run the benchmark: every policy on the same repository, trace, budget, executors and
-storage profile, one after another in this process with one cost model, plus a budget
-sweep. Each row is the `coserve run --json` statistics plus `accuracy`."""
+storage profile, one after another in this process with one cost model, in each arrival
+mode (a backlog, then the trace's offsets), plus a budget sweep (backlog only). Each row
+is the `coserve run --json` statistics plus `arrivals`, `accuracy`, `deadline_misses`
+and `switches_over_floor`."""
 
 from __future__ import annotations
 
 import datetime
 import os
 import platform
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 
+from coserve.assembly import Assembly
+from coserve.bench import ARRIVAL_MEANINGS, ARRIVAL_MODES, SWEEP_ARRIVALS
 from coserve.config import EngineConfig
 from coserve.engine.run import run_trace
 from coserve.errors import ConfigError
@@ -24,6 +28,13 @@ from coserve.repository import CoEModel
 from coserve.types import Request, Result
 
 DEFECT_LABELS = frozenset({"defect", "flagged"})
+SWITCH_FLOOR_DEFINITION = (
+    "distinct experts the trace needs (the union of the experts on every request's path, "
+    "over every row run) that coserve's initial placement at this budget does not hold: "
+    "each must be loaded at least once, whatever the policy")
+# A peer's row in one arrival mode (True: a backlog), with `deadline_misses` counted
+# against the engine's latency target.
+PeerRun = Callable[[bool], dict[str, Any]]
 
 
 def inspection_accuracy(results: Sequence[Result]) -> float | None:
@@ -50,7 +61,7 @@ class BenchRun:
 
 
 def bench_metadata(model: CoEModel, requests: Sequence[Request], config: EngineConfig,
-                   trace: str, backlog: bool) -> dict[str, Any]:
+                   trace: str, arrivals: Sequence[str]) -> dict[str, Any]:
     largest = max(model.experts.values(), key=lambda e: e.file_bytes)
     budget = config.resolve_budget(model.total_expert_bytes)
     pace = storage_profile(config.storage).read_bytes_per_s
@@ -61,7 +72,10 @@ def bench_metadata(model: CoEModel, requests: Sequence[Request], config: EngineC
         "total_expert_bytes": model.total_expert_bytes,
         "trace": trace,
         "num_requests": len(requests),
-        "arrivals": "backlog (all at once)" if backlog else "trace offsets",
+        "arrivals": list(arrivals),
+        "arrival_meanings": {mode: ARRIVAL_MEANINGS[mode] for mode in arrivals},
+        "sweep_arrivals": SWEEP_ARRIVALS,
+        "latency_target_s": config.latency_target_s,
         "budget_bytes": budget,
         "budget_fraction": budget / model.total_expert_bytes if budget else None,
         "storage": config.storage,
@@ -80,32 +94,70 @@ def run_bench(
     requests: Sequence[Request],
     config: EngineConfig,
     policies: Sequence[str] = POLICY_NAMES,
-    backlog: bool = True,
+    arrivals: Sequence[str] = ARRIVAL_MODES,
     sweep_fractions: Sequence[float] = (),
     sweep_policies: Sequence[str] = (BASELINE_POLICY, DEFAULT_POLICY),
-    peer: Callable[[], dict[str, Any]] | None = None,
+    peer: PeerRun | None = None,
     trace: str = "",
     on_row: Callable[[dict[str, Any]], None] | None = None,
     plan: Plan | None = None,
     repeat: int = 1,
 ) -> BenchRun:
-    """Every policy in turn (`repeat` rounds of them; each row is the median run). With a `plan`, coserve runs twice: `coserve (default)` (the
-    configuration given, costs measured at start-up) and `coserve (planned)` (the
-    planner's executors and split of the same memory: the expert budget plus the
-    default's activation areas); and each engine row gets its simulated twin, so the
-    simulator's agreement with the engine is measured in the same run."""
+    """Every policy in turn (`repeat` rounds of them; each row is the median run), in
+    each arrival mode; then the sweep, in a backlog. With a `plan`, coserve runs twice:
+    `coserve (default)` (the configuration given, costs measured at start-up) and
+    `coserve (planned)` (the planner's executors and split of the same memory: the expert
+    budget plus the default's activation areas, planned for the first arrival mode); and
+    each engine row gets its simulated twin, so the simulator's agreement with the engine
+    is measured in the same run."""
     if repeat < 1:
         raise ConfigError(f"repeat must be >= 1 runs per row, got {repeat}")
-    bench = _Bench(model, requests, config, backlog, plan, on_row,
-                   BenchRun(bench_metadata(model, requests, config, trace, backlog)))
+    arrivals = checked_arrivals(arrivals)
+    bench = _Bench(model, requests, config, plan, on_row,
+                   BenchRun(bench_metadata(model, requests, config, trace, arrivals)))
     bench.run.metadata["repeat"] = repeat
-    bench.policy_rows(bench.variants(policies), repeat)
-    if peer is not None:
-        bench.add(peer())
+    variants = bench.variants(policies, arrivals[0])
+    for mode in arrivals:
+        bench.policy_rows(variants, repeat, mode)
+        if peer is not None:
+            bench.add({**peer(mode == "backlog"), "arrivals": mode})
     for fraction in sweep_fractions:
         for policy in sweep_policies:
             bench.sweep_row(policy, fraction)
+    add_switch_floor(bench.run, model, config, bench.needed)
     return bench.run
+
+
+def checked_arrivals(arrivals: Sequence[str]) -> tuple[str, ...]:
+    """The arrival modes, each once, in the order given; ConfigError for an unknown one."""
+    modes = tuple(dict.fromkeys(arrivals))
+    unknown = [m for m in modes if m not in ARRIVAL_MODES]
+    if unknown or not modes:
+        raise ConfigError(f"arrival modes {list(arrivals)}: give one or both of "
+                          f"{', '.join(ARRIVAL_MODES)}")
+    return modes
+
+
+def switch_floor(model: CoEModel, config: EngineConfig, needed: Set[str]) -> int:
+    """The compulsory switches: experts in `needed` that coserve's initial placement
+    under `config`'s budget and executors does not hold (see SWITCH_FLOOR_DEFINITION)."""
+    placement = Assembly.of(model, replace(config, policy=DEFAULT_POLICY)).initial_placement()
+    return len(set(needed) - set().union(*placement))
+
+
+def add_switch_floor(run: BenchRun, model: CoEModel, config: EngineConfig,
+                     needed: Set[str]) -> None:
+    """The run's switch floor in the metadata, and each row's switches over it (the
+    sweep's rows over the floor at their own budget); None where the floor is 0."""
+    floor = switch_floor(model, config, needed)
+    run.metadata.update(switch_floor=floor, num_experts_needed=len(needed),
+                        switch_floor_definition=SWITCH_FLOOR_DEFINITION)
+    for row in run.rows:
+        row["switches_over_floor"] = row["num_switches"] / floor if floor else None
+    for row in run.sweep:
+        cfg = replace(config, budget_bytes=None, budget_fraction=row["budget_fraction"])
+        row["switch_floor"] = swept = switch_floor(model, cfg, needed)
+        row["switches_over_floor"] = row["num_switches"] / swept if swept else None
 
 
 @dataclass(frozen=True)
@@ -120,14 +172,14 @@ class _Bench:
     model: CoEModel
     requests: Sequence[Request]
     config: EngineConfig
-    backlog: bool
     plan: Plan | None
     on_row: Callable[[dict[str, Any]], None] | None
     run: BenchRun
     costs: CostModel | None = None  # measured once, shared by every row without a plan
+    needed: set[str] = field(default_factory=set)  # experts on any request's path, any row
 
-    def variants(self, policies: Sequence[str]) -> list[_Variant]:
-        """One per policy; with a plan, coserve as given and as planned."""
+    def variants(self, policies: Sequence[str], mode: str) -> list[_Variant]:
+        """One per policy; with a plan, coserve as given and as planned (for `mode`)."""
         variants = []
         for policy in policies:
             planned = self.plan is not None and policy == DEFAULT_POLICY
@@ -136,51 +188,54 @@ class _Bench:
             if planned:
                 assert self.plan is not None
                 candidate = plan_for_bench(self.model, self.requests, self.config, self.plan,
-                                           self.backlog)
-                self.run.metadata["planned"] = asdict(candidate)
+                                           mode == "backlog")
+                self.run.metadata["planned"] = {**asdict(candidate), "arrivals": mode}
                 variants.append(_Variant(f"{DEFAULT_POLICY} (planned)", candidate.config(self.config), True))
         return variants
 
-    def policy_rows(self, variants: Sequence[_Variant], repeat: int) -> None:
+    def policy_rows(self, variants: Sequence[_Variant], repeat: int, mode: str) -> None:
         """Every variant `repeat` times, in rounds (so a slow spell of a shared machine
         falls on all of them alike); each row is the run of median throughput, with
         every run's throughput beside it."""
         runs: list[list[dict[str, Any]]] = [[] for _ in variants]
         for _ in range(repeat):
             for v, done in zip(variants, runs, strict=True):
-                done.append(self.one(v.config, v.label, v.with_plan, twin=False))
+                done.append(self.one(v.config, mode, v.label, v.with_plan, twin=False))
         for v, done in zip(variants, runs, strict=True):
             ordered = sorted(done, key=lambda r: r["throughput_rps"])
             row = {**ordered[(len(ordered) - 1) // 2],
                    "throughput_rps_runs": [r["throughput_rps"] for r in done]}
             if self.plan is not None:
-                row["simulated"] = self.twin(v.config, row, v.with_plan)
+                row["simulated"] = self.twin(v.config, mode, row, v.with_plan)
             self.add(row)
 
     def sweep_row(self, policy: str, fraction: float) -> None:
         cfg = replace(self.config, policy=policy, budget_bytes=None, budget_fraction=fraction)
-        row = self.one(cfg)
+        row = self.one(cfg, SWEEP_ARRIVALS)
         self.run.sweep.append({"budget_fraction": fraction, **row})
         if self.on_row:
             self.on_row({**row, "policy": f"{policy} @ {fraction:.0%}"})
 
-    def one(self, cfg: EngineConfig, label: str | None = None, with_plan: bool = False,
-            twin: bool = True) -> dict[str, Any]:
+    def one(self, cfg: EngineConfig, mode: str, label: str | None = None,
+            with_plan: bool = False, twin: bool = True) -> dict[str, Any]:
         plan = self.plan if with_plan else None
-        stats, results, measured = run_trace(self.model, self.requests, cfg, self.backlog,
+        stats, results, measured = run_trace(self.model, self.requests, cfg, mode == "backlog",
                                              None if with_plan else self.costs, plan)
         if not with_plan:
             self.costs = measured
-        row = {**stats.to_dict(), "accuracy": inspection_accuracy(results)}
+        self.needed.update(expert for r in results for expert in r.path)
+        row = {**stats.to_dict(), "arrivals": mode, "accuracy": inspection_accuracy(results),
+               "deadline_misses": stats.num_deadline_misses}
         if label:
             row["policy"] = label
         if self.plan is not None and twin:
-            row["simulated"] = self.twin(cfg, row, with_plan)
+            row["simulated"] = self.twin(cfg, mode, row, with_plan)
         return row
 
-    def twin(self, cfg: EngineConfig, row: dict[str, Any], with_plan: bool) -> dict[str, Any]:
+    def twin(self, cfg: EngineConfig, mode: str, row: dict[str, Any],
+             with_plan: bool) -> dict[str, Any]:
         assert self.plan is not None
-        return simulated_twin(self.model, self.requests, cfg, self.plan, self.backlog,
+        return simulated_twin(self.model, self.requests, cfg, self.plan, mode == "backlog",
                               row["throughput_rps"], row["num_switches"],
                               None if with_plan else self.costs)
 

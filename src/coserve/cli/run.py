@@ -1,6 +1,6 @@
-"""`coserve run` (one policy), `coserve bench` (every policy, a budget sweep, reports)
-and `coserve demo` (bench on the default pcb zoo without the sweep; `--tiny`: the tiny
-CoE in seconds)."""
+"""`coserve run` (one policy), `coserve bench` (every policy in each arrival mode, a
+budget sweep, reports) and `coserve demo` (bench on the default pcb zoo without the
+sweep; `--tiny`: the tiny CoE in seconds, without a plan or reports)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from coserve.bench import ARRIVAL_MODES
 from coserve.cli.cache import (
     bench_plan,
     bench_plan_path,
@@ -38,7 +39,7 @@ from coserve.cli.options import (
     planned_config,
 )
 from coserve.errors import ConfigError
-from coserve.policies import BASELINE_POLICY, DEFAULT_POLICY, POLICY_NAMES
+from coserve.policies import DEFAULT_POLICY, POLICY_NAMES
 
 if TYPE_CHECKING:
     from coserve.bench.runner import BenchRun
@@ -113,7 +114,10 @@ def _add_bench_options(p: argparse.ArgumentParser, sweep: str) -> None:
     p.add_argument("--ray", action="store_true", help="add the Ray Serve multiplexing peer row")
     p.add_argument("--max-inflight", type=int, default=None,
                    help=f"the Ray peer's in-flight window (default {PEER_MAX_INFLIGHT})")
-    p.add_argument("--realtime", action="store_true", help="replay arrival offsets instead of a backlog")
+    p.add_argument("--arrivals", default=None,
+                   help=f"arrival modes to run, comma-separated: backlog (every request at once), "
+                        f"trace (at the trace's offsets) (default {','.join(ARRIVAL_MODES)})")
+    p.add_argument("--realtime", action="store_true", help="the same as --arrivals trace")
     p.add_argument("--limit", type=int, default=None, help="only the first N requests")
     p.add_argument("--json-out", type=Path, default=None, help="write run metadata and rows to this JSON file")
     p.add_argument("--report-dir", type=Path, default=None, help="markdown report and PNG plots")
@@ -137,6 +141,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from coserve.bench.runner import run_bench
 
     policies = policy_list(args.policies)
+    arrivals = arrival_modes(args)
     sweep = float_list(args.sweep, "--sweep")
     repo, trace, model, requests = _bench_workload(args)
     config = engine_config(args, DEFAULT_POLICY, default_budget_fraction=BENCH_BUDGET_FRACTION)
@@ -144,7 +149,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     plan = None
     if not args.no_plan and DEFAULT_POLICY in policies:
         plan = load_plan(args.plan) if args.plan else bench_plan(model, repo, requests)
-    run = run_bench(model, requests, config, policies=policies, backlog=not args.realtime,
+    run = run_bench(model, requests, config, policies=policies, arrivals=arrivals,
                     sweep_fractions=sweep, peer=peer, trace=str(trace), plan=plan,
                     repeat=args.repeat, on_row=_print_row)
     if plan is not None:
@@ -168,8 +173,9 @@ def _bench_workload(args: argparse.Namespace) -> tuple[Path, Path, CoEModel, lis
 
 
 def _ray_peer(args: argparse.Namespace, model: CoEModel, requests: Sequence[Request],
-              config: EngineConfig) -> Callable[[], dict[str, Any]]:
-    """The Ray Serve peer's row, run when the bench gets to it."""
+              config: EngineConfig) -> Callable[[bool], dict[str, Any]]:
+    """The Ray Serve peer's row in an arrival mode (True: a backlog), run when the bench
+    gets to it; its late answers are counted against the engine's latency target."""
     from coserve.bench.ray_peer import RayPeerConfig, ray_available, run_ray_peer_results
     from coserve.bench.runner import inspection_accuracy
 
@@ -177,21 +183,26 @@ def _ray_peer(args: argparse.Namespace, model: CoEModel, requests: Sequence[Requ
         raise ConfigError("--ray needs Ray Serve: pip install 'coserve[ray]'")
     max_inflight = PEER_MAX_INFLIGHT if args.max_inflight is None else args.max_inflight
 
-    def peer() -> dict[str, Any]:
+    def peer(backlog: bool) -> dict[str, Any]:
         peer_config = RayPeerConfig(budget_bytes=config.resolve_budget(model.total_expert_bytes),
-                                    storage=config.storage, max_inflight=max_inflight)
+                                    storage=config.storage, max_inflight=max_inflight,
+                                    realtime=not backlog)
         stats, results = run_ray_peer_results(model, requests, peer_config)
-        return {**stats.to_dict(), "accuracy": inspection_accuracy(results)}
+        late = sum(r.latency_s > config.latency_target_s for r in results)
+        return {**stats.to_dict(), "accuracy": inspection_accuracy(results),
+                "deadline_misses": late, "num_deadline_misses": late,
+                "deadline_miss_rate": late / len(results) if results else 0.0}
 
     return peer
 
 
 def _print_row(row: dict[str, Any]) -> None:
-    print(f"  {row['policy']}: {row['throughput_rps']:.1f} images/s, "
+    print(f"  {row['policy']} [{row.get('arrivals', '-')}]: {row['throughput_rps']:.1f} images/s, "
           f"{row['num_switches']} switches", flush=True)
 
 
 def _print_bench(run: BenchRun, model_name: str) -> None:
+    """The rows, grouped by arrival mode, and what they share."""
     from rich.console import Console
     from rich.table import Table
 
@@ -200,14 +211,20 @@ def _print_bench(run: BenchRun, model_name: str) -> None:
     header, body = table_rows(run.rows)
     table = Table(title=f"coserve bench: {model_name}")
     for h in header:
-        table.add_column(h, justify="left" if h == "policy" else "right")
-    for row in body:
-        table.add_row(*row)
-    Console(width=140).print(table)
+        table.add_column(h, justify="left" if h in ("policy", "arrivals") else "right")
+    modes = [r.get("arrivals") for r in run.rows]
+    for i, row in enumerate(body):
+        table.add_row(*row, end_section=i + 1 < len(body) and modes[i + 1] != modes[i])
+    Console(width=160).print(table)
     m = run.metadata
-    print(f"budget {m['budget_bytes'] / 1e9:.2f} GB = {m['budget_fraction']:.0%} of {m['total_expert_bytes'] / 1e9:.2f} GB; "
+    budget = ("unlimited" if m["budget_bytes"] is None else
+              f"{_size(m['budget_bytes'])} = {m['budget_fraction']:.0%}")
+    print(f"budget {budget} of {_size(m['total_expert_bytes'])}; "
           f"storage {m['storage']}; raw storage read {m['raw_storage_bytes_per_s'] / 1e6:.0f} MB/s; "
-          f"{m['cpu_cores']} cores; {m['num_requests']} requests ({m['arrivals']})")
+          f"{m['cpu_cores']} cores; {m['num_requests']} requests, arrivals {', '.join(m['arrivals'])}")
+    print(f"switch floor {m['switch_floor']}: experts the trace needs ({m['num_experts_needed']}) "
+          f"that coserve's initial placement does not hold; late: answered after "
+          f"{m['latency_target_s']:g} s")
 
 
 def policy_list(text: str) -> list[str]:
@@ -218,6 +235,27 @@ def policy_list(text: str) -> list[str]:
         raise ConfigError(f"--policies {text!r}: give policies separated by commas, from "
                           f"{', '.join(POLICY_NAMES)}")
     return policies
+
+
+def _size(num_bytes: float) -> str:
+    return f"{num_bytes / 1e9:.2f} GB" if num_bytes >= 1e9 else f"{num_bytes / 1e6:.1f} MB"
+
+
+def arrival_modes(args: argparse.Namespace) -> tuple[str, ...]:
+    """--arrivals as modes in the order given (default: all of them); --realtime means
+    --arrivals trace. ConfigError before any work for an unknown mode or a contradiction."""
+    if args.realtime:
+        if args.arrivals not in (None, "trace"):
+            raise ConfigError(f"--realtime means --arrivals trace, but --arrivals {args.arrivals!r} "
+                              f"is given too: drop one of them")
+        return ("trace",)
+    text = ",".join(ARRIVAL_MODES) if args.arrivals is None else args.arrivals
+    modes = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    unknown = [m for m in modes if m not in ARRIVAL_MODES]
+    if unknown or not modes:
+        raise ConfigError(f"--arrivals {text!r}: give {' or '.join(ARRIVAL_MODES)}, or both "
+                          f"separated by a comma")
+    return modes
 
 
 def float_list(text: str, what: str) -> list[float]:
@@ -248,9 +286,10 @@ def tiny_refusals(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_demo_tiny(args: argparse.Namespace) -> int:
-    from coserve.engine.run import compare_policies
-    from coserve.loader.storage import measure_raw_bandwidth
-    from coserve.report import print_table
+    """The bench on the tiny CoE and its own trace, in each arrival mode: no plan, no
+    peer, no sweep, no reports (only --json-out)."""
+    from coserve.bench.report import write_reports
+    from coserve.bench.runner import run_bench
     from coserve.repository import open_repository
     from coserve.trace import read_trace
 
@@ -261,20 +300,17 @@ def cmd_demo_tiny(args: argparse.Namespace) -> int:
                           f"{'it' if len(refused) == 1 else 'them'}, or run `coserve demo` "
                           f"without --tiny")
     policies = policy_list(args.policies)
+    arrivals = arrival_modes(args)
     root = ensure_tiny()
     model = open_repository(root)
     requests = read_trace(root / "trace.jsonl")[: args.limit or None]
     config = engine_config(args, DEFAULT_POLICY, default_budget_fraction=TINY_BUDGET_FRACTION)
-    largest = max(model.experts.values(), key=lambda e: e.file_bytes)
-    raw_bps = measure_raw_bandwidth(largest.weights_path)
-    rows = compare_policies(model, requests, config, policies, backlog=not args.realtime)
-    _print_tiny_header(model, len(requests), args, raw_bps)
-    print_table(rows, baseline=BASELINE_POLICY)
-    if args.json_out is not None:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(json.dumps({"raw_storage_bytes_per_s": raw_bps,
-                                             "rows": [r.to_dict() for r in rows]}, indent=2))
-        print(f"wrote {args.json_out}")
+    run = run_bench(model, requests, config, policies=policies, arrivals=arrivals,
+                    trace=str(root / "trace.jsonl"), on_row=_print_row)
+    _print_tiny_header(model, len(requests), args, run.metadata["raw_storage_bytes_per_s"])
+    _print_bench(run, model.name)
+    for path in write_reports(run, args.json_out, None):
+        print(f"wrote {path}")
     return 0
 
 
@@ -284,9 +320,8 @@ def _print_tiny_header(model: CoEModel, num_requests: int, args: argparse.Namesp
 
     pace = storage_profile(args.storage).read_bytes_per_s
     paced = f", reads paced to {pace / 1e6:.0f} MB/s" if pace else ""
-    arrivals = "at their arrival offsets" if args.realtime else "at once"
     print(f"{model.name}: {len(model.experts)} experts, {model.total_expert_bytes / 1e6:.1f} MB; "
-          f"{num_requests} requests submitted {arrivals}; storage profile {args.storage}; "
+          f"{num_requests} requests; storage profile {args.storage}; "
           f"raw storage read {raw_bps / 1e6:.0f} MB/s (O_DIRECT, measured now{paced}); "
           f"{os.cpu_count()} cores")
 
