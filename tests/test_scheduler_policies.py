@@ -1,6 +1,7 @@
 """Scheduler policies: assignment, arrangement with the starvation bound, splitting, and
 the queue runtime. No torch."""
 
+import itertools
 
 import pytest
 
@@ -8,7 +9,8 @@ from coserve.errors import ConfigError
 from coserve.plan import ArchCost, CostModel
 from coserve.scheduler import (
     FifoArrange,
-    GroupByExpertArrange,
+    GroupBehindLast,
+    GroupByExpert,
     MinMaxLatencyAssign,
     QueueView,
     RoundRobinAssign,
@@ -18,6 +20,7 @@ from coserve.scheduler import (
     split_batch,
 )
 from coserve.scheduler.queues import Scheduler
+from coserve.scheduler.select import DeadlineAwareSelect, HeadSelect
 
 K, B = 0.01, 0.05
 MB = 1_000_000
@@ -78,8 +81,8 @@ def task(expert, t=0.0, i=0):
 
 def test_group_arrange_places_behind_last_same_expert():
     queue = [task("a"), task("b"), task("a"), task("c")]
-    assert GroupByExpertArrange(10.0).position(queue, "a", now_s=1.0, added_s=0.1) == 3
-    assert GroupByExpertArrange(10.0).position(queue, "d", now_s=1.0, added_s=0.1) == 4
+    assert GroupBehindLast(10.0).position(queue, "a", now_s=1.0, added_s=0.1) == 3
+    assert GroupBehindLast(10.0).position(queue, "d", now_s=1.0, added_s=0.1) == 4
     assert FifoArrange().position(queue, "a", now_s=1.0, added_s=0.1) == 4
 
 
@@ -87,13 +90,13 @@ def test_group_arrange_starvation_bound_is_on_delay_by_overtaking():
     queue = [task("a"), task("b"), task("c")]
     queue[2].deferred_s = 4.95
     # Overtaking "c" would defer it past 5 s in all: the new "a" goes behind it.
-    assert GroupByExpertArrange(5.0).position(queue, "a", now_s=100.0, added_s=0.1) == 3
+    assert GroupBehindLast(5.0).position(queue, "a", now_s=100.0, added_s=0.1) == 3
     # Within the bound it may overtake, however long everyone has waited (a backlog).
-    assert GroupByExpertArrange(5.0).position(queue, "a", now_s=100.0, added_s=0.01) == 1
+    assert GroupBehindLast(5.0).position(queue, "a", now_s=100.0, added_s=0.01) == 1
 
 
 def test_scheduler_bounds_the_delay_of_an_overtaken_task():
-    s = make_scheduler(GroupByExpertArrange(max_defer_s=0.05))
+    s = make_scheduler(GroupBehindLast(max_defer_s=0.05))
     s.enqueue(Task(request_id="r0", expert="a", enqueued_s=0.0))
     s.enqueue(Task(request_id="r1", expert="b", enqueued_s=0.0))
     for i in range(2, 12):  # each "a" adds K = 0.01 s in front of "b"
@@ -105,7 +108,7 @@ def test_scheduler_bounds_the_delay_of_an_overtaken_task():
 
 def test_group_arrange_rejects_negative_bound():
     with pytest.raises(ConfigError, match="max_defer_s"):
-        GroupByExpertArrange(-1)
+        GroupBehindLast(-1)
 
 
 def test_split_batch():
@@ -116,12 +119,13 @@ def test_split_batch():
     assert split_batch(5, max_batch=16, free_activation_bytes=1, item_bytes=10) == 1
 
 
-def make_scheduler(arrange, num_executors=1, max_batch=8, activation_bytes=1000):
+def make_scheduler(arrange, num_executors=1, max_batch=8, activation_bytes=1000, select=None):
     clock = iter(range(10_000)).__next__
     return Scheduler(
         processors=["cpu"] * num_executors,
         assign=MinMaxLatencyAssign(),
         arrange=arrange,
+        select=select or HeadSelect(),
         costs=costs(max_batch=max_batch),
         activation_bytes=activation_bytes,
         resident_of=lambda i: frozenset(),
@@ -131,7 +135,7 @@ def make_scheduler(arrange, num_executors=1, max_batch=8, activation_bytes=1000)
 
 
 def test_scheduler_groups_interleaved_tasks_into_batches():
-    s = make_scheduler(GroupByExpertArrange(100.0))
+    s = make_scheduler(GroupBehindLast(100.0))
     for i, e in enumerate("ababab"):
         s.enqueue(Task(request_id=f"r{i}", expert=e, enqueued_s=0.0))
     first = s.take_batch(0)
@@ -160,8 +164,84 @@ def test_scheduler_splits_at_max_batch_and_activation_memory():
 
 
 def test_scheduler_spreads_load_over_executors():
-    s = make_scheduler(GroupByExpertArrange(100.0), num_executors=2)
+    s = make_scheduler(GroupBehindLast(100.0), num_executors=2)
     executors = [s.enqueue(Task(request_id=f"r{i}", expert=e, enqueued_s=0.0)) for i, e in enumerate("abab")]
     # Same expert sticks to one queue (no second switch); different experts spread.
     assert executors[0] == executors[2] and executors[1] == executors[3]
     assert executors[0] != executors[1]
+
+
+# -- coserve: a group per expert, selection by deadline, residency and yield ----------------
+def grouped_scheduler(resident=(), clock=None, max_batch=8, risk_s=1.0):
+    return Scheduler(
+        processors=["cpu"],
+        assign=MinMaxLatencyAssign(),
+        arrange=GroupByExpert(),
+        select=DeadlineAwareSelect(risk_s),
+        costs=costs(max_batch=max_batch),
+        activation_bytes=1000,
+        resident_of=lambda i: resident,
+        in_host=lambda e: False,
+        clock=clock or (lambda: 0.0),
+    )
+
+
+def test_grouping_holds_at_any_queue_length():
+    # The paper's bound ends grouping once a queue is long; a group per expert does not.
+    pool: set[str] = set()  # room for one expert: the last one served
+    s = grouped_scheduler(resident=pool, max_batch=1000)
+    for i in range(10_000):
+        s.enqueue(Task(request_id=f"r{i}", expert="abc"[i % 3], enqueued_s=0.0))
+    batches = []
+    while (batch := s.take_batch(0)) is not None:
+        batches.append((batch.expert, len(batch.tasks)))
+        pool.clear()
+        pool.add(batch.expert)
+    assert sorted(batches) == sorted([("a", 1000)] * 3 + [("a", 334)] + [("b", 1000)] * 3
+                                     + [("b", 333)] + [("c", 1000)] * 3 + [("c", 333)])
+    # Each group is served to the end before another switch: three runs, one per expert.
+    assert len([e for e, _ in itertools.groupby(e for e, _ in batches)]) == 3
+
+
+def test_a_resident_group_goes_before_a_bigger_one_that_needs_a_switch():
+    s = grouped_scheduler(resident={"b"})
+    for i in range(5):
+        s.enqueue(Task(request_id=f"a{i}", expert="a", enqueued_s=0.0, deadline_s=100.0))
+    s.enqueue(Task(request_id="b0", expert="b", enqueued_s=0.0, deadline_s=100.0))
+    assert s.take_batch(0).expert == "b"
+
+
+def test_without_a_resident_group_the_most_tasks_per_switch_second_goes_first():
+    s = grouped_scheduler()
+    s.enqueue(Task(request_id="a0", expert="a", enqueued_s=0.0, deadline_s=100.0))
+    for i in range(4):
+        s.enqueue(Task(request_id=f"b{i}", expert="b", enqueued_s=0.0, deadline_s=100.0))
+    assert s.take_batch(0).expert == "b"
+
+
+def test_a_group_at_risk_of_its_deadline_goes_before_bigger_groups_that_can_wait():
+    now = [0.0]
+    s = grouped_scheduler(clock=lambda: now[0], risk_s=1.0)
+    s.enqueue(Task(request_id="a0", expert="a", enqueued_s=0.0, deadline_s=10.0))
+    for i in range(4):
+        s.enqueue(Task(request_id=f"b{i}", expert="b", enqueued_s=0.0, deadline_s=100.0))
+    # a's deadline is far: the bigger group is worth its switch first, a is loaded next.
+    assert s.prefetch_order(0, running="c", num_groups=2) == [("b", {"c"}), ("a", {"b", "c"})]
+    now[0] = 8.9  # 1.1 s left: less than risk_s + a's switch and execution
+    assert s.take_batch(0).expert == "a"
+
+
+def test_within_a_group_the_earliest_deadline_runs_first():
+    s = grouped_scheduler(max_batch=1)
+    for i, deadline in enumerate([30.0, 10.0, 20.0]):
+        s.enqueue(Task(request_id=f"r{i}", expert="a", enqueued_s=0.0, deadline_s=deadline))
+    assert [s.take_batch(0).tasks[0].request_id for _ in range(3)] == ["r1", "r2", "r0"]
+
+
+def test_queued_experts_are_known_across_executors():
+    s = grouped_scheduler()
+    s.enqueue(Task(request_id="a0", expert="a", enqueued_s=0.0))
+    s.enqueue(Task(request_id="b0", expert="b", enqueued_s=0.0))
+    assert s.queued_experts() == {"a", "b"}
+    s.take_batch(0)
+    assert len(s.queued_experts()) == 1

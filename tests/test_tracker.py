@@ -13,7 +13,8 @@ from coserve.types import FailureKind, Request, Step
 def tracker():
     clock = iter(range(100)).__next__
     usage = UsageTracker({"a": 0.5, "b": 0.5}, blend=1.0, min_samples=1)
-    t = RequestTracker(clock=lambda: float(clock()), stats=StatsRecorder(1), usage=usage)
+    t = RequestTracker(clock=lambda: float(clock()), stats=StatsRecorder(1), usage=usage,
+                       latency_target_s=5.0)
     return t, usage
 
 
@@ -25,42 +26,42 @@ def step(expert):
 def test_intake_is_closed_until_opened_and_after_a_drain():
     t, _ = tracker()
     with pytest.raises(EngineClosedError):
-        t.admit(Request("r", {}, None), 1, print)
+        t.admit(Request("r", {}, None), ["a"], print)
     t.open()
     results = []
-    state = t.admit(Request("r", {}, None), 1, results.append)
+    state = t.admit(Request("r", {}, None), ["a"], results.append)
     with pytest.raises(RequestError, match="already in flight"):
-        t.admit(Request("r", {}, None), 1, results.append)
-    t.advance(state, step("a"), 0)
+        t.admit(Request("r", {}, None), ["a"], results.append)
+    t.advance(state, step("a"), [])
     t.finish_if_done(state)
     assert t.close_and_drain() and not t.close_and_drain()
     with pytest.raises(EngineClosedError):
-        t.admit(Request("s", {}, None), 1, results.append)
+        t.admit(Request("s", {}, None), ["a"], results.append)
 
 
 def test_fan_out_finishes_once_after_every_branch():
     t, usage = tracker()
     t.open()
     results = []
-    state = t.admit(Request("r", {}, None), 1, results.append)
-    t.advance(state, step("a"), 2)  # a routes to two subsequent tasks
+    state = t.admit(Request("r", {}, None), ["a"], results.append)
+    t.advance(state, step("a"), ["b", "b"])  # a routes to two subsequent tasks
     t.finish_if_done(state)
     assert not results
-    t.advance(state, step("b"), 0)
+    t.advance(state, step("b"), [])
     t.finish_if_done(state)
     assert not results
-    t.advance(state, step("b"), 0)
+    t.advance(state, step("b"), [])
     t.finish_if_done(state)
     t.finish_if_done(state)  # a late second caller finishes nothing
     assert len(results) == 1 and results[0].ok and results[0].path == ("a", "b", "b")
-    assert usage.usage() == {"a": 1.0, "b": 1.0}  # learned from the finished request
+    assert usage.usage() == {"a": 1.0, "b": 1.0}  # learned from the routing
 
 
 def test_the_first_failure_wins_and_the_request_still_resolves():
     t, _ = tracker()
     t.open()
     results = []
-    state = t.admit(Request("r", {"component_type": "R"}, None), 2, results.append)
+    state = t.admit(Request("r", {"component_type": "R"}, None), ["a", "b"], results.append)
     t.fail(state, "expert 'a' failed", FailureKind.EXPERT_FAILED, "a")
     t.fail(state, "expert 'b' quarantined", FailureKind.EXPERT_QUARANTINED, "b")
     (result,) = results

@@ -6,7 +6,7 @@ loads and forwards, or the plan's costs on a virtual clock)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -18,7 +18,7 @@ from coserve.manager.residency import Residency
 from coserve.manager.usage import UsageTracker
 from coserve.plan import CostModel, executors_per_kind
 from coserve.planfile import Plan
-from coserve.policies import PolicySet, policy_set
+from coserve.policies import PolicySet, Tuning, policy_set
 from coserve.scheduler.queues import Scheduler
 
 if TYPE_CHECKING:  # the repository brings torch; the simulator's parts need none
@@ -60,7 +60,8 @@ class Assembly:
         """`costs`, else the plan's for this layout and storage, else None. `usage`, else
         the plan's, else the repository's prior. ConfigError for a budget too small for
         the layout or usage of unknown experts."""
-        policies = policy_set(config.policy, config.max_defer_s)
+        policies = policy_set(config.policy, Tuning(max_defer_s=config.max_defer_s,
+                                                     latency_target_s=config.latency_target_s))
         executors = policies.layout.executors(config.executors)
         if costs is None and plan is not None:
             pace_bytes_per_s = storage_profile(config.storage).read_bytes_per_s
@@ -111,6 +112,11 @@ class Assembly:
         engine that measured its own)."""
         assert self.costs is not None, "measure or give the costs before building"
         experts = self.model.experts.values()
+        scheduler: Scheduler | None = None  # built below: it reads the residency's pools
+
+        def queued() -> Set[str]:
+            return scheduler.queued_experts() if scheduler is not None else frozenset()
+
         residency = Residency(
             budgets=self.pool_budgets,
             expert_bytes={e.name: e.num_bytes for e in experts},
@@ -120,11 +126,13 @@ class Assembly:
             usage=usage,
             clock=clock,
             host_cache_bytes=self.config.host_cache_bytes,
+            queued=queued,
         )
         scheduler = Scheduler(
             processors=self.processors,
             assign=self.policies.assign,
             arrange=self.policies.arrange,
+            select=self.policies.select,
             costs=scheduling_costs or self.costs,
             activation_bytes=self.config.activation_bytes,
             resident_of=residency.resident,

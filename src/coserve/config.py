@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from coserve.errors import ConfigError
 from coserve.executors.spec import ExecutorSpec, default_executors
-from coserve.policies import DEFAULT_MAX_DEFER_S, DEFAULT_POLICY, POLICY_NAMES
+from coserve.policies import (
+    DEFAULT_LATENCY_TARGET_S,
+    DEFAULT_MAX_DEFER_S,
+    DEFAULT_POLICY,
+    POLICY_NAMES,
+)
 
 DEFAULT_ACTIVATION_BYTES = 256 << 20  # per executor, for batch splitting
 
@@ -27,13 +33,27 @@ class EngineConfig:
     host_cache_bytes: int = 0  # host RAM cache in front of CUDA pools
     storage: str = "none"
     direct_io: bool = True
-    max_defer_s: float = DEFAULT_MAX_DEFER_S
+    max_defer_s: float = DEFAULT_MAX_DEFER_S  # coserve-paper's overtaking bound
+    latency_target_s: float = DEFAULT_LATENCY_TARGET_S  # a request's, unless it gives one
     usage_blend: float = 0.5  # weight of observed routing once enough is observed
     usage_min_samples: int = 50
     measure_costs: bool = True
     quarantine_after: int = 3  # consecutive failed attempts that quarantine an expert; 0: never
 
     def __post_init__(self) -> None:
+        self._check_budget()
+        self._check_times()
+        if not self.executors:
+            raise ConfigError("at least one executor is needed, e.g. executors=parse_executors('cpu:1')")
+        if self.activation_bytes <= 0 or self.host_cache_bytes < 0:
+            raise ConfigError("activation_bytes must be > 0 and host_cache_bytes >= 0")
+        if not 0 <= self.usage_blend <= 1:
+            raise ConfigError(f"usage_blend must be in [0, 1], got {self.usage_blend}")
+        if self.quarantine_after < 0:
+            raise ConfigError(f"quarantine_after must be >= 0 failures (0 never quarantines), "
+                              f"got {self.quarantine_after}")
+
+    def _check_budget(self) -> None:
         if self.policy not in POLICY_NAMES:
             raise ConfigError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICY_NAMES)}")
         if self.budget_bytes is not None and self.budget_fraction is not None:
@@ -42,17 +62,13 @@ class EngineConfig:
             raise ConfigError(f"budget_bytes must be positive, got {self.budget_bytes}")
         if self.budget_fraction is not None and not 0 < self.budget_fraction <= 1:
             raise ConfigError(f"budget_fraction must be in (0, 1], got {self.budget_fraction}")
-        if not self.executors:
-            raise ConfigError("at least one executor is needed, e.g. executors=parse_executors('cpu:1')")
-        if self.activation_bytes <= 0 or self.host_cache_bytes < 0:
-            raise ConfigError("activation_bytes must be > 0 and host_cache_bytes >= 0")
-        if not 0 <= self.usage_blend <= 1:
-            raise ConfigError(f"usage_blend must be in [0, 1], got {self.usage_blend}")
+
+    def _check_times(self) -> None:
+        if not 0 < self.latency_target_s < math.inf:
+            raise ConfigError(f"latency_target_s must be a positive number of seconds, "
+                              f"got {self.latency_target_s}")
         if self.max_defer_s < 0:
             raise ConfigError(f"max_defer_s must be >= 0 seconds, got {self.max_defer_s}")
-        if self.quarantine_after < 0:
-            raise ConfigError(f"quarantine_after must be >= 0 failures (0 never quarantines), "
-                              f"got {self.quarantine_after}")
 
     def resolve_budget(self, total_expert_bytes: int) -> int | None:
         """Total executing-pool budget in bytes; None = unlimited."""

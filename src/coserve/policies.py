@@ -18,15 +18,20 @@ from coserve.manager.eviction import (
     TwoStageEviction,
 )
 from coserve.manager.placement import PlacementPolicy, ReplicateAll, RoundRobinByUsage
-from coserve.scheduler.arrange import ArrangePolicy, FifoArrange, GroupByExpertArrange
+from coserve.scheduler.arrange import ArrangePolicy, FifoArrange, GroupBehindLast, GroupByExpert
 from coserve.scheduler.assign import (
     AssignPolicy,
     MinMaxLatencyAssign,
     RoundRobinAssign,
     ShortestQueueAssign,
 )
+from coserve.scheduler.select import DeadlineAwareSelect, HeadSelect, SelectPolicy
 
-DEFAULT_MAX_DEFER_S = 5.0
+DEFAULT_MAX_DEFER_S = 5.0  # coserve-paper: how long a task may be delayed by overtaking
+DEFAULT_LATENCY_TARGET_S = 5.0  # coserve: when a request should be answered
+# coserve serves a group first once less than this share of its latency target is left.
+DEADLINE_RISK_SHARE = 0.25
+COSERVE_PREFETCH_GROUPS = 3
 
 
 # -- executor layouts ----------------------------------------------------------------------
@@ -79,40 +84,62 @@ class PolicySet:
     name: str
     assign: AssignPolicy
     arrange: ArrangePolicy
+    select: SelectPolicy
     evict: EvictionPolicy
     place: PlacementPolicy
     layout: ExecutorLayout
     budget: BudgetRule
+    # Groups ahead whose experts are loaded while the current one runs: the paper
+    # prefetches the next group's; coserve keeps the storage busy further ahead.
+    prefetch_groups: int = 1
 
 
-def _samba(name: str, max_defer_s: float) -> PolicySet:
+@dataclass(frozen=True)
+class Tuning:
+    """The settings policies take (from EngineConfig)."""
+
+    max_defer_s: float = DEFAULT_MAX_DEFER_S
+    latency_target_s: float = DEFAULT_LATENCY_TARGET_S
+
+
+def _samba(name: str, tuning: Tuning) -> PolicySet:
     return PolicySet(name=name, assign=ShortestQueueAssign(), arrange=FifoArrange(),
-                     evict=LruEviction(), place=RoundRobinByUsage(), layout=OnePerProcessor(),
+                     select=HeadSelect(), evict=LruEviction(), place=RoundRobinByUsage(),
+                     layout=OnePerProcessor(), budget=ConfiguredBudget())
+
+
+def _samba_fifo(name: str, tuning: Tuning) -> PolicySet:
+    return replace(_samba(name, tuning), evict=FifoEviction())
+
+
+def _samba_parallel(name: str, tuning: Tuning) -> PolicySet:
+    return replace(_samba(name, tuning), assign=RoundRobinAssign(), layout=AsConfigured())
+
+
+def _coserve_paper(name: str, tuning: Tuning) -> PolicySet:
+    """The paper's algorithms as published: the head group, the overtaking bound."""
+    return PolicySet(name=name, assign=MinMaxLatencyAssign(),
+                     arrange=GroupBehindLast(tuning.max_defer_s), select=HeadSelect(),
+                     evict=TwoStageEviction(), place=RoundRobinByUsage(), layout=AsConfigured(),
                      budget=ConfiguredBudget())
 
 
-def _samba_fifo(name: str, max_defer_s: float) -> PolicySet:
-    return replace(_samba(name, max_defer_s), evict=FifoEviction())
+def _coserve(name: str, tuning: Tuning) -> PolicySet:
+    """The best we have: a group per expert, selection by deadline, residency and yield."""
+    risk_s = DEADLINE_RISK_SHARE * tuning.latency_target_s
+    return replace(_coserve_paper(name, tuning), arrange=GroupByExpert(),
+                   select=DeadlineAwareSelect(risk_s), prefetch_groups=COSERVE_PREFETCH_GROUPS)
 
 
-def _samba_parallel(name: str, max_defer_s: float) -> PolicySet:
-    return replace(_samba(name, max_defer_s), assign=RoundRobinAssign(), layout=AsConfigured())
+def _all_resident(name: str, tuning: Tuning) -> PolicySet:
+    return replace(_coserve(name, tuning), place=ReplicateAll(), budget=UnlimitedBudget())
 
 
-def _coserve(name: str, max_defer_s: float) -> PolicySet:
-    return PolicySet(name=name, assign=MinMaxLatencyAssign(),
-                     arrange=GroupByExpertArrange(max_defer_s), evict=TwoStageEviction(),
-                     place=RoundRobinByUsage(), layout=AsConfigured(), budget=ConfiguredBudget())
-
-
-def _all_resident(name: str, max_defer_s: float) -> PolicySet:
-    return replace(_coserve(name, max_defer_s), place=ReplicateAll(), budget=UnlimitedBudget())
-
-
-_FACTORIES: dict[str, Callable[[str, float], PolicySet]] = {
+_FACTORIES: dict[str, Callable[[str, Tuning], PolicySet]] = {
     "samba": _samba,
     "samba-fifo": _samba_fifo,
     "samba-parallel": _samba_parallel,
+    "coserve-paper": _coserve_paper,
     "coserve": _coserve,
     "all-resident": _all_resident,
 }
@@ -124,8 +151,8 @@ BASELINE_POLICY = "samba"  # the state of the art before CoServe: ratios are aga
 CEILING_POLICY = "all-resident"  # unlimited budget: what any policy could reach
 
 
-def policy_set(name: str, max_defer_s: float = DEFAULT_MAX_DEFER_S) -> PolicySet:
+def policy_set(name: str, tuning: Tuning | None = None) -> PolicySet:
     """A fresh policy set by name (policies may hold state, so never share one)."""
     if name not in _FACTORIES:
         raise ConfigError(f"unknown policy {name!r}; choose one of {', '.join(POLICY_NAMES)}")
-    return _FACTORIES[name](name, max_defer_s)
+    return _FACTORIES[name](name, tuning or Tuning())

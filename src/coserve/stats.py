@@ -60,6 +60,9 @@ class EngineStats:
     # time each executor spent on its batches besides executing them: waiting for loads,
     # routing the outputs, queueing what follows
     handling_s_per_executor: list[float] = field(default_factory=list)
+    # requests answered after their latency target (failed ones included)
+    num_deadline_misses: int = 0
+    deadline_miss_rate: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -81,6 +84,7 @@ class StatsRecorder:
             self._num_done = 0
             self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
             self._num_failed = 0
+            self._num_deadline_misses = 0
             self._switches = [Counter() for _ in range(self._num_executors)]
             self._bytes_by_path: Counter[str] = Counter()
             self._load_s_by_path: Counter[str] = Counter()
@@ -97,9 +101,11 @@ class StatsRecorder:
         with self._lock:
             self._num_requests += 1
 
-    def request_done(self, latency_s: float, ok: bool, now_s: float) -> None:
+    def request_done(self, latency_s: float, ok: bool, now_s: float,
+                     missed_deadline: bool = False) -> None:
         with self._lock:
             self._num_done += 1
+            self._num_deadline_misses += missed_deadline
             self._latencies.append(latency_s)
             self._num_failed += 0 if ok else 1
             self._t_last = max(self._t_last, now_s)
@@ -181,6 +187,8 @@ class StatsRecorder:
                 busy_s_per_executor=list(self._busy_s),
                 utilisation_per_executor=[b / wall_s for b in self._busy_s],
                 handling_s_per_executor=list(self._handling_s),
+                num_deadline_misses=self._num_deadline_misses,
+                deadline_miss_rate=self._num_deadline_misses / done if done else 0.0,
                 extra=dict(self._extra),
                 **static,
             )

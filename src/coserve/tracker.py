@@ -8,12 +8,15 @@ can never slip in after a drain found nothing in flight."""
 
 from __future__ import annotations
 
+import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from coserve.errors import EngineClosedError, RequestError
-from coserve.manager.usage import UsageTracker
+from coserve.manager.usage import RoutedRequest, UsageTracker
+from coserve.scheduler.task import Task
 from coserve.stats import StatsRecorder
 from coserve.types import FailureKind, Request, Result, Step
 
@@ -26,17 +29,31 @@ class InFlight:
     submitted_s: float
     deliver: Callable[[Result], None]  # called once, with the finished Result
     pending: int  # tasks queued or running
+    deadline_s: float  # submitted + its latency target: every task of it carries this
     steps: list[Step] = field(default_factory=list)
     error: str | None = None  # the first failure wins
     error_kind: FailureKind | None = None
     failed_expert: str | None = None
+    routed: RoutedRequest | None = None  # what usage learns from this request's routing
+
+    def task(self, expert: str, now_s: float, payload: Any = None) -> Task:
+        """The request's next task, at `expert`, under the request's deadline."""
+        return Task(request_id=self.request.request_id, expert=expert, enqueued_s=now_s,
+                    payload=payload, deadline_s=self.deadline_s)
 
 
 class RequestTracker:
     def __init__(
-        self, *, clock: Callable[[], float], stats: StatsRecorder, usage: UsageTracker
+        self,
+        *,
+        clock: Callable[[], float],
+        stats: StatsRecorder,
+        usage: UsageTracker,
+        latency_target_s: float,
     ) -> None:
+        """`latency_target_s`: a request's deadline after submission, unless it says."""
         self._clock = clock
+        self._latency_target_s = latency_target_s
         self._stats = stats
         self._usage = usage
         self._lock = threading.Lock()
@@ -49,16 +66,23 @@ class RequestTracker:
         with self._lock:
             self._open = True
 
-    def admit(self, request: Request, num_tasks: int, deliver: Callable[[Result], None]) -> InFlight:
-        """Accept `request`, whose first `num_tasks` tasks are about to be queued.
-        EngineClosedError when intake is closed, RequestError for an id in flight."""
-        state = InFlight(request, self._clock(), deliver, pending=num_tasks)
+    def admit(self, request: Request, first: Sequence[str], deliver: Callable[[Result], None]) -> InFlight:
+        """Accept `request`, whose tasks at its `first` experts are about to be queued.
+        EngineClosedError when intake is closed, RequestError for an id in flight or a
+        latency target that is not a positive number of seconds."""
+        target_s = request.latency_target_s or self._latency_target_s
+        if not 0 < target_s < math.inf:
+            raise RequestError(f"request {request.request_id!r}: latency_target_s must be a "
+                               f"positive number of seconds, got {request.latency_target_s}")
+        now = self._clock()
+        state = InFlight(request, now, deliver, pending=len(first), deadline_s=now + target_s)
         with self._lock:
             if not self._open:
                 raise EngineClosedError("the engine is not running: call start() first (or use `with`)")
             if request.request_id in self._inflight:
                 raise RequestError(f"request id {request.request_id!r} is already in flight")
             self._inflight[request.request_id] = state
+        state.routed = self._usage.admitted(first)  # before any of its tasks is queued
         self._stats.request_submitted()
         return state
 
@@ -75,12 +99,14 @@ class RequestTracker:
         return self._inflight[request_id]
 
     # -- progress ------------------------------------------------------------------------
-    def advance(self, state: InFlight, step: Step, num_following: int) -> None:
-        """A task finished as `step` and routed to `num_following` subsequent tasks,
-        which the caller queues next (then calls `finish_if_done`)."""
+    def advance(self, state: InFlight, step: Step, following: Sequence[str]) -> None:
+        """A task finished as `step` and routed to the `following` experts, whose tasks
+        the caller queues next (then calls `finish_if_done`)."""
         with self._lock:
             state.steps.append(step)
-            state.pending += num_following - 1
+            state.pending += len(following) - 1
+        if state.routed is not None:
+            self._usage.routed(state.routed, step.expert, following)
 
     def fail(self, state: InFlight, error: str, kind: FailureKind, expert: str | None) -> None:
         """One of the request's tasks failed (or could not be queued): it counts as done,
@@ -106,9 +132,8 @@ class RequestTracker:
             error=state.error, fields=dict(state.request.fields), error_kind=state.error_kind,
             failed_expert=state.failed_expert,
         )
-        if result.ok:
-            self._usage.observe(result.path)
-        self._stats.request_done(result.latency_s, result.ok, now)
+        self._stats.request_done(result.latency_s, result.ok, now,
+                                 missed_deadline=now > state.deadline_s)
         state.deliver(result)
 
 

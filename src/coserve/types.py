@@ -18,6 +18,7 @@ class Request:
     fields: dict[str, Any]
     input: Any
     arrival_s: float = 0.0  # offset in a trace; ignored by submit()
+    latency_target_s: float | None = None  # when to answer by; None: the engine's default
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -38,7 +38,8 @@ def add_engine_options(p: argparse.ArgumentParser, *, backlog: bool) -> None:
     budget.add_argument("--budget-fraction", type=float, help="the budget as a fraction of all expert bytes, e.g. 0.3")
     p.add_argument("--executors", default=None, help="executors, e.g. 'cpu:2' or 'cpu:1,cuda:0:2' (default: cpu:min(2, cores))")
     p.add_argument("--storage", default="none", help="storage profile pacing expert reads: none, sata-530, nvme-3000 (default: none)")
-    p.add_argument("--max-defer-s", type=float, default=None, help="starvation bound: how long a queued task may be overtaken (default 5)")
+    p.add_argument("--max-defer-s", type=float, default=None, help="coserve-paper's starvation bound: how long a queued task may be overtaken (default 5)")
+    p.add_argument("--latency-target-s", type=float, default=None, help="coserve: when a request should be answered, unless it says; its group goes first as the deadline nears (default 5)")
     if backlog:
         p.add_argument("--backlog", action="store_true", help="submit every request at once instead of at its arrival offset")
     p.add_argument("--no-measure", action="store_true", help="skip the start-up cost measurement and use default costs")
@@ -82,6 +83,8 @@ def engine_config(args: argparse.Namespace, policy: str = DEFAULT_POLICY, *,
         kwargs["executors"] = parse_executors(args.executors)
     if args.max_defer_s is not None:
         kwargs["max_defer_s"] = args.max_defer_s
+    if args.latency_target_s is not None:
+        kwargs["latency_target_s"] = args.latency_target_s
     return EngineConfig(**kwargs)
 
 

@@ -3,7 +3,7 @@ path of a request from DESIGN.md. Executor threads each loop over:
 
     batch = scheduler.next_batch(i)            # split the head group
     resident = manager.acquire(i, expert)      # ensure resident (may evict, may load)
-    prefetch the next group's expert           # overlaps loading with execution
+    prefetch the next groups' experts          # overlaps loading with execution
     outputs = executor.execute(...)            # execute
     route again -> scheduler.enqueue(...)      # subsequent experts, or the request ends
 """
@@ -35,7 +35,6 @@ from coserve.planfile import Plan
 from coserve.repository import CoEModel
 from coserve.repository.inputs import check_input
 from coserve.scheduler.queues import Batch
-from coserve.scheduler.task import Task
 from coserve.stats import EngineStats, StatsRecorder
 from coserve.tracker import InFlight, RequestTracker, rejected
 from coserve.types import FailureKind, Request, Result
@@ -65,7 +64,8 @@ class Engine:
         self._storage = Storage(storage_profile(self.config.storage), self.config.direct_io)
         self._stats = StatsRecorder(len(self._assembly.executors))
         self._usage = self._assembly.usage_tracker()
-        self._requests = RequestTracker(clock=clock, stats=self._stats, usage=self._usage)
+        self._requests = RequestTracker(clock=clock, stats=self._stats, usage=self._usage,
+                                        latency_target_s=self.config.latency_target_s)
         self._quarantine = Quarantine(self.config.quarantine_after, clock)
         self._lock = threading.Lock()  # start and close
         self._threads: list[threading.Thread] = []
@@ -160,7 +160,7 @@ class Engine:
         first = self.validate(request)
         future: Future = Future()
         future.set_running_or_notify_cancel()
-        state = self._requests.admit(request, len(first), future.set_result)
+        state = self._requests.admit(request, first, future.set_result)
         for expert in first:
             self._enqueue_or_fail(state, expert)
         return future
@@ -178,8 +178,7 @@ class Engine:
             self._requests.fail(state, self._quarantine.reason(expert),
                                 FailureKind.EXPERT_QUARANTINED, expert)
             return
-        task = Task(request_id=state.request.request_id, expert=expert,
-                    enqueued_s=self._clock(), payload=state.request.input)
+        task = state.task(expert, self._clock(), payload=state.request.input)
         try:
             executor = self._scheduler.enqueue(task)
         except Exception as exc:
@@ -234,9 +233,10 @@ class Engine:
         i = executor.index
         resident = self._manager.acquire(i, batch.expert)
         try:
-            upcoming = self._scheduler.next_expert(i)
-            if upcoming not in (None, batch.expert) and self._quarantine.allows(upcoming):
-                self._manager.prefetch(i, upcoming, protected=frozenset({batch.expert}))
+            for upcoming, protected in self._scheduler.prefetch_order(
+                    i, batch.expert, self._assembly.policies.prefetch_groups):
+                if self._quarantine.allows(upcoming):
+                    self._manager.prefetch(i, upcoming, protected=protected)
             t0 = self._clock()
             arch = self.model.experts[batch.expert].architecture
             outputs = executor.execute(arch, resident.tensors, [t.payload for t in batch.tasks])
@@ -257,7 +257,7 @@ class Engine:
                                     FailureKind.ROUTING_FAILED, batch.expert)
                 continue
             self._requests.advance(state, batch.step(task, label, out.detail, exec_s),
-                                   len(following))
+                                   following)
             for expert in following:
                 self._enqueue_or_fail(state, expert)
             self._requests.finish_if_done(state)

@@ -1,7 +1,7 @@
 """The scheduler: assignment of tasks to executor queues, arrangement inside a queue,
 and batch splitting. Pure policies; no torch."""
 
-from coserve.scheduler.arrange import ArrangePolicy, FifoArrange, GroupByExpertArrange
+from coserve.scheduler.arrange import ArrangePolicy, FifoArrange, GroupBehindLast, GroupByExpert
 from coserve.scheduler.assign import (
     AssignPolicy,
     MinMaxLatencyAssign,
@@ -17,7 +17,8 @@ __all__ = [
     "ArrangePolicy",
     "AssignPolicy",
     "FifoArrange",
-    "GroupByExpertArrange",
+    "GroupBehindLast",
+    "GroupByExpert",
     "MinMaxLatencyAssign",
     "QueueView",
     "RoundRobinAssign",

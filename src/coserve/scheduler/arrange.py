@@ -1,11 +1,15 @@
-"""Arrangement: where a new task goes inside its executor's queue.
+"""Arrangement: how an executor's queue keeps its tasks, so that each expert is loaded
+as few times as possible.
 
-coserve places it right behind the last queued task of the same expert, so each expert is
-loaded at most once per group, but never so that a task it overtakes would have been
-delayed by overtaking for more than `max_defer_s` in all (the starvation bound). The
-bound is on the delay caused by overtaking, not on waiting: in a backlog every task has
-waited since the start, and a bound on waiting would end grouping after `max_defer_s`.
-FIFO appends."""
+`GroupByExpert` (coserve) keeps a group per expert: a new task always joins its expert's
+group, at any queue length; which group runs when, and how long a task may wait, is the
+selection policy's business (deadlines, not accumulated overtaking).
+`GroupBehindLast` (the paper, `coserve-paper`) inserts a task right behind the last
+queued task of the same expert, but never so that a task it overtakes would have been
+delayed by overtaking for more than `max_defer_s` in all. The bound is on the delay
+caused by overtaking, not on waiting: in a backlog every task has waited since the
+start. Once a queue is long, overtaking anything costs more than the bound allows and
+grouping ends: that is the published algorithm. `FifoArrange` (samba) appends."""
 
 from __future__ import annotations
 
@@ -13,28 +17,36 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from coserve.errors import ConfigError
+from coserve.scheduler.groups import GroupedQueue, ListQueue, TaskQueue
 from coserve.scheduler.task import Task
 
 
 class ArrangePolicy(Protocol):
-    def position(self, queue: Sequence[Task], expert: str, now_s: float, added_s: float) -> int:
-        """Index at which a new task for `expert`, which delays every task behind it by
-        `added_s`, is inserted into `queue`."""
+    def new_queue(self) -> TaskQueue:
+        """An empty queue for one executor, kept in this policy's order."""
         ...
 
 
 class FifoArrange:
+    def new_queue(self) -> TaskQueue:
+        return ListQueue(self.position)
+
     def position(self, queue: Sequence[Task], expert: str, now_s: float, added_s: float) -> int:
         return len(queue)
 
 
-class GroupByExpertArrange:
+class GroupBehindLast:
     def __init__(self, max_defer_s: float) -> None:
         if max_defer_s < 0:
             raise ConfigError(f"max_defer_s must be >= 0 seconds, got {max_defer_s}")
         self.max_defer_s = max_defer_s
 
+    def new_queue(self) -> TaskQueue:
+        return ListQueue(self.position)
+
     def position(self, queue: Sequence[Task], expert: str, now_s: float, added_s: float) -> int:
+        """Index at which a new task for `expert`, which delays every task behind it by
+        `added_s`, is inserted into `queue`."""
         last_same = next(
             (i for i in range(len(queue) - 1, -1, -1) if queue[i].expert == expert), None
         )
@@ -46,3 +58,8 @@ class GroupByExpertArrange:
             if queue[i].deferred_s + added_s > self.max_defer_s:
                 return i + 1
         return last_same + 1
+
+
+class GroupByExpert:
+    def new_queue(self) -> TaskQueue:
+        return GroupedQueue()

@@ -1,12 +1,12 @@
 """The scheduler's runtime state: one task queue per executor, filled by the assignment
-and arrangement policies and drained a batch at a time. `take_batch` never blocks, so the
+and arrangement policies and drained a batch at a time, from the group the selection
+policy picks. `take_batch` never blocks, so the
 simulator drives the same object on a virtual clock; `next_batch` is the blocking form
 the engine's executor threads use."""
 
 from __future__ import annotations
 
 import threading
-from collections import Counter
 from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +14,8 @@ from typing import Any
 from coserve.plan import CostModel
 from coserve.scheduler.arrange import ArrangePolicy
 from coserve.scheduler.assign import AssignPolicy, QueueView, added_latency_s
+from coserve.scheduler.groups import GroupView, TaskQueue
+from coserve.scheduler.select import SelectContext, SelectPolicy
 from coserve.scheduler.split import split_batch
 from coserve.scheduler.task import Task
 from coserve.types import Step
@@ -40,6 +42,7 @@ class Scheduler:
         processors: Sequence[str],
         assign: AssignPolicy,
         arrange: ArrangePolicy,
+        select: SelectPolicy,
         costs: CostModel,
         activation_bytes: int,
         resident_of: Callable[[int], Set[str]],
@@ -48,121 +51,140 @@ class Scheduler:
     ) -> None:
         self.processors = list(processors)
         self._assign = assign
-        self._arrange = arrange
+        self._select = select
         self._costs = costs
         self._activation_bytes = activation_bytes
         self._resident_of = resident_of
         self._in_host = in_host
         self._clock = clock
-        self._queues: list[list[Task]] = [[] for _ in processors]
-        self._queued: list[Counter[str]] = [Counter() for _ in processors]
+        self._queues: list[TaskQueue] = [arrange.new_queue() for _ in processors]
         self._backlog_s = [0.0] * len(processors)
         self._running_s = [0.0] * len(processors)
-        self._cond = threading.Condition()
+        self._lock = threading.RLock()  # next_batch holds it around take_batch
+        # One condition per executor: a task queued for one executor wakes only that one.
+        self._ready = [threading.Condition(self._lock) for _ in processors]
         self._closed = False
         self._held = False
 
     # -- assign + arrange ---------------------------------------------------------------
     def enqueue(self, task: Task) -> int:
         """Assign `task` to an executor queue and place it there; returns the executor."""
-        with self._cond:
+        with self._lock:
             views = [self._view(i) for i in range(len(self._queues))]
             in_host = self._in_host(task.expert)
             i = self._assign.assign(task.expert, views, self._costs, in_host)
-            queue = self._queues[i]
             added_s = added_latency_s(task.expert, views[i], self._costs, in_host)
-            at = self._arrange.position(queue, task.expert, task.enqueued_s, added_s)
-            queue.insert(at, task)
-            for overtaken in queue[at + 1 :]:
-                overtaken.deferred_s += added_s
+            self._queues[i].push(task, added_s)
             # Incremental: a full re-prediction per enqueue would be O(queue) each time.
             self._backlog_s[i] += added_s
-            self._queued[i][task.expert] += 1
-            self._cond.notify_all()
+            self._ready[i].notify()
             return i
 
     def _view(self, i: int) -> QueueView:
         return QueueView(
             processor=self.processors[i],
             backlog_s=self._backlog_s[i] + self._running_s[i],
-            queued=self._queued[i],
+            queued=self._queues[i].counts,
             resident=self._resident_of(i),
         )
 
     def _predict_backlog_s(self, i: int) -> float:
         """Execution plus switch time of every group now in queue i."""
-        processor = self.processors[i]
-        resident = self._resident_of(i)
-        total = 0.0
-        for expert, n in _groups(self._queues[i]):
-            total += self._costs.exec_s(expert, processor, n)
-            if expert not in resident:
-                total += self._costs.load_s(expert, processor, self._in_host(expert))
-        return total
+        return sum(self._group_s(i, expert, n) for expert, n in self._queues[i].runs())
 
-    # -- split ---------------------------------------------------------------------------
+    def _group_s(self, i: int, expert: str, num_tasks: int) -> float:
+        """Execution of `num_tasks` of `expert` on executor i, plus its switch if needed."""
+        processor = self.processors[i]
+        exec_s = self._costs.exec_s(expert, processor, num_tasks)
+        if expert in self._resident_of(i):
+            return exec_s
+        return exec_s + self._costs.load_s(expert, processor, self._in_host(expert))
+
+    # -- select + split ------------------------------------------------------------------
     def take_batch(self, executor: int) -> Batch | None:
-        """Pop the head group of the queue, cut to the batch size; None if empty."""
-        with self._cond:
-            queue = self._queues[executor]
-            if not queue:
+        """Select a group, cut it to the batch size and take it; None if the queue is empty."""
+        with self._lock:
+            group = self._selected(executor)
+            if group is None:
                 return None
-            expert = queue[0].expert
-            group_len = next((k for k, t in enumerate(queue) if t.expert != expert), len(queue))
-            cost = self._costs.arch_cost(expert, self.processors[executor])
-            n = split_batch(group_len, cost.max_batch, self._activation_bytes, cost.item_bytes)
-            tasks = tuple(queue[:n])
-            del queue[:n]
-            self._queued[executor][expert] -= n
-            if not self._queued[executor][expert]:
-                del self._queued[executor][expert]
-            self._running_s[executor] = cost.exec_s(n)
+            expert = group.expert
+            n = self._batch_size(executor, expert, group.num_tasks)
+            tasks = self._queues[executor].pop(expert, n)
+            # The batch's own switch counts too: a queue whose executor is loading is busy.
+            self._running_s[executor] = self._group_s(executor, expert, n)
             self._backlog_s[executor] = self._predict_backlog_s(executor)
             return Batch(executor, expert, tasks, self._clock())
 
+    def _selected(self, executor: int) -> GroupView | None:
+        groups = self._queues[executor].groups()
+        if not groups:
+            return None
+        expert = self._select.select(groups, self._context(executor))
+        return next(g for g in groups if g.expert == expert)
+
+    def _context(self, executor: int) -> SelectContext:
+        return SelectContext(
+            now_s=self._clock(), processor=self.processors[executor],
+            resident=self._resident_of(executor), costs=self._costs, in_host=self._in_host,
+            batch_size=lambda expert, n: self._batch_size(executor, expert, n),
+        )
+
+    def _batch_size(self, executor: int, expert: str, num_queued: int) -> int:
+        cost = self._costs.arch_cost(expert, self.processors[executor])
+        return split_batch(num_queued, cost.max_batch, self._activation_bytes, cost.item_bytes)
+
     def next_batch(self, executor: int) -> Batch | None:
         """Block until a batch is available; None once closed and drained."""
-        with self._cond:
+        with self._lock:
             while True:
                 batch = None if self._held else self.take_batch(executor)
                 if batch is not None or (self._closed and not self._held):
                     return batch
-                self._cond.wait()
+                self._ready[executor].wait()
 
     def hold(self, held: bool) -> None:
         """While held, executors take nothing: a backlog is queued whole before the first
         batch starts, so a run with one executor is deterministic."""
-        with self._cond:
+        with self._lock:
             self._held = held
-            self._cond.notify_all()
+            self._wake_all()
 
     def batch_done(self, executor: int) -> None:
-        with self._cond:
+        with self._lock:
             self._running_s[executor] = 0.0
 
     # -- what the expert manager may ask -------------------------------------------------
-    def next_expert(self, executor: int) -> str | None:
-        """The expert the executor's next batch will need (for prefetching)."""
-        with self._cond:
-            queue = self._queues[executor]
-            return queue[0].expert if queue else None
+    def prefetch_order(self, executor: int, running: str,
+                       num_groups: int) -> list[tuple[str, frozenset[str]]]:
+        """The experts of the next `num_groups` groups the executor will serve after the
+        `running` one, in the order it will need them, each with the experts a prefetch
+        for it must not evict (the running one and every nearer group's)."""
+        with self._lock:
+            groups = list(self._queues[executor].groups())
+            order: list[tuple[str, frozenset[str]]] = []
+            nearer = {running}
+            while groups and len(order) < num_groups:
+                chosen = self._select.select(groups, self._context(executor))
+                groups = [g for g in groups if g.expert != chosen]
+                if chosen not in nearer:
+                    order.append((chosen, frozenset(nearer)))
+                    nearer.add(chosen)
+            return order
+
+    def queued_experts(self) -> set[str]:
+        """Experts with a task queued on any executor."""
+        with self._lock:
+            return set().union(*(q.counts for q in self._queues))
 
     def depth(self, executor: int) -> int:
-        with self._cond:
+        with self._lock:
             return len(self._queues[executor])
 
     def close(self) -> None:
-        with self._cond:
+        with self._lock:
             self._closed = True
-            self._cond.notify_all()
+            self._wake_all()
 
-
-def _groups(queue: Sequence[Task]) -> list[tuple[str, int]]:
-    """Runs of consecutive tasks for the same expert: [(expert, count), ...]."""
-    runs: list[tuple[str, int]] = []
-    for task in queue:
-        if runs and runs[-1][0] == task.expert:
-            runs[-1] = (task.expert, runs[-1][1] + 1)
-        else:
-            runs.append((task.expert, 1))
-    return runs
+    def _wake_all(self) -> None:
+        for ready in self._ready:
+            ready.notify_all()

@@ -112,7 +112,8 @@ class Simulator:
         self._processors = assembly.processors
         self._stats = StatsRecorder(len(self._processors))
         usage = assembly.usage_tracker()
-        self._requests = RequestTracker(clock=self._clock, stats=self._stats, usage=usage)
+        self._requests = RequestTracker(clock=self._clock, stats=self._stats, usage=usage,
+                                        latency_target_s=self.config.latency_target_s)
         parts = assembly.build(clock=self._clock, usage=usage,
                                scheduling_costs=self._scheduling_costs)
         self._residency, self._scheduler = parts.residency, parts.scheduler
@@ -144,7 +145,7 @@ class Simulator:
         except RequestError as exc:
             self._results[request.request_id] = rejected(request, str(exc), self._clock())
             return
-        state = self._requests.admit(request, len(first), self._deliver)
+        state = self._requests.admit(request, first, self._deliver)
         for expert in first:
             self._enqueue(state, expert)
 
@@ -153,8 +154,7 @@ class Simulator:
 
     def _enqueue(self, state: InFlight, expert: str) -> None:
         now = self._clock()
-        i = self._scheduler.enqueue(Task(request_id=state.request.request_id, expert=expert,
-                                         enqueued_s=now))
+        i = self._scheduler.enqueue(state.task(expert, now))
         self._stats.queue_depth(i, self._scheduler.depth(i))
         if self._idle[i]:
             self._idle[i] = False
@@ -188,9 +188,9 @@ class Simulator:
         self._at(min(waits), self._acquire, i, batch)
 
     def _execute(self, i: int, batch: Batch, entry: Resident) -> None:
-        upcoming = self._scheduler.next_expert(i)
-        if upcoming not in (None, batch.expert):
-            self._prefetch(i, upcoming, protected=frozenset({batch.expert}))
+        for upcoming, protected in self._scheduler.prefetch_order(
+                i, batch.expert, self.policies.prefetch_groups):
+            self._prefetch(i, upcoming, protected=protected)
         exec_s = self.costs.exec_s(batch.expert, self._processors[i], len(batch.tasks))
         self._at(self._clock() + exec_s, self._batch_done, i, batch, entry, exec_s)
 
@@ -261,7 +261,7 @@ class Simulator:
         state = self._requests.get(task.request_id)
         label = self.labels.label(state.request, batch.expert)
         following = self.model.router.next(batch.expert, label, state.request.fields)
-        self._requests.advance(state, batch.step(task, label, {}, exec_s), len(following))
+        self._requests.advance(state, batch.step(task, label, {}, exec_s), following)
         for expert in following:
             self._enqueue(state, expert)
         self._requests.finish_if_done(state)
