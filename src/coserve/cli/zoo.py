@@ -6,8 +6,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from coserve.cli.cache import default_pcb_root, ensure_pcb
-from coserve.cli.options import DEFAULT_PCB_SIZE, PCB_SIZES
+from coserve.cli.cache import cache_dir, default_pcb_root, ensure_pcb
+from coserve.cli.options import DEFAULT_PCB_SIZE, PCB_SIZES, progress_bar
+
+# coserve.zoo.synth.SIZES, named here so that building the parser imports no torch.
+SYNTH_SIZES = ("tiny", "default")
 
 
 def add_zoo_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +29,14 @@ def add_zoo_parser(sub: argparse._SubParsersAction) -> None:
     pcb.add_argument("--reference", action="store_true", help="the reference size (~350 experts, ~60 GB)")
     pcb.add_argument("--force", action="store_true", help="rebuild even if the directory holds one")
     pcb.set_defaults(func=cmd_zoo_pcb)
+
+    synth = build_sub.add_parser("synth", help="a generated three-stage CoE with fan-out and "
+                                 "a shifting trace (docs/synth.md)")
+    synth.add_argument("--out", type=Path, default=None, help="directory (default: the cache)")
+    synth.add_argument("--size", default="default", choices=SYNTH_SIZES)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--force", action="store_true", help="rebuild even if the directory holds one")
+    synth.set_defaults(func=cmd_zoo_synth)
 
 
 def add_trace_parser(sub: argparse._SubParsersAction) -> None:
@@ -59,6 +70,21 @@ def cmd_zoo_pcb(args: argparse.Namespace) -> int:
     (root / "coe.yaml").unlink(missing_ok=True)
     ensure_pcb(root, size)
     print(f"wrote repository {root}")
+    return 0
+
+
+def cmd_zoo_synth(args: argparse.Namespace) -> int:
+    from coserve.zoo.synth import build_synth
+
+    root = args.out or cache_dir() / "zoo" / f"synth-{args.size}"
+    if (root / "coe.yaml").is_file() and not args.force:
+        print(f"{root} already holds a repository (use --force to rebuild)")
+        return 0
+    (root / "coe.yaml").unlink(missing_ok=True)
+    bar, update = progress_bar(f"building synth-{args.size} into {root}")
+    with bar:
+        root, trace = build_synth(root, size=args.size, seed=args.seed, progress=update)
+    print(f"wrote repository {root} and trace {trace} (the shift point: {root / 'synth.json'})")
     return 0
 
 
