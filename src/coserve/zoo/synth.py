@@ -11,7 +11,7 @@ on another shape.
   labels spread evenly every expert is used about equally (1/P); with `P >= 8` the two
   branches of a fan never meet at one expert later. Stage-3 experts end every branch.
 - **Sizes spread** over a few size classes (one `WideMLP` architecture each, log-spaced:
-  3 MB to 150 MB by default, 2.7 GB in all; 40 KB to 320 KB tiny), on a light input
+  3 MB to 150 MB by default, 2.8 GB in all; 40 KB to 320 KB tiny), on a light input
   `[3, 16, 16]`, so loading an expert dominates running it.
 - **Labels by real inference**: weights are random but seeded; each expert's head bias is
   calibrated on the inputs routing really brings it (stage 1 on its kind's inputs, later
@@ -279,11 +279,13 @@ def build_synth(root: str | Path, size: str = "default", seed: int = 0,
     counts = {kind_name(k): 0 for k in range(spec.experts_per_stage)}
     for request in requests:
         counts[request.fields[ROUTE_FIELD]] += 1
+    trace = write_trace(root / TRACE_FILE, requests)
     manifest = _manifest(spec, seed, requests)
+    (root / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    # coe.yaml last: `coserve zoo build synth` takes a directory that holds one as built.
     file = write_repository(root, _repository_config(spec, ctx.built, counts))
     file.write_text(_header(manifest) + file.read_text(encoding="utf-8"), encoding="utf-8")
-    (root / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    return root, write_trace(root / TRACE_FILE, requests)
+    return root, trace
 
 
 def _repository_config(spec: SynthSize, built: Sequence[_BuiltExpert],
