@@ -119,7 +119,7 @@ class Scheduler:
         groups = self._queues[executor].groups()
         if not groups:
             return None
-        expert = self._select.select(groups, self._context(executor))
+        expert = self._select.order(groups, self._context(executor), 1)[0]
         return next(g for g in groups if g.expert == expert)
 
     def _context(self, executor: int) -> SelectContext:
@@ -157,19 +157,21 @@ class Scheduler:
     def prefetch_order(self, executor: int, running: str,
                        num_groups: int) -> list[tuple[str, frozenset[str]]]:
         """The experts of the next `num_groups` groups the executor will serve after the
-        `running` one, in the order it will need them, each with the experts a prefetch
-        for it must not evict (the running one and every nearer group's)."""
+        `running` one that are not resident here, in the order it will need them, each
+        with the experts a prefetch for it must not evict: the running one and every
+        nearer group's."""
         with self._lock:
-            groups = list(self._queues[executor].groups())
-            order: list[tuple[str, frozenset[str]]] = []
+            groups = self._queues[executor].groups()
+            if not groups:
+                return []
+            resident = self._resident_of(executor)
+            loads: list[tuple[str, frozenset[str]]] = []
             nearer = {running}
-            while groups and len(order) < num_groups:
-                chosen = self._select.select(groups, self._context(executor))
-                groups = [g for g in groups if g.expert != chosen]
-                if chosen not in nearer:
-                    order.append((chosen, frozenset(nearer)))
-                    nearer.add(chosen)
-            return order
+            for expert in self._select.order(groups, self._context(executor), num_groups + 1):
+                if expert not in resident and expert not in nearer:
+                    loads.append((expert, frozenset(nearer)))
+                nearer.add(expert)
+            return loads
 
     def queued_experts(self) -> set[str]:
         """Experts with a task queued on any executor."""

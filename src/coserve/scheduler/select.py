@@ -10,6 +10,7 @@ A pure policy on a `SelectContext`; the engine and the simulator share it."""
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass
 from typing import Protocol
@@ -30,16 +31,18 @@ class SelectContext:
 
 
 class SelectPolicy(Protocol):
-    def select(self, groups: Sequence[GroupView], ctx: SelectContext) -> str:
-        """The expert whose group is served next (groups is never empty)."""
+    def order(self, groups: Sequence[GroupView], ctx: SelectContext, limit: int) -> list[str]:
+        """The experts of the first `limit` groups in the order they would be served as
+        things stand now (groups is never empty): the first is served next, the rest are
+        what prefetching may load ahead."""
         ...
 
 
 class HeadSelect:
     """The head of the queue (a list queue offers only its head)."""
 
-    def select(self, groups: Sequence[GroupView], ctx: SelectContext) -> str:
-        return groups[0].expert
+    def order(self, groups: Sequence[GroupView], ctx: SelectContext, limit: int) -> list[str]:
+        return [g.expert for g in groups[:limit]]
 
 
 class DeadlineAwareSelect:
@@ -52,38 +55,29 @@ class DeadlineAwareSelect:
             raise ConfigError(f"risk_s must be >= 0 seconds, got {risk_s}")
         self.risk_s = risk_s
 
-    def select(self, groups: Sequence[GroupView], ctx: SelectContext) -> str:
-        return max(groups, key=lambda g: (*self._rank(g, ctx), -g.deadline_s)).expert
+    def order(self, groups: Sequence[GroupView], ctx: SelectContext, limit: int) -> list[str]:
+        ranked = heapq.nlargest(limit, groups,
+                                key=lambda g: (*self._rank(g, ctx), -g.deadline_s))
+        return [g.expert for g in ranked]
 
     def _rank(self, g: GroupView, ctx: SelectContext) -> tuple[bool, float]:
         """(resident or at risk, tasks per second raised by urgency): a group that needs
-        a switch and has time to grow waits while there is other work."""
-        overdue_s = ctx.now_s + _serve_s(g, ctx) + self.risk_s - g.deadline_s
+        a switch and has time to grow waits while there is other work. Each cost is
+        looked up once: this runs for every group on every take."""
+        resident = g.expert in ctx.resident
+        switch_s = 0.0 if resident else ctx.costs.load_s(g.expert, ctx.processor,
+                                                        ctx.in_host(g.expert))
+        batch = ctx.batch_size(g.expert, g.num_tasks)
+        batch_s = ctx.costs.exec_s(g.expert, ctx.processor, batch)
+        overdue_s = ctx.now_s + switch_s + batch_s + self.risk_s - g.deadline_s
         # At most twice as urgent: once everything is late (a long backlog), a tiny group
         # that is only a little later must not win over a big one (board A, 20,000
         # queued, simulated: 261 switches uncapped, 201 capped at 2x).
         urgency = 1.0 + min(max(0.0, overdue_s) / max(self.risk_s, 1e-9), 1.0)
-        return (g.expert in ctx.resident or overdue_s > 0, _tasks_per_s(g, ctx) * urgency)
-
-
-def _switch_s(g: GroupView, ctx: SelectContext) -> float:
-    if g.expert in ctx.resident:
-        return 0.0
-    return ctx.costs.load_s(g.expert, ctx.processor, ctx.in_host(g.expert))
-
-
-def _serve_s(g: GroupView, ctx: SelectContext) -> float:
-    n = ctx.batch_size(g.expert, g.num_tasks)
-    return _switch_s(g, ctx) + ctx.costs.exec_s(g.expert, ctx.processor, n)
-
-
-def _tasks_per_s(g: GroupView, ctx: SelectContext) -> float:
-    """Tasks the whole group serves per second of its switch and all its batches: once
-    an expert is loaded its group is finished, so a switch is spent on all of it, and the
-    rest of a resident group (no switch) goes before a group that needs one."""
-    batch = ctx.batch_size(g.expert, g.num_tasks)
-    full, rest = divmod(g.num_tasks, batch)
-    exec_s = full * ctx.costs.exec_s(g.expert, ctx.processor, batch)
-    if rest:
-        exec_s += ctx.costs.exec_s(g.expert, ctx.processor, rest)
-    return g.num_tasks / max(_switch_s(g, ctx) + exec_s, 1e-9)
+        # Tasks the whole group serves per second of its switch and all its batches: once
+        # an expert is loaded its group is finished, so a switch is spent on all of it.
+        full, rest = divmod(g.num_tasks, batch)
+        group_s = switch_s + full * batch_s
+        if rest:
+            group_s += ctx.costs.exec_s(g.expert, ctx.processor, rest)
+        return resident or overdue_s > 0, g.num_tasks / max(group_s, 1e-9) * urgency
