@@ -172,7 +172,7 @@ def test_scheduler_spreads_load_over_executors():
 
 
 # -- coserve: a group per expert, selection by deadline, residency and yield ----------------
-def grouped_scheduler(resident=(), clock=None, max_batch=8, risk_s=1.0):
+def grouped_scheduler(resident=(), clock=None, max_batch=8, risk_s=1.0, predecessors=None):
     return Scheduler(
         processors=["cpu"],
         assign=MinMaxLatencyAssign(),
@@ -183,6 +183,7 @@ def grouped_scheduler(resident=(), clock=None, max_batch=8, risk_s=1.0):
         resident_of=lambda i: resident,
         in_host=lambda e: False,
         clock=clock or (lambda: 0.0),
+        predecessors=predecessors or (lambda e: frozenset()),
     )
 
 
@@ -211,22 +212,23 @@ def test_a_resident_group_goes_before_a_bigger_one_that_needs_a_switch():
     assert s.take_batch(0).expert == "b"
 
 
-def test_without_a_resident_group_the_most_tasks_per_switch_second_goes_first():
+def test_among_groups_that_need_a_switch_and_can_wait_the_oldest_goes_first():
     s = grouped_scheduler()
-    s.enqueue(Task(request_id="a0", expert="a", enqueued_s=0.0, deadline_s=100.0))
+    s.enqueue(Task(request_id="a0", expert="a", enqueued_s=0.0, deadline_s=90.0))
     for i in range(4):
         s.enqueue(Task(request_id=f"b{i}", expert="b", enqueued_s=0.0, deadline_s=100.0))
-    assert s.take_batch(0).expert == "b"
+    assert s.take_batch(0).expert == "a"
 
 
-def test_a_group_at_risk_of_its_deadline_goes_before_bigger_groups_that_can_wait():
+def test_a_group_at_risk_of_its_deadline_stops_waiting():
     now = [0.0]
-    s = grouped_scheduler(clock=lambda: now[0], risk_s=1.0)
+    s = grouped_scheduler(clock=lambda: now[0], risk_s=1.0,
+                          predecessors=lambda e: frozenset({"c"}) if e == "a" else frozenset())
     s.enqueue(Task(request_id="a0", expert="a", enqueued_s=0.0, deadline_s=10.0))
-    for i in range(4):
-        s.enqueue(Task(request_id=f"b{i}", expert="b", enqueued_s=0.0, deadline_s=100.0))
-    # a's deadline is far: the bigger group is worth its switch first, a is loaded next.
-    assert s.prefetch_order(0, running="c", num_groups=2) == [("b", {"c"}), ("a", {"b", "c"})]
+    s.enqueue(Task(request_id="b0", expert="b", enqueued_s=0.0, deadline_s=12.0))
+    s.enqueue(Task(request_id="c0", expert="c", enqueued_s=0.0, deadline_s=50.0))
+    # a is fed by c's queued task: it waits to grow, after b, the oldest that can wait.
+    assert s.prefetch_order(0, running="x", num_groups=2) == [("b", {"x"}), ("c", {"b", "x"})]
     now[0] = 8.9  # 1.1 s left: less than risk_s + a's switch and execution
     assert s.take_batch(0).expert == "a"
 
@@ -245,3 +247,13 @@ def test_queued_experts_are_known_across_executors():
     assert s.queued_experts() == {"a", "b"}
     s.take_batch(0)
     assert len(s.queued_experts()) == 1
+
+
+def test_a_group_whose_predecessors_have_tasks_queued_waits_to_grow():
+    # "b" is reached from "a": while a's tasks are queued, more b tasks are coming.
+    s = grouped_scheduler(predecessors=lambda e: frozenset({"a"}) if e == "b" else frozenset())
+    for i in range(3):
+        s.enqueue(Task(request_id=f"b{i}", expert="b", enqueued_s=0.0, deadline_s=50.0))
+    s.enqueue(Task(request_id="a0", expert="a", enqueued_s=0.0, deadline_s=100.0))
+    # b is older, but a feeds it: a goes first, then b with whatever a routed to it.
+    assert [s.take_batch(0).expert for _ in range(2)] == ["a", "b"]

@@ -138,6 +138,7 @@ class Assembly:
             resident_of=residency.resident,
             in_host=residency.in_host,
             clock=clock,
+            predecessors=self.model.predecessors,
         )
         return Parts(usage, residency, scheduler)
 

@@ -48,8 +48,12 @@ class Scheduler:
         resident_of: Callable[[int], Set[str]],
         in_host: Callable[[str], bool],
         clock: Callable[[], float],
+        predecessors: Callable[[str], Set[str]] = lambda expert: frozenset(),
     ) -> None:
+        """`predecessors(e)`: experts whose output can route to e (selection lets a group
+        grow while they have tasks queued)."""
         self.processors = list(processors)
+        self._predecessors = predecessors
         self._assign = assign
         self._select = select
         self._costs = costs
@@ -127,7 +131,12 @@ class Scheduler:
             now_s=self._clock(), processor=self.processors[executor],
             resident=self._resident_of(executor), costs=self._costs, in_host=self._in_host,
             batch_size=lambda expert, n: self._batch_size(executor, expert, n),
+            fed=self._fed,
         )
+
+    def _fed(self, expert: str) -> bool:
+        """Whether an expert that routes to `expert` has tasks queued on any executor."""
+        return any(q.counts.get(e) for e in self._predecessors(expert) for q in self._queues)
 
     def _batch_size(self, executor: int, expert: str, num_queued: int) -> int:
         cost = self._costs.arch_cost(expert, self.processors[executor])
@@ -167,8 +176,9 @@ class Scheduler:
             resident = self._resident_of(executor)
             loads: list[tuple[str, frozenset[str]]] = []
             nearer = {running}
-            for expert in self._select.order(groups, self._context(executor), num_groups + 1):
-                if expert not in resident and expert not in nearer:
+            ahead = self._select.order(groups, self._context(executor), num_groups + 1)
+            for expert in [e for e in ahead if e != running][:num_groups]:
+                if expert not in resident:
                     loads.append((expert, frozenset(nearer)))
                 nearer.add(expert)
             return loads

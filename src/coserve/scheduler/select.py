@@ -1,11 +1,15 @@
 """Group selection: which queued group an executor serves when it takes work.
 
-The paper (and samba) serve the head of the queue. coserve chooses:
-the group that serves the most tasks per second of its switch and execution (a resident
-group needs no switch, so it goes first; a load is spent on a big group while small ones
-grow), with that rate raised up to twice as a group's earliest deadline comes within
-`risk_s` of what serving it takes and passes: waiting is bounded by each request's
-latency target, not by the queue's length, and grouping holds at any length.
+The paper (and samba) serve the head of the queue. coserve chooses, in this order:
+1. groups whose expert is resident here (no switch) and groups at risk of their
+   deadline: the most tasks per second of switch and execution over the whole group,
+   raised up to twice as the deadline comes within `risk_s` of what serving it takes
+   and passes (capped, so that once everything is late a tiny group does not win);
+2. groups that need a switch and can wait: the oldest first, having grown longest;
+3. last, such groups whose predecessors (experts routing to them) still have tasks
+   queued anywhere: expert dependency says they will grow, so their load waits.
+Waiting is bounded by each request's latency target, not by the queue's length, and
+grouping holds at any length.
 A pure policy on a `SelectContext`; the engine and the simulator share it."""
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ class SelectContext:
     costs: CostModel
     in_host: Callable[[str], bool]
     batch_size: Callable[[str, int], int]  # (expert, tasks queued) -> tasks in its next batch
+    # whether an expert that routes to this one has tasks queued anywhere: its group grows
+    fed: Callable[[str], bool] = lambda expert: False
 
 
 class SelectPolicy(Protocol):
@@ -60,10 +66,11 @@ class DeadlineAwareSelect:
                                 key=lambda g: (*self._rank(g, ctx), -g.deadline_s))
         return [g.expert for g in ranked]
 
-    def _rank(self, g: GroupView, ctx: SelectContext) -> tuple[bool, float]:
-        """(resident or at risk, tasks per second raised by urgency): a group that needs
-        a switch and has time to grow waits while there is other work. Each cost is
-        looked up once: this runs for every group on every take."""
+    def _rank(self, g: GroupView, ctx: SelectContext) -> tuple[int, float]:
+        """(level, score), highest first. Level 2, resident here or at risk of its
+        deadline: the most tasks per second, raised by urgency. Level 1, needs a switch
+        and can wait: the oldest first. Level 0, also fed by queued predecessors: last.
+        Each cost is looked up once: this runs for every group on every take."""
         resident = g.expert in ctx.resident
         switch_s = 0.0 if resident else ctx.costs.load_s(g.expert, ctx.processor,
                                                         ctx.in_host(g.expert))
@@ -80,4 +87,10 @@ class DeadlineAwareSelect:
         group_s = switch_s + full * batch_s
         if rest:
             group_s += ctx.costs.exec_s(g.expert, ctx.processor, rest)
-        return resident or overdue_s > 0, g.num_tasks / max(group_s, 1e-9) * urgency
+        rate = g.num_tasks / max(group_s, 1e-9) * urgency
+        if resident or overdue_s > 0:
+            return 2, rate
+        # Expert dependency: a group that needs a switch while the experts feeding it
+        # still have tasks queued will grow; it waits for them unless nothing else can
+        # run. Otherwise the oldest goes first: it has grown the longest.
+        return (0 if ctx.fed(g.expert) else 1), -g.deadline_s
