@@ -4,7 +4,7 @@ policy sets. A program that prints a table, not a timed test.
 
     .venv/bin/python scripts/bench_scheduler.py [--sizes 1000,10000,100000] [--paper-max 10000]
 
-The Scheduler is built the way the engine builds it (Assembly.of(...).build) on the tiny
+The Scheduler gets the policies the engine builds (Assembly.of(...)) on the tiny
 CoE, with a fake clock and no executor threads. Its costs are extended to NUM_EXPERTS
 experts of the tiny architectures, since a real mix has hundreds of experts (the
 scheduler reads only an expert's name, architecture and bytes). Tasks arrive one every
@@ -86,7 +86,16 @@ def build_scheduler(model: CoEModel, policy: str, costs: CostModel, clock: FakeC
     config = EngineConfig(policy=policy, executors=parse_executors(EXECUTORS),
                           latency_target_s=LATENCY_TARGET_S, measure_costs=False)
     assembly = Assembly.of(model, config).with_costs(costs)
-    return assembly.build(clock=clock, usage=assembly.usage_tracker()).scheduler
+    residency = assembly.build(clock=clock, usage=assembly.usage_tracker()).residency
+    # The engine's scheduler, but over the padded experts: a synthetic expert has the
+    # routing of none (the model does not know it), so it is fed by nothing.
+    return Scheduler(
+        processors=assembly.processors, assign=assembly.policies.assign,
+        arrange=assembly.policies.arrange, select=assembly.policies.select, costs=costs,
+        activation_bytes=config.activation_bytes, resident_of=residency.resident,
+        in_host=residency.in_host, clock=clock,
+        predecessors=lambda e: model.predecessors(e) if e in model.experts else frozenset(),
+    )
 
 
 def time_once(scheduler: Scheduler, clock: FakeClock, tasks: Sequence[Task]) -> Timing:
