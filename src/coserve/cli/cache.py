@@ -3,6 +3,7 @@ the bench's plan. $COSERVE_CACHE, else ~/.cache/coserve:
 
     zoo/tiny/                 the tiny CoE and its trace.jsonl (demo --tiny)
     zoo/pcb-<size>/           a pcb zoo; trace-<board>.jsonl and plan.json beside coe.yaml
+    zoo/synth-<size>/         the synth zoo (coserve zoo build synth), trace.jsonl, synth.json
     bench/<model>/            bench and demo reports (unless --report-dir)
 """
 
