@@ -220,16 +220,23 @@ def test_among_groups_that_need_a_switch_and_can_wait_the_oldest_goes_first():
     assert s.take_batch(0).expert == "a"
 
 
-def test_a_group_at_risk_of_its_deadline_stops_waiting():
-    now = [0.0]
-    s = grouped_scheduler(clock=lambda: now[0], risk_s=1.0,
-                          predecessors=lambda e: frozenset({"c"}) if e == "a" else frozenset())
-    s.enqueue(Task(request_id="a0", expert="a", enqueued_s=0.0, deadline_s=10.0))
-    s.enqueue(Task(request_id="b0", expert="b", enqueued_s=0.0, deadline_s=12.0))
+def test_resident_groups_go_first_and_switches_go_earliest_deadline_first():
+    s = grouped_scheduler(resident={"c"})
+    s.enqueue(Task(request_id="a0", expert="a", enqueued_s=0.0, deadline_s=12.0))
+    s.enqueue(Task(request_id="b0", expert="b", enqueued_s=0.0, deadline_s=10.0))
     s.enqueue(Task(request_id="c0", expert="c", enqueued_s=0.0, deadline_s=50.0))
-    # a is fed by c's queued task: it waits to grow, after b, the oldest that can wait.
-    assert s.prefetch_order(0, running="x", num_groups=2) == [("b", {"x"}), ("c", {"b", "x"})]
-    now[0] = 8.9  # 1.1 s left: less than risk_s + a's switch and execution
+    assert [s.take_batch(0).expert for _ in range(3)] == ["c", "b", "a"]
+
+
+def test_urgency_raises_a_resident_group_as_its_deadline_nears():
+    now = [0.0]
+    s = grouped_scheduler(resident={"a", "b"}, clock=lambda: now[0], risk_s=1.0)
+    s.enqueue(Task(request_id="a0", expert="a", enqueued_s=0.0, deadline_s=10.0))
+    for i in range(2):
+        s.enqueue(Task(request_id=f"b{i}", expert="b", enqueued_s=0.0, deadline_s=100.0))
+    # Far from a's deadline, the group serving more tasks per second goes first.
+    assert s.prefetch_order(0, running="x", num_groups=2) == []  # both resident: no load
+    now[0] = 9.9  # a is past the point where its deadline was at risk: twice as urgent
     assert s.take_batch(0).expert == "a"
 
 

@@ -1,15 +1,16 @@
 """Group selection: which queued group an executor serves when it takes work.
 
 The paper (and samba) serve the head of the queue. coserve chooses, in this order:
-1. groups whose expert is resident here (no switch) and groups at risk of their
-   deadline: the most tasks per second of switch and execution over the whole group,
-   raised up to twice as the deadline comes within `risk_s` of what serving it takes
-   and passes (capped, so that once everything is late a tiny group does not win);
-2. groups that need a switch and can wait: the oldest first, having grown longest;
+1. groups whose expert is resident here (no switch): the most tasks per second of
+   execution over the whole group, raised up to twice as its deadline comes within
+   `risk_s` of what serving it takes and passes (capped, so that once everything is
+   late a small group does not win over a big one);
+2. groups that need a switch: earliest deadline (the oldest, grown longest) first;
 3. last, such groups whose predecessors (experts routing to them) still have tasks
    queued anywhere: expert dependency says they will grow, so their load waits.
-Waiting is bounded by each request's latency target, not by the queue's length, and
-grouping holds at any length.
+Grouping holds at any queue length. Deadlines order the groups that need a switch;
+they do not let a small group preempt resident work (measured: that cost more
+switches and throughput on both the board and the synth shape than it saved in misses).
 A pure policy on a `SelectContext`; the engine and the simulator share it."""
 
 from __future__ import annotations
@@ -67,10 +68,11 @@ class DeadlineAwareSelect:
         return [g.expert for g in ranked]
 
     def _rank(self, g: GroupView, ctx: SelectContext) -> tuple[int, float]:
-        """(level, score), highest first. Level 2, resident here or at risk of its
-        deadline: the most tasks per second, raised by urgency. Level 1, needs a switch
-        and can wait: the oldest first. Level 0, also fed by queued predecessors: last.
-        Each cost is looked up once: this runs for every group on every take."""
+        """(level, score), highest first. Level 2, resident here: the most tasks per
+        second, raised by urgency as its deadline nears. Level 1, needs a switch: the
+        oldest (earliest deadline) first. Level 0, needs a switch and is fed by queued
+        predecessors: last. Each cost is looked up once: this runs for every group on
+        every take."""
         resident = g.expert in ctx.resident
         switch_s = 0.0 if resident else ctx.costs.load_s(g.expert, ctx.processor,
                                                         ctx.in_host(g.expert))
@@ -88,9 +90,11 @@ class DeadlineAwareSelect:
         if rest:
             group_s += ctx.costs.exec_s(g.expert, ctx.processor, rest)
         rate = g.num_tasks / max(group_s, 1e-9) * urgency
-        if resident or overdue_s > 0:
+        if resident:
             return 2, rate
         # Expert dependency: a group that needs a switch while the experts feeding it
         # still have tasks queued will grow; it waits for them unless nothing else can
-        # run. Otherwise the oldest goes first: it has grown the longest.
+        # run (even when late: measured, letting late fed groups go first cost board A a
+        # fifth of its backlog throughput). Otherwise the oldest goes first: it has grown
+        # the longest, and its deadline is the nearest.
         return (0 if ctx.fed(g.expert) else 1), -g.deadline_s
