@@ -31,3 +31,15 @@ class ExpertModule(torch.nn.Module, abc.ABC):
     @abc.abstractmethod
     def decode(self, out: torch.Tensor) -> list[Decoded]:
         """Turn a batch output into one `Decoded` per item, in batch order."""
+
+
+def decode_scores(out: torch.Tensor) -> list[Decoded]:
+    """A classifier's batch output `[N, num_labels]` as one Decoded per item: the argmax
+    label and the softmax scores. One device->host copy per tensor for the whole batch,
+    not one per item."""
+    probs = out.detach().float().softmax(dim=-1)  # [N, num_labels]
+    labels = probs.argmax(dim=-1)  # [N]
+    return [
+        Decoded(label_index=label, detail={"scores": scores})
+        for label, scores in zip(labels.tolist(), probs.tolist(), strict=True)
+    ]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from coserve.architectures.base import Decoded, ExpertModule
+from coserve.architectures.base import Decoded, ExpertModule, decode_scores
 
 FLOAT32_BYTES = 4
 
@@ -44,9 +44,4 @@ class WideMLP(ExpertModule):
         return self.head(h)  # [N, num_labels]
 
     def decode(self, out: torch.Tensor) -> list[Decoded]:
-        probs = out.detach().float().softmax(dim=-1)  # [N, num_labels]
-        labels = probs.argmax(dim=-1)  # [N]
-        return [
-            Decoded(label_index=label, detail={"scores": scores})
-            for label, scores in zip(labels.tolist(), probs.tolist(), strict=True)
-        ]
+        return decode_scores(out)

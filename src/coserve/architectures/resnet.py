@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from coserve.architectures.base import Decoded, ExpertModule
+from coserve.architectures.base import Decoded, ExpertModule, decode_scores
 
 # Blocks per stage, as in torchvision. 10 is the common "tiny" variant used for cheap experts.
 _STAGE_DEPTHS: dict[int, tuple[int, int, int, int]] = {
@@ -154,10 +154,4 @@ class ResNetClassifier(ExpertModule):
         return self.fc(x)  # [N, num_classes]
 
     def decode(self, out: torch.Tensor) -> list[Decoded]:
-        probs = out.detach().float().softmax(dim=-1)  # [N, num_classes]
-        labels = probs.argmax(dim=-1)  # [N]
-        # One device->host copy per tensor for the whole batch, not one per item.
-        return [
-            Decoded(label_index=label, detail={"scores": scores})
-            for label, scores in zip(labels.tolist(), probs.tolist(), strict=True)
-        ]
+        return decode_scores(out)
