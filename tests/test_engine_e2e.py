@@ -169,7 +169,7 @@ def test_failing_routing_rule_fails_only_its_requests(tiny_zoo, tmp_path, reques
     spec = yaml.safe_load((root / "coe.yaml").read_text())
     spec["routing"]["callable"] = "routing_fixtures:route_or_raise"
     (root / "coe.yaml").write_text(yaml.safe_dump(spec))
-    model = open_repository(root)
+    model = open_repository(root, trust_code=True)
     with Engine(model, config(executors=parse_executors("cpu:1"))) as engine:
         results = engine.run_trace(requests, realtime=False)
         after = engine.infer_sync(requests[0], timeout_s=60)  # the executor is still alive

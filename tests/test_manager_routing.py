@@ -59,7 +59,7 @@ def model(tmp_path: Path) -> CoEModel:
         save_file(TinyNet(**spec["architectures"][expert["architecture"]]["args"]).state_dict(),
                   str(path))
     write_repository(tmp_path, spec)
-    return open_repository(tmp_path)
+    return open_repository(tmp_path, trust_code=True)
 
 
 def nbytes(model: CoEModel, *experts: str) -> int:

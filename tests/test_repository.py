@@ -97,7 +97,7 @@ def rewrite(repo: Path, spec: dict[str, Any]) -> None:
 def open_fails(path: Path, *fragments: str) -> str:
     """The RepositoryError message; asserts it names every fragment and carries a fix."""
     with pytest.raises(RepositoryError) as info:
-        open_repository(path)
+        open_repository(path, trust_code=True)
     message = str(info.value)
     for fragment in fragments:
         assert fragment in message, message
@@ -107,7 +107,7 @@ def open_fails(path: Path, *fragments: str) -> str:
 
 # -- a valid repository ---------------------------------------------------------------------
 def test_opens_a_valid_repository(repo: Path) -> None:
-    model = open_repository(repo)
+    model = open_repository(repo, trust_code=True)
     assert isinstance(model, CoEModel)
     assert model.name == "tiny-pcb"
     assert model.root == repo.absolute()
@@ -129,7 +129,7 @@ def test_opens_a_valid_repository(repo: Path) -> None:
 
 
 def test_model_is_read_only(repo: Path) -> None:
-    model = open_repository(repo)
+    model = open_repository(repo, trust_code=True)
     with pytest.raises(TypeError):
         model.experts["x"] = model.experts["cls-R"]  # type: ignore[index]
     with pytest.raises(AttributeError):
@@ -137,11 +137,11 @@ def test_model_is_read_only(repo: Path) -> None:
 
 
 def test_opens_by_the_coe_yaml_path(repo: Path) -> None:
-    assert open_repository(str(repo / "coe.yaml")).root == repo.absolute()
+    assert open_repository(str(repo / "coe.yaml"), trust_code=True).root == repo.absolute()
 
 
 def test_build_gives_an_eval_module_that_takes_the_weights(repo: Path) -> None:
-    model = open_repository(repo)
+    model = open_repository(repo, trust_code=True)
     module = model.architectures["cls"].build()
     assert not module.training
     from safetensors.torch import load_file
@@ -153,7 +153,7 @@ def test_build_gives_an_eval_module_that_takes_the_weights(repo: Path) -> None:
 
 
 def test_predecessors_and_successors_follow_the_next_table(repo: Path) -> None:
-    model = open_repository(repo)
+    model = open_repository(repo, trust_code=True)
     assert model.predecessors("det-a") == {"cls-R", "cls-C", "cls-U2"}
     assert model.predecessors("det-b") == {"cls-U", "cls-U2"}
     assert model.predecessors("cls-R") == frozenset()
@@ -399,7 +399,7 @@ def test_unreachable_experts_are_warnings(repo: Path) -> None:
     del spec["routing"]["first"]["map"]["C"]
     del spec["usage_prior"]["counts"]["C"]
     rewrite(repo, spec)
-    model = open_repository(repo)
+    model = open_repository(repo, trust_code=True)
     assert len(model.warnings) == 2
     assert "'cls-C'" in model.warnings[0] and "no request starts at it" in model.warnings[0]
     assert "'det-b'" in model.warnings[1] and "routed to by no" in model.warnings[1]
@@ -442,21 +442,21 @@ def test_bad_probabilities(repo: Path, usage_prior: dict[str, Any], fragments: l
 
 # -- usage prior: values -------------------------------------------------------------------
 def test_usage_from_a_skewed_mix_with_label_probs(repo: Path) -> None:
-    usage = open_repository(repo).usage
+    usage = open_repository(repo, trust_code=True).usage
     assert usage["cls-R"] == pytest.approx(0.6)
     assert usage["cls-C"] == pytest.approx(0.4)
     assert usage["cls-U"] == usage["cls-U2"] == 0.0
     # cls-R passes 90% (label_probs), cls-C 50% (uniform over its two labels).
     assert usage["det-a"] == pytest.approx(0.6 * 0.9 + 0.4 * 0.5)
     assert usage["det-b"] == 0.0
-    assert set(usage) == set(open_repository(repo).experts)
+    assert set(usage) == set(open_repository(repo, trust_code=True).experts)
 
 
 def test_usage_with_fan_out(repo: Path) -> None:
     spec = base_spec()
     spec["usage_prior"] = {"counts": {"R": 1, "U": 3}}
     rewrite(repo, spec)
-    usage = open_repository(repo).usage
+    usage = open_repository(repo, trust_code=True).usage
     assert usage["cls-U"] == usage["cls-U2"] == pytest.approx(0.75)
     assert usage["det-a"] == pytest.approx(0.25 * 0.5 + 0.75 * 0.5)
     # Both classifiers of a U request can pick det-b: the union bound, not a probability > 1.
@@ -478,7 +478,7 @@ def test_usage_without_a_prior_is_uniform_over_field_values(repo: Path) -> None:
     spec = base_spec()
     del spec["usage_prior"]
     rewrite(repo, spec)
-    usage = open_repository(repo).usage
+    usage = open_repository(repo, trust_code=True).usage
     assert usage["cls-R"] == usage["cls-C"] == usage["cls-U"] == pytest.approx(1 / 3)
     assert usage["det-a"] == pytest.approx((1 / 3) * 0.5 * 3)
 
@@ -487,14 +487,14 @@ def test_usage_given_per_expert(repo: Path) -> None:
     spec = base_spec()
     spec["usage_prior"] = {"experts": {"cls-R": 0.6, "cls-C": 0.4, "det-a": 0.5}}
     rewrite(repo, spec)
-    model = open_repository(repo)
+    model = open_repository(repo, trust_code=True)
     assert model.usage["cls-R"] == 0.6 and model.usage["det-a"] == 0.5
     assert model.usage["det-b"] == 0.0
     assert len(model.warnings) == 1 and "'det-b'" in model.warnings[0]
 
 
 def test_usage_from_sample(repo: Path) -> None:
-    model = open_repository(repo)
+    model = open_repository(repo, trust_code=True)
     usage = usage_from_sample(model, [["cls-R", "det-a"], ["cls-R"], ("cls-U", "cls-U2", "det-b",
                                                                        "det-b"), ["cls-C"]])
     assert usage["cls-R"] == 0.5 and usage["det-b"] == 0.25 and usage["cls-C"] == 0.25
@@ -518,7 +518,7 @@ def test_blend_usage() -> None:
 
 # -- the router at run time ----------------------------------------------------------------
 def test_router_first_and_fan_out(repo: Path) -> None:
-    router = open_repository(repo).router
+    router = open_repository(repo, trust_code=True).router
     assert router.field == "component_type"
     assert router.first({"component_type": "R", "other": 1}) == ("cls-R",)
     assert router.first({"component_type": "U"}) == ("cls-U", "cls-U2")
@@ -526,7 +526,7 @@ def test_router_first_and_fan_out(repo: Path) -> None:
 
 
 def test_router_first_with_an_unknown_or_missing_value(repo: Path) -> None:
-    router = open_repository(repo).router
+    router = open_repository(repo, trust_code=True).router
     with pytest.raises(RequestError, match="'Q'.*known values: R, C, U"):
         router.first({"component_type": "Q"})
     with pytest.raises(RequestError, match="no field 'component_type'.*R, C, U"):
@@ -546,7 +546,7 @@ def test_router_numeric_field_values(repo: Path) -> None:
     spec["routing"]["first"]["map"] = {101: "cls-R", "C": "cls-C", "U": ["cls-U", "cls-U2"]}
     spec["usage_prior"]["counts"] = {101: 3, "C": 1}
     rewrite(repo, spec)
-    model = open_repository(repo)
+    model = open_repository(repo, trust_code=True)
     assert model.router.first({"component_type": 101}) == ("cls-R",)
     assert model.router.first({"component_type": "101"}) == ("cls-R",)
     assert model.usage["cls-R"] == pytest.approx(0.75)
@@ -555,7 +555,7 @@ def test_router_numeric_field_values(repo: Path) -> None:
 
 
 def test_router_next_end_and_fan_out(repo: Path) -> None:
-    router = open_repository(repo).router
+    router = open_repository(repo, trust_code=True).router
     fields = {"component_type": "R"}
     assert router.next("cls-R", "pass", fields) == ("det-a",)
     assert router.next("cls-R", "defect", fields) == ()
@@ -570,7 +570,7 @@ def test_callable_routing(repo: Path) -> None:
     spec = base_spec()
     spec["routing"]["callable"] = "repo_fixtures:route_by_size"
     rewrite(repo, spec)
-    model = open_repository(repo)
+    model = open_repository(repo, trust_code=True)
     router = model.router
     assert router.next("cls-R", "pass", {"component_type": "R", "size": "large"}) == ("det-b",)
     assert router.next("cls-R", "pass", {"component_type": "R"}) == ("det-a",)
@@ -590,7 +590,7 @@ def test_callable_routing_failures_are_request_errors(repo: Path, rule: str, fra
     spec = base_spec()
     spec["routing"]["callable"] = rule
     rewrite(repo, spec)
-    router = open_repository(repo).router
+    router = open_repository(repo, trust_code=True).router
     with pytest.raises(RequestError) as info:
         router.next("cls-R", "pass", {"component_type": "R"})
     assert fragment in str(info.value) and "expert 'cls-R'" in str(info.value)
@@ -612,7 +612,7 @@ def test_write_repository_round_trips_plain_yaml(tmp_path: Path) -> None:
     file = write_repository(tmp_path / ".", spec)
     assert file == tmp_path / "coe.yaml"
     assert "!!python" not in file.read_text()
-    model = open_repository(tmp_path)
+    model = open_repository(tmp_path, trust_code=True)
     assert model.architectures["cls"].input_shape == (3, 8, 8)
     json.dumps(dict(model.usage))  # plain floats, ready for a report
 
@@ -634,8 +634,126 @@ def test_the_docs_example_opens_with_the_documented_usage(tmp_path: Path) -> Non
         path.parent.mkdir(exist_ok=True)
         save_file(factories[expert["architecture"]](**arch["args"]).state_dict(), str(path))
     write_repository(tmp_path, spec)
-    model = open_repository(tmp_path)
+    model = open_repository(tmp_path)  # coserve's own architectures: no trust needed
     assert model.warnings == ()
     assert model.router.first({"component_type": "U"}) == ("cls-U", "cls-U2")
     assert model.usage["cls-R"] == pytest.approx(120 / 203)
     assert model.usage["det-a"] == pytest.approx(0.9 * 120 / 203 + 0.5 * 80 / 203 + 0.5 * 3 / 203)
+
+
+# -- a repository is code: only coserve's own code runs without trust --------------------------
+def untrusted_fails(path: Path, *fragments: str) -> str:
+    """The one-line RepositoryError of opening without trust; it says how to trust."""
+    with pytest.raises(RepositoryError) as info:
+        open_repository(path)
+    message = str(info.value)
+    for fragment in (*fragments, "--trust-repo-code", "if you trust"):
+        assert fragment in message, message
+    assert "\n" not in message, message
+    return message
+
+
+def test_a_factory_outside_coserve_runs_nothing_without_trust(tiny_zoo, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    root, spec = builtin_copy(tiny_zoo, tmp_path / "repo")
+    spec["architectures"]["det-tiny"].update(factory="subprocess:run",
+                                             args={"args": ["touch", str(marker)]})
+    rewrite(root, spec)
+    untrusted_fails(root, "architecture 'det-tiny' factory", "'subprocess:run'")
+    assert not marker.exists()
+    # Trusted, it is called as before (and then found not to build a module).
+    with pytest.raises(RepositoryError, match="not a torch.nn.Module"):
+        open_repository(root, trust_code=True)
+    assert marker.exists()
+
+
+def test_a_test_factory_needs_trust_and_opens_with_it(repo: Path) -> None:
+    untrusted_fails(repo, "'repo_fixtures:TinyNet'")
+    assert open_repository(repo, trust_code=True).name == "tiny-pcb"
+
+
+def builtin_copy(tiny_zoo, dest: Path) -> tuple[Path, dict[str, Any]]:
+    """A copy of the tiny zoo (coserve's own architectures only) and its coe.yaml."""
+    import shutil
+
+    import yaml
+
+    shutil.copytree(tiny_zoo[0], dest)
+    return dest, yaml.safe_load((dest / "coe.yaml").read_text())
+
+
+def test_a_routing_callable_outside_coserve_is_not_even_imported_without_trust(
+    tiny_zoo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    marker = mods / "imported"
+    (mods / "evil_rules.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n"
+        "def route(expert, label, fields):\n    return []\n")
+    monkeypatch.syspath_prepend(str(mods))
+    root, spec = builtin_copy(tiny_zoo, tmp_path / "repo")
+    spec["routing"]["callable"] = "evil_rules:route"
+    rewrite(root, spec)
+    untrusted_fails(root, "routing.callable", "'evil_rules:route'")
+    assert not marker.exists()
+    first = spec["experts"][0]["name"]
+    assert open_repository(root, trust_code=True).router.next(first, "pass", {}) == ()
+    assert marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("key", "path"),
+    [("factory", "coserve.architectures.resnet:nn.Linear"),  # through a module coserve imports
+     ("factory", "coserve.cli:main"),  # coserve's, but not an architecture
+     ("factory", "coserve.architectures.resnet:ResNetClassifier.__init__"),
+     ("callable", "coserve.repository._common:importlib.import_module")],
+    ids=["module-attribute", "not-an-architecture", "dunder", "callable-through-module"],
+)
+def test_paths_into_coserve_that_reach_other_code_need_trust(
+    tiny_zoo, tmp_path: Path, key: str, path: str
+) -> None:
+    root, spec = builtin_copy(tiny_zoo, tmp_path / "repo")
+    if key == "factory":
+        spec["architectures"]["det-tiny"]["factory"] = path
+    else:
+        spec["routing"]["callable"] = path
+    rewrite(root, spec)
+    untrusted_fails(root, repr(path))
+
+
+def test_weight_paths_leaving_the_repository_need_trust(tiny_zoo, tmp_path: Path) -> None:
+    root, spec = builtin_copy(tiny_zoo, tmp_path / "repo")
+    entry = spec["experts"][0]
+    weights = root / entry["weights"]
+    outside = tmp_path / "elsewhere.safetensors"
+    outside.write_bytes(weights.read_bytes())
+    for value in ("../elsewhere.safetensors", "weights/../../elsewhere.safetensors",
+                  str(outside)):
+        entry["weights"] = value
+        rewrite(root, spec)
+        with pytest.raises(RepositoryError) as info:
+            open_repository(root, trust_code=False)
+        message = str(info.value)
+        assert f"expert {entry['name']!r}" in message and repr(value) in message, message
+        assert "--trust-repo-code" in message and "inside the repository" in message, message
+        trusted = open_repository(root, trust_code=True)
+        assert trusted.experts[entry["name"]].file_bytes == outside.stat().st_size
+
+
+def test_symlinked_weights_need_trust(tiny_zoo, tmp_path: Path) -> None:
+    root, spec = builtin_copy(tiny_zoo, tmp_path / "repo")
+    name = spec["experts"][0]["name"]
+    weights = root / spec["experts"][0]["weights"]
+    moved = root / "weights" / "moved.safetensors"  # inside the folder, but through a link
+    weights.rename(moved)
+    weights.symlink_to(moved)
+    with pytest.raises(RepositoryError) as info:
+        open_repository(root)
+    assert f"expert {name!r}" in str(info.value) and "symbolic link" in str(info.value)
+    assert "--trust-repo-code" in str(info.value)
+    assert open_repository(root, trust_code=True).experts[name].num_bytes > 0
+
+
+def test_the_tiny_zoo_opens_without_trust(tiny_zoo) -> None:
+    assert open_repository(tiny_zoo[0]).experts

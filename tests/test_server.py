@@ -345,7 +345,7 @@ def faulty(tiny_zoo, tmp_path_factory):
     raises, cls-F waits for the test's gate; two requests in flight at most."""
     root = repo_with(tiny_zoo, tmp_path_factory.mktemp("faulty"),
                      {"cls-X": "server_fixtures:RaisingResNet", "cls-F": "server_fixtures:GatedResNet"})
-    model = open_repository(root)
+    model = open_repository(root, trust_code=True)
     weights = root / "weights" / "cls-U.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     engine = Engine(model, engine_config(quarantine_after=3))

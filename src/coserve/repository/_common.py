@@ -1,16 +1,24 @@
-"""Helpers shared by the repository modules: error messages and import paths."""
+"""Helpers shared by the repository modules: error messages, import paths, and which code
+a repository may run without being trusted."""
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Iterable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from coserve.errors import RepositoryError
 
 # Long lists (hundreds of component types) would bury the message that carries them.
 MAX_LISTED = 12
+# A repository names code by import path, and coserve calls it with arguments from coe.yaml:
+# untrusted, only coserve's own architectures (factories) and functions (routing callables).
+BUILTIN_FACTORIES = "coserve.architectures"
+BUILTIN_CALLABLES = "coserve"
+TRUST_FIX = ("pass --trust-repo-code (in Python: open_repository(path, trust_code=True)) if "
+             "you trust this repository")
 
 
 def repo_error(file: Path | str, subject: str, problem: str, fix: str) -> RepositoryError:
@@ -56,3 +64,41 @@ def import_callable(path: str) -> Any:
     if not callable(obj):
         raise ImportError(f"{path!r} is a {type(obj).__name__}, not a callable")
     return obj
+
+
+def check_trusted(path: str, package: str, trust_code: bool, file: Path, subject: str) -> None:
+    """RepositoryError, before anything is imported, unless `trust_code` or `path` names an
+    object that `package` (coserve's own code) defines. `subject` names the key."""
+    if trust_code or is_builtin(path, package):
+        return
+    raise repo_error(file, subject, f"{path!r} is code from outside {package}, and a repository's "
+                     "code runs with your permissions", TRUST_FIX)
+
+
+def is_builtin(path: str, package: str) -> bool:
+    """Whether `path` names an object defined in `package`: its module is in the package,
+    no step of the attribute path is a module or a dunder (`pkg.mod:os.system` and
+    `pkg.mod:f.__globals__` reach other code), and the object's `__module__` is the
+    package's. A module of the package that does not import is left for the import
+    check to report (importing coserve's own code is safe)."""
+    module_name, sep, attr_path = path.partition(":")
+    if not sep or not _in_package(module_name, package):
+        return False
+    names = attr_path.split(".")
+    if any(not name or name.startswith("__") for name in names):
+        return False
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception:  # reported by import_callable, with the reason
+        return True
+    for name in names:
+        obj = getattr(obj, name, None)
+        if obj is None:
+            return True  # a missing attribute: import_callable says so
+        if isinstance(obj, ModuleType):
+            return False
+    return _in_package(getattr(obj, "__module__", None) or "", package)
+
+
+def _in_package(module_name: str, package: str) -> bool:
+    return module_name == package or module_name.startswith(package + ".")

@@ -6,7 +6,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from coserve.repository._common import import_callable, listed, repo_error
+from coserve.repository._common import (
+    BUILTIN_CALLABLES,
+    check_trusted,
+    import_callable,
+    listed,
+    repo_error,
+)
 from coserve.repository.schema import END, ExpertEntry, RoutingDoc
 from coserve.repository.spec import ArchitectureSpec, Stage
 
@@ -16,8 +22,10 @@ def check_routing(
     experts: Mapping[str, ExpertEntry],
     architectures: Mapping[str, ArchitectureSpec],
     file: Path,
+    trust_code: bool,
 ) -> list[str]:
-    """RepositoryError for a broken rule; returns warnings about unreachable experts."""
+    """RepositoryError for a broken rule, or for a routing callable outside coserve
+    without `trust_code`; returns warnings about unreachable experts."""
     _check_first(routing, experts, file)
     _check_next(routing, experts, architectures, file)
     cycle = find_cycle({e: _targets(routing, e) for e in experts})
@@ -25,7 +33,7 @@ def check_routing(
         raise repo_error(file, "routing.next", f"has a cycle: {' -> '.join(cycle)}",
                          f"send one of these labels elsewhere or to {END}, so every request ends")
     if routing.callable is not None:
-        _check_callable(routing.callable, file)
+        _check_callable(routing.callable, file, trust_code)
     return _unreachable(routing, experts)
 
 
@@ -104,7 +112,8 @@ def _check_next_target(
                          "by routing.first)")
 
 
-def _check_callable(path: str, file: Path) -> None:
+def _check_callable(path: str, file: Path, trust_code: bool) -> None:
+    check_trusted(path, BUILTIN_CALLABLES, trust_code, file, "routing.callable")
     try:
         import_callable(path)
     except ImportError as exc:

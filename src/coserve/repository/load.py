@@ -31,22 +31,29 @@ _MAX_WEIGHT_ERRORS_SHOWN = 10
 log = logging.getLogger(__name__)
 
 
-def open_repository(path: str | Path) -> CoEModel:
+def open_repository(path: str | Path, *, trust_code: bool = False) -> CoEModel:
     """The CoE model in a repository directory (or its coe.yaml).
 
     Checks everything before returning: the file's keys and types, factories (built on
     the meta device), every weight file's header against its architecture, routing
     references, cycles and stages, and the usage prior. Reads headers only, never
     weights. RepositoryError naming the file, the expert or architecture, and the fix.
+
+    A repository is code: its factories are called with coe.yaml's args and its routing
+    callable with every request. Without `trust_code` only coserve's own architectures and
+    functions are imported, and weight files are read only inside the repository folder
+    (no absolute path, `..` or symbolic link); anything else is a RepositoryError that
+    says to trust the repository, raised before any of its code is imported.
     """
     file, root = _locate(Path(path))
     doc = parse_document(read_document(file), file, default_name=root.name)
     entries = {entry.name: entry for entry in doc.experts}
     _check_architecture_refs(doc, file)
-    layouts = {name: architecture_layout(arch, file) for name, arch in doc.architectures.items()}
-    warnings = check_routing(doc.routing, entries, doc.architectures, file)
+    layouts = {name: architecture_layout(arch, file, trust_code)
+               for name, arch in doc.architectures.items()}
+    warnings = check_routing(doc.routing, entries, doc.architectures, file, trust_code)
     usage, label_probs, usage_warnings = prior_usage(doc.usage, doc.routing, entries, doc.architectures, file)
-    experts = _check_weights(doc.experts, root, layouts)
+    experts = _check_weights(doc.experts, root, layouts, trust_code)
     for warning in warnings + usage_warnings:
         log.warning("%s: %s", file, warning)
     return CoEModel(
@@ -94,7 +101,8 @@ def _check_architecture_refs(doc: RepositoryDoc, file: Path) -> None:
 
 
 def _check_weights(
-    entries: tuple[ExpertEntry, ...], root: Path, layouts: Mapping[str, TensorLayout]
+    entries: tuple[ExpertEntry, ...], root: Path, layouts: Mapping[str, TensorLayout],
+    trust_code: bool,
 ) -> dict[str, ExpertSpec]:
     """Every expert's spec. Problems are gathered over all files, because a bad copy or
     export usually breaks several and each round trip to fix one is slow."""
@@ -102,7 +110,7 @@ def _check_weights(
     problems: list[str] = []
     for entry in entries:
         try:
-            experts[entry.name] = check_expert(entry, root, layouts[entry.architecture])
+            experts[entry.name] = check_expert(entry, root, layouts[entry.architecture], trust_code)
         except RepositoryError as exc:
             problems.append(str(exc))
     if len(problems) == 1:
@@ -119,7 +127,7 @@ def _router(doc: RepositoryDoc) -> Router:
     routing = doc.routing
     route_callable = None
     if routing.callable is not None:
-        route_callable = import_callable(routing.callable)  # check_routing vouched for it
+        route_callable = import_callable(routing.callable)  # check_routing vouched (and trusted) it
     return Router(routing.field, routing.first_map, routing.next_table,
                   [entry.name for entry in doc.experts], route_callable, routing.callable or "")
 

@@ -12,7 +12,14 @@ import torch
 
 from coserve.errors import ExpertError
 from coserve.loader.safetensors_view import DTYPES, expected_file_bytes, read_header
-from coserve.repository._common import import_callable, listed, repo_error
+from coserve.repository._common import (
+    BUILTIN_FACTORIES,
+    TRUST_FIX,
+    check_trusted,
+    import_callable,
+    listed,
+    repo_error,
+)
 from coserve.repository.schema import ExpertEntry
 from coserve.repository.spec import ArchitectureSpec, ExpertSpec
 
@@ -25,11 +32,13 @@ _MAX_NAMES_SHOWN = 3  # per kind of mismatch: enough to see the pattern
 _EXPORT_FIX = "re-export it with safetensors.torch.save_file(module.state_dict(), path)"
 
 
-def architecture_layout(arch: ArchitectureSpec, file: Path) -> TensorLayout:
+def architecture_layout(arch: ArchitectureSpec, file: Path, trust_code: bool) -> TensorLayout:
     """The tensors an expert of `arch` must provide, from a weightless (meta) build.
-    RepositoryError if the factory does not import, rejects its args, or disagrees with
-    the listed labels."""
+    RepositoryError if the factory is not coserve's own and `trust_code` is off (then
+    nothing is imported), does not import, rejects its args, or disagrees with the listed
+    labels."""
     subject = f"architecture {arch.name!r}"
+    check_trusted(arch.factory, BUILTIN_FACTORIES, trust_code, file, f"{subject} factory")
     try:
         factory = import_callable(arch.factory)
     except ImportError as exc:
@@ -55,11 +64,15 @@ def architecture_layout(arch: ArchitectureSpec, file: Path) -> TensorLayout:
             for name, t in module.state_dict().items()}
 
 
-def check_expert(entry: ExpertEntry, root: Path, layout: TensorLayout) -> ExpertSpec:
+def check_expert(entry: ExpertEntry, root: Path, layout: TensorLayout,
+                 trust_code: bool) -> ExpertSpec:
     """The expert's spec from its weight file's header; RepositoryError naming the file if
-    it is missing, unreadable, truncated, or does not fit its architecture."""
+    it is missing, unreadable, truncated, or does not fit its architecture, or (unless
+    `trust_code`) if its path leaves the repository folder."""
     path = root / entry.weights  # an absolute `weights` replaces root
     subject = f"expert {entry.name!r}"
+    if not trust_code:
+        _check_inside(entry, root, path)
     if not path.is_file():
         raise repo_error(path, subject, "the weight file does not exist",
                          f"write it, or correct the expert's weights path (relative to {root})")
@@ -82,6 +95,23 @@ def check_expert(entry: ExpertEntry, root: Path, layout: TensorLayout) -> Expert
     _check_layout(header, layout, path, entry)
     num_bytes = sum(math.prod(shape) * DTYPES[dtype].itemsize for dtype, shape in header.values())
     return ExpertSpec(entry.name, entry.architecture, path, entry.stage, num_bytes, file_bytes)
+
+
+def _check_inside(entry: ExpertEntry, root: Path, path: Path) -> None:
+    """An untrusted repository reads only files inside its folder: no absolute path, no
+    `..`, no symbolic link on the way (which could point at any file on the machine)."""
+    problem = None
+    rel = Path(entry.weights)
+    if rel.is_absolute() or ".." in rel.parts:
+        problem = "is not a path inside the repository folder"
+    elif any((root / Path(*rel.parts[:i])).is_symlink() for i in range(1, len(rel.parts) + 1)):
+        problem = "goes through a symbolic link, which may point anywhere"
+    elif not path.resolve().is_relative_to(root.resolve()):
+        problem = "resolves outside the repository folder"
+    if problem:
+        raise repo_error(root / "coe.yaml", f"expert {entry.name!r}", f"weights "
+                         f"{entry.weights!r} {problem}", "keep weight files inside the repository "
+                         f"and name them relative to coe.yaml, or {TRUST_FIX}")
 
 
 def _check_layout(
