@@ -201,3 +201,61 @@ def test_demo_tiny_honours_policies_limit_and_json_out(tiny_zoo, tmp_path, monke
     assert rows[0]["budget_bytes"] == int(0.3 * rows[0]["total_expert_bytes"])
     assert data["metadata"]["raw_storage_bytes_per_s"] > 0 and "switch_floor" in data["metadata"]
     assert not data["sweep"]
+
+
+# -- --trust-repo-code: every command that opens a repository ----------------------------------
+TRUST_COMMANDS = {  # command line up to the repository being opened (nothing exists: it fails)
+    "run": ["run", "REPO", "trace.jsonl"],
+    "simulate": ["simulate", "REPO", "trace.jsonl", "--plan", "plan.json"],
+    "plan": ["plan", "REPO", "trace.jsonl", "--plan", "plan.json", "--budget-bytes", "1"],
+    "profile": ["profile", "REPO", "--out", "plan.json"],
+    "bench": ["bench", "REPO", "trace.jsonl", "--no-plan"],
+    "demo": ["demo", "REPO", "trace.jsonl", "--no-plan"],
+    "serve": ["serve", "REPO"],
+    "inspect": ["inspect", "LOT", "--repo", "REPO", "--db", "r.sqlite"],
+}
+
+
+@pytest.mark.parametrize("trusted", [False, True], ids=["untrusted", "trusted"])
+@pytest.mark.parametrize("command", sorted(TRUST_COMMANDS))
+def test_every_command_that_opens_a_repository_passes_the_trust_flag(
+    command, trusted, tmp_path, monkeypatch
+):
+    import coserve.repository
+
+    seen = []
+
+    class Opened(Exception):
+        pass
+
+    def fake_open(path, *, trust_code=False):
+        seen.append(trust_code)
+        raise Opened
+
+    monkeypatch.setattr(coserve.repository, "open_repository", fake_open)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "LOT").mkdir()
+    with pytest.raises(Opened):
+        main(TRUST_COMMANDS[command] + (["--trust-repo-code"] if trusted else []))
+    assert seen == [trusted]
+
+
+def test_an_untrusted_repository_is_one_error_line_and_runs_with_the_flag(tiny_zoo, tmp_path, capsys):
+    import shutil
+
+    import yaml
+
+    root = tmp_path / "repo"
+    shutil.copytree(tiny_zoo[0], root)
+    spec = yaml.safe_load((root / "coe.yaml").read_text())
+    spec["routing"]["callable"] = "routing_fixtures:route_or_raise"
+    (root / "coe.yaml").write_text(yaml.safe_dump(spec))
+    trace = str(tiny_zoo[1])
+    args = ["run", str(root), trace, "--no-measure", "--executors", "cpu:1", "--json"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    assert "routing.callable" in err[0] and "'routing_fixtures:route_or_raise'" in err[0]
+    assert "--trust-repo-code" in err[0] and "trust" in err[0]
+    assert main([*args, "--trust-repo-code"]) in (0, 1)  # D requests fail by the rule's design
+    assert '"num_requests"' in capsys.readouterr().out

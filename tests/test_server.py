@@ -446,7 +446,8 @@ def test_sigterm_drains_every_accepted_request_and_exits_0(tiny_zoo, tmp_path, b
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(
         [sys.executable, "-m", "coserve.cli", "serve", str(root), "--port", "0", "--no-measure",
-         "--executors", "cpu:1", "--budget-fraction", "0.3", "--max-loop-lag-s", "0"],
+         "--executors", "cpu:1", "--budget-fraction", "0.3", "--max-loop-lag-s", "0",
+         "--trust-repo-code"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline()

@@ -6,7 +6,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from coserve.cli.options import add_engine_options, add_policy_option, engine_config
+from coserve.cli.options import (
+    add_engine_options,
+    add_policy_option,
+    add_trust_option,
+    engine_config,
+)
 from coserve.cli.parser import CommandParser
 
 EXPORT_WORD = "export"  # `coserve inspect export ...`; a lot folder named so is ./export
@@ -30,6 +35,7 @@ def add_inspect_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-inflight", type=int, default=None, help="images submitted but not answered: bounds memory (default 128)")
     p.add_argument("--export-csv", type=Path, default=None, help="after the run, write every row to this CSV")
     add_engine_options(p, backlog=False)
+    add_trust_option(p)
     p.set_defaults(func=cmd_inspect)
 
     hint = f"to inspect a lot folder named {EXPORT_WORD}, give it as ./{EXPORT_WORD}"
@@ -44,7 +50,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from coserve.inspect.command import inspect_command
 
     return inspect_command(args.dir, args.repo, args.db, engine_config(args, args.policy),
-                           max_inflight=args.max_inflight, export_to=args.export_csv)
+                           max_inflight=args.max_inflight, export_to=args.export_csv,
+                           trust_code=args.trust_repo_code)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -45,6 +45,14 @@ def add_engine_options(p: argparse.ArgumentParser, *, backlog: bool) -> None:
     p.add_argument("--no-measure", action="store_true", help="skip the start-up cost measurement and use default costs")
 
 
+def add_trust_option(p: argparse.ArgumentParser) -> None:
+    """Every command that opens a repository: its own code runs only when trusted."""
+    p.add_argument("--trust-repo-code", action="store_true",
+                   help="let the repository import and run its own code (factories, routing "
+                        "callables outside coserve) and read weights outside its folder; only "
+                        "for repositories you trust")
+
+
 def add_policy_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", default=DEFAULT_POLICY, choices=POLICY_NAMES,
                    help=f"the policy set (default {DEFAULT_POLICY})")

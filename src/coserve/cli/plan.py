@@ -13,6 +13,7 @@ from coserve.cli.options import (
     add_json_option,
     add_plan_option,
     add_policy_option,
+    add_trust_option,
     load_plan,
     planned_config,
 )
@@ -35,6 +36,7 @@ def add_simulate_parser(sub: argparse._SubParsersAction) -> None:
     add_policy_option(p)
     add_json_option(p)
     add_engine_options(p, backlog=True)
+    add_trust_option(p)
     p.set_defaults(func=cmd_simulate)
 
 
@@ -43,7 +45,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from coserve.simulator import simulate
     from coserve.trace import read_trace
 
-    model = open_repository(args.repo)
+    model = open_repository(args.repo, trust_code=args.trust_repo_code)
     config, plan = planned_config(args, args.policy)
     requests = read_trace(args.trace)
     stats, results = simulate(model, requests, config, backlog=args.backlog, plan=plan)
@@ -78,6 +80,7 @@ def add_plan_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None, help="only the first N requests of the trace")
     p.add_argument("--out", type=Path, default=None, help="where to write the plan (default: --plan)")
     p.add_argument("--report-dir", type=Path, default=None, help=f"write {PLOT_NAME} here")
+    add_trust_option(p)
     p.set_defaults(func=cmd_plan)
 
 
@@ -89,7 +92,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from coserve.repository import open_repository
     from coserve.trace import read_trace
 
-    model = open_repository(args.repo)
+    model = open_repository(args.repo, trust_code=args.trust_repo_code)
     plan = load_plan(args.plan)
     requests = read_trace(args.trace)[: args.limit or None]
     storage_profile(args.storage)  # a bad name fails here, before any work

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from coserve.cli.options import int_list, progress_bar
+from coserve.cli.options import add_trust_option, int_list, progress_bar
 
 if TYPE_CHECKING:
     from coserve.planfile import Plan
@@ -32,6 +32,7 @@ def add_profile_parser(sub: argparse._SubParsersAction) -> None:
                    help="measure the slowdown of up to N executors of a kind at once (default: the cores, at most 4)")
     p.add_argument("--calibration-requests", type=int, default=2000,
                    help="requests each engine calibration run serves, the sample replayed (default 2000)")
+    add_trust_option(p)
     p.set_defaults(func=cmd_profile)
 
 
@@ -41,7 +42,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from coserve.repository import open_repository
     from coserve.trace import read_trace
 
-    model = open_repository(args.repo)
+    model = open_repository(args.repo, trust_code=args.trust_repo_code)
     sample = read_trace(args.sample)[: args.sample_size] if args.sample else None
     # Without --inputs, the sample's inputs are the realistic ones at hand.
     inputs = read_trace(args.inputs) if args.inputs else sample

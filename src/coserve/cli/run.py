@@ -34,6 +34,7 @@ from coserve.cli.options import (
     add_json_option,
     add_plan_option,
     add_policy_option,
+    add_trust_option,
     engine_config,
     load_plan,
     planned_config,
@@ -58,6 +59,7 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     add_json_option(p)
     add_engine_options(p, backlog=True)
     add_plan_option(p)
+    add_trust_option(p)
     p.set_defaults(func=cmd_run)
 
 
@@ -66,7 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from coserve.repository import open_repository
     from coserve.trace import read_trace
 
-    model = open_repository(args.repo)
+    model = open_repository(args.repo, trust_code=args.trust_repo_code)
     requests = read_trace(args.trace)
     config, plan = planned_config(args, args.policy)
     stats, results, _ = run_trace(model, requests, config, args.backlog, plan=plan)
@@ -128,6 +130,7 @@ def _add_bench_options(p: argparse.ArgumentParser, sweep: str) -> None:
     add_engine_options(p, backlog=False)
     add_plan_option(p, help="the plan for the coserve (planned) row and the simulated twins "
                             "(default: REPO/plan.json, profiled on first use)")
+    add_trust_option(p)
     p.set_defaults(storage=BENCH_STORAGE)
 
 
@@ -168,7 +171,7 @@ def _bench_workload(args: argparse.Namespace) -> tuple[Path, Path, CoEModel, lis
     size = args.size or DEFAULT_PCB_SIZE
     repo = args.repo or ensure_pcb(default_pcb_root(size), size)
     trace = args.trace or board_trace(repo)
-    model = open_repository(repo)
+    model = open_repository(repo, trust_code=args.trust_repo_code)
     return repo, trace, model, read_trace(trace)[: args.limit or None]
 
 
@@ -302,7 +305,7 @@ def cmd_demo_tiny(args: argparse.Namespace) -> int:
     policies = policy_list(args.policies)
     arrivals = arrival_modes(args)
     root = ensure_tiny()
-    model = open_repository(root)
+    model = open_repository(root, trust_code=args.trust_repo_code)
     requests = read_trace(root / "trace.jsonl")[: args.limit or None]
     config = engine_config(args, DEFAULT_POLICY, default_budget_fraction=TINY_BUDGET_FRACTION)
     run = run_bench(model, requests, config, policies=policies, arrivals=arrivals,

@@ -11,6 +11,7 @@ from coserve.cli.options import (
     add_engine_options,
     add_plan_option,
     add_policy_option,
+    add_trust_option,
     planned_config,
 )
 
@@ -45,6 +46,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"consecutive failures that quarantine an expert; 0 never (default {EngineConfig.quarantine_after})")
     add_engine_options(p, backlog=False)
     add_plan_option(p)
+    add_trust_option(p)
     p.set_defaults(func=cmd_serve)
 
 
@@ -60,7 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           max_batch_items=args.max_batch_items, max_body_bytes=args.max_body_bytes,
                           request_timeout_s=args.request_timeout_s,
                           max_loop_lag_s=args.max_loop_lag_s or None)
-    model = open_repository(args.repo)
+    model = open_repository(args.repo, trust_code=args.trust_repo_code)
     engine_config, plan = planned_config(args, args.policy, quarantine_after=args.quarantine_after)
     engine = Engine(model, engine_config, plan=plan)  # validates the budget before the port is taken
     try:

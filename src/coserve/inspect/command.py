@@ -17,14 +17,16 @@ from coserve.inspect.store import ResultStore, Status, export_csv
 
 
 def inspect_command(lot_dir: Path, repo: Path, db: Path, config: EngineConfig, *,
-                    max_inflight: int | None = None, export_to: Path | None = None) -> int:
+                    max_inflight: int | None = None, export_to: Path | None = None,
+                    trust_code: bool = False) -> int:
     """Exit code 0 when every image of the lot has a row (whatever its status), 1 when
-    stopped early by SIGINT/SIGTERM (run it again to resume)."""
+    stopped early by SIGINT/SIGTERM (run it again to resume). `trust_code`: see
+    open_repository."""
     from coserve.repository import open_repository
 
     if not lot_dir.is_dir():
         raise ConfigError(f"{lot_dir} is not a directory: give the folder that holds the images")
-    model = open_repository(repo)
+    model = open_repository(repo, trust_code=trust_code)
     with ResultStore(db, lot_dir, repo) as store, _stop_on_signals() as stop:
         max_inflight = MAX_INFLIGHT if max_inflight is None else max_inflight
         summary = _run_with_progress(model, lot_dir, store, config, max_inflight, stop)
