@@ -137,8 +137,10 @@ def by_type(requests):
 @pytest.fixture(scope="module")
 def healthy(tiny_zoo):
     engine = Engine(open_repository(tiny_zoo[0]), engine_config())
+    # engine_stats_max_age_s=0: the engine's counters are read at every scrape, so a test
+    # sees the switches its own requests made.
     config = ServerConfig(port=0, token=TOKEN, max_body_bytes=256 << 10, max_batch_items=8,
-                          max_loop_lag_s=None)
+                          max_loop_lag_s=None, engine_stats_max_age_s=0)
     with running_server(engine, config) as base_url:
         yield base_url
 

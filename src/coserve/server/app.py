@@ -17,13 +17,14 @@ from fastapi.openapi.utils import get_openapi
 from coserve import __version__
 from coserve.engine.engine import Engine
 from coserve.server import errors
-from coserve.server.auth import BearerAuth
+from coserve.server.auth import BearerAuth, HostCheckMiddleware
 from coserve.server.config import ServerConfig
-from coserve.server.limits import Admission, BodyLimitMiddleware
+from coserve.server.limits import Admission, BodyLimitMiddleware, DecodeBudget
 from coserve.server.metrics import RequestMetricsMiddleware, ServerMetrics
 from coserve.server.routes import build_router
 from coserve.server.schemas import REQUEST_MODELS
 from coserve.server.service import InspectionService
+from coserve.server.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -32,21 +33,25 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
     """An app serving `engine` (not started yet: the app starts and closes it)."""
     config = config or ServerConfig()
     admission = Admission(config.max_inflight, config.retry_after_s, config.max_loop_lag_s)
-    metrics = ServerMetrics(engine, admission)
-    service = InspectionService(engine, config, admission, metrics)
+    metrics = ServerMetrics(engine, admission, config.engine_stats_max_age_s)
+    pool = WorkerPool(config.num_decode_workers)
+    service = InspectionService(engine, config, admission, metrics, pool)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         starting = asyncio.get_running_loop().run_in_executor(None, service.start)
-        lag = asyncio.create_task(admission.loop_lag.run())
+        background = [asyncio.create_task(admission.loop_lag.run()),
+                      asyncio.create_task(metrics.engine_counters.run())]
         try:
             yield
         finally:
             service.stop_intake()
-            lag.cancel()
+            for task in background:
+                task.cancel()
             with contextlib.suppress(BaseException):  # already logged by service.start
                 await starting
             await asyncio.to_thread(service.close)
+            pool.close()
 
     app = FastAPI(title=f"coserve: {engine.model.name}", version=__version__, lifespan=lifespan,
                   description="Inspection over a Collaboration-of-Experts model: send an image "
@@ -54,10 +59,16 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
                               "outputs.")
     app.state.service = service
     app.state.metrics = metrics
-    app.include_router(build_router(BearerAuth(config.token)))
+    app.include_router(build_router(BearerAuth(config.token), BearerAuth(config.metrics_token)))
     errors.install(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: sees every answer
+    budget = DecodeBudget(config.max_request_decode_bytes, config.max_server_decode_bytes,
+                          config.retry_after_s)
+    app.state.decode_budget = budget
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes,
+                       read_timeout_s=config.read_timeout_s, budget=budget)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # sees every answer
+    if config.host_allowlist is not None:  # outermost: a foreign Host gets nothing else
+        app.add_middleware(HostCheckMiddleware, allowed=config.host_allowlist)
     _document_request_models(app)
     return app
 

@@ -14,6 +14,7 @@ the engine as a Result, not an exception; `FAILURE_STATUS` maps their kind the s
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,6 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from coserve.errors import EngineClosedError, RequestError
 from coserve.types import FailureKind
@@ -39,6 +41,14 @@ class ApiError(Exception):
 
 class MalformedBodyError(ApiError):
     """The body is not what its Content-Type says (broken JSON, broken multipart)."""
+
+
+class ForbiddenHostError(ApiError):
+    """The Host header names a host this server does not answer for (DNS rebinding)."""
+
+
+class BodyReadTimeoutError(ApiError):
+    """The body did not arrive within the server's read timeout."""
 
 
 class UnauthorizedError(ApiError):
@@ -77,7 +87,11 @@ class TimedOutError(ApiError):
 # MRO, so a subclass (EngineClosedError is a RequestError) may map differently.
 STATUS: dict[type[BaseException], tuple[int, str]] = {
     MalformedBodyError: (400, "malformed_body"),
+    ForbiddenHostError: (400, "invalid_host"),
+    # The client went away mid-body: nobody reads the answer; counted, never logged.
+    ClientDisconnect: (400, "client_disconnected"),
     UnauthorizedError: (401, "unauthorized"),
+    BodyReadTimeoutError: (408, "body_timeout"),
     NotFoundError: (404, "not_found"),
     BodyTooLargeError: (413, "body_too_large"),
     UnsupportedMediaTypeError: (415, "unsupported_media_type"),
@@ -116,18 +130,32 @@ def error_body(error_type: str, message: str, **extra: Any) -> dict[str, Any]:
 def error_response(exc: BaseException) -> JSONResponse:
     status, error_type = status_of(exc)
     headers = getattr(exc, "headers", None) or {}
-    if isinstance(exc, ApiError):
-        body = error_body(error_type, exc.message, details=exc.details)
+    if isinstance(exc, ClientDisconnect):
+        body = error_body(error_type, "the client closed the connection before the body "
+                                      "was complete")
+    elif isinstance(exc, ApiError):
+        body = error_body(error_type, redact_paths(exc.message), details=exc.details)
     elif isinstance(exc, RequestValidationError):
         body = error_body(error_type, describe_validation(exc.errors()),
                           details=_plain_errors(exc.errors()))
     elif status == INTERNAL[0]:
         body = error_body(error_type, "internal server error; the server log has the traceback")
     else:
-        body = error_body(error_type, str(exc))
+        body = error_body(error_type, redact_paths(str(exc)))
     if status == 401:
         headers = {"WWW-Authenticate": "Bearer", **headers}
     return SafeJSONResponse(body, status_code=status, headers=headers)
+
+
+# An absolute path of two or more parts ("/srv/models/weights/cls-R.safetensors"), not
+# an API path such as /v1/experts: error texts from the engine and the loader may name
+# files, and the layout of the server's disk is not the client's business.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/-])(?:[A-Za-z]:)?[/\\](?!v1/)(?:[\w.+~-]+[/\\])+([\w.+~-]*)")
+
+
+def redact_paths(text: str) -> str:
+    """`text` with every absolute filesystem path cut to its last part (the file name)."""
+    return _ABSOLUTE_PATH.sub(lambda m: m.group(1) or "(path)", text)
 
 
 def describe_validation(errors: list[Mapping[str, Any]], prefix: str = "") -> str:

@@ -1,8 +1,10 @@
 """Images and raw tensors -> the float32 [C, H, W] tensors experts take.
 
-PNG and JPEG only, decoded with Pillow to RGB in [0, 1]. The size is checked against the
-routed expert by the engine (`Engine.validate`), which names the expected shape; here
-only what no expert could take is refused (an image too big to decode safely)."""
+PNG and JPEG only, decoded with Pillow to RGB in [0, 1], in two steps so nothing is
+decoded that will be refused: `open_image` reads the header alone (Pillow is given only
+the PNG and JPEG parsers, so untrusted bytes never reach the others) and gives the size
+the image would decode to; the service checks it against the routed expert and against
+the decode budget; only then `decode_image` decodes the pixels."""
 
 from __future__ import annotations
 
@@ -10,8 +12,8 @@ import base64
 import binascii
 import io
 import math
-import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,6 +24,37 @@ from coserve.server.errors import InvalidInputError, UnsupportedMediaTypeError
 FORMATS = {"png": "PNG", "jpeg": "JPEG"}  # request name -> Pillow's format name
 MAX_IMAGE_PIXELS = 4096 * 4096  # decoding more could take seconds and gigabytes
 MAX_TENSOR_ITEMS = 3 * 4096 * 4096
+# What decoding one pixel holds at its peak: Pillow's RGB(X) image (4), the uint8 array
+# (3), the float32 tensor (12).
+DECODE_BYTES_PER_PIXEL = 19
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """PNG or JPEG bytes as they arrived; `expect`: 'png' or 'jpeg' when the request said
+    which."""
+
+    data: bytes
+    where: str  # how the client names it, for messages: "items[3].base64_png"
+    expect: str | None = None
+
+
+@dataclass(frozen=True)
+class OpenedImage:
+    """An image whose header was read: its size is known, its pixels are not decoded."""
+
+    image: Image.Image
+    where: str
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        width, height = self.image.size
+        return (3, height, width)  # [C, H, W] once decoded
+
+    @property
+    def decode_bytes(self) -> int:
+        width, height = self.image.size
+        return width * height * DECODE_BYTES_PER_PIXEL
 
 
 def decode_base64(text: str, where: str) -> bytes:
@@ -31,25 +64,30 @@ def decode_base64(text: str, where: str) -> bytes:
         raise InvalidInputError(f"{where} is not valid base64 (standard alphabet, padded)") from None
 
 
-def decode_image(data: bytes, where: str, expect: str | None = None) -> torch.Tensor:
-    """PNG or JPEG bytes -> float32 [3, H, W] in [0, 1]. `expect`: 'png' or 'jpeg' when the
-    request said which; another format is refused (415), like a format we do not take."""
-    image = _open(data, where)
-    fmt = image.format or "unknown"
-    allowed = [FORMATS[expect]] if expect else list(FORMATS.values())
-    if fmt not in allowed:
-        raise UnsupportedMediaTypeError(
-            f"{where} is a {fmt} image; send {' or '.join(allowed)}")
+def open_image(encoded: EncodedImage) -> OpenedImage:
+    """Read the header only; refuse a format we do not take (415) and a size no expert
+    could take (422)."""
+    where = encoded.where
+    allowed = [FORMATS[encoded.expect]] if encoded.expect else list(FORMATS.values())
+    image = _open(encoded.data, where, allowed)
     width, height = image.size
     if width * height > MAX_IMAGE_PIXELS:
         raise InvalidInputError(f"{where} is {width}x{height} pixels, more than the "
-                                f"{MAX_IMAGE_PIXELS} this server decodes; send component crops")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            rgb = np.array(image.convert("RGB"), dtype=np.uint8)  # [H, W, 3], writable
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning) as exc:
-        raise InvalidInputError(f"{where}: the {fmt} image is corrupt or truncated ({exc})") from None
+                                f"{MAX_IMAGE_PIXELS} this server decodes; send component crops "
+                                f"of the size the expert takes")
+    return OpenedImage(image, where)
+
+
+def decode_image(opened: OpenedImage) -> torch.Tensor:
+    """The pixels -> float32 [3, H, W] in [0, 1]."""
+    image, where = opened.image, opened.where
+    try:  # open_image refused every size Pillow would warn about
+        rgb = np.array(image.convert("RGB"), dtype=np.uint8)  # [H, W, 3], writable
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+        raise InvalidInputError(f"{where}: the {image.format} image is corrupt or truncated "
+                                f"({exc}); send the file as it was written") from None
+    finally:
+        image.close()
     return torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255.0).contiguous()  # [3, H, W]
 
 
@@ -70,11 +108,29 @@ def tensor_from_list(shape: Sequence[int], data: Sequence[float], where: str) ->
     return torch.from_numpy(values).reshape(tuple(shape))
 
 
-def _open(data: bytes, where: str) -> Image.Image:
+def _open(data: bytes, where: str, allowed: list[str]) -> Image.Image:
     try:
-        return Image.open(io.BytesIO(data))
+        return Image.open(io.BytesIO(data), formats=allowed)
     except UnidentifiedImageError:
-        raise UnsupportedMediaTypeError(f"{where} is not an image this server reads; send PNG "
-                                        f"or JPEG") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise InvalidInputError(f"{where}: the image header is corrupt ({exc})") from None
+        raise UnsupportedMediaTypeError(
+            f"{where} is {_sniff(data)}; send {' or '.join(allowed)}") from None
+    except Image.DecompressionBombError:
+        raise InvalidInputError(f"{where} declares more pixels than the {MAX_IMAGE_PIXELS} this "
+                                f"server decodes (a decompression bomb?); send component crops "
+                                f"of the size the expert takes") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise InvalidInputError(f"{where}: the image header is corrupt ({exc}); send the file "
+                                f"as it was written") from None
+
+
+# Magic numbers, only to name what was sent instead (never to parse it).
+_MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
+          b"BM": "a BMP image", b"II*\x00": "a TIFF image", b"MM\x00*": "a TIFF image",
+          b"RIFF": "a RIFF (WebP?) image"}
+
+
+def _sniff(data: bytes) -> str:
+    for magic, name in _MAGIC.items():
+        if data.startswith(magic):
+            return name
+    return "not an image this server reads"

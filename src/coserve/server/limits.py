@@ -1,20 +1,27 @@
-"""Intake limits: a bounded number of requests in flight (backpressure) and a bounded
-request body. Both reject at once with a clear error; nothing is queued without bound."""
+"""Intake limits: a bounded number of images in flight (backpressure), bounded bytes
+held for requests being read and decoded (per request and per server), and a bounded
+request body that must arrive within a deadline. Each rejects at once with a clear
+error; nothing is queued without bound."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from coserve.server.errors import (
+    BodyReadTimeoutError,
     BodyTooLargeError,
     OverloadedError,
     UnavailableError,
     error_response,
 )
+
+RESERVATION_KEY = "coserve.reservation"  # the ASGI scope key of a request's Reservation
 
 
 class Admission:
@@ -47,6 +54,12 @@ class Admission:
     @property
     def draining(self) -> bool:
         return self._draining
+
+    def check_room(self) -> None:
+        """Raise as `acquire(1)` would, taking nothing: the cheap refusal before a body
+        is read."""
+        self.acquire(1)
+        self.release(1)
 
     def enter(self) -> Ticket:
         """A ticket holding one slot, or raise (503 draining, 429 full)."""
@@ -129,13 +142,85 @@ class LoopLag:
             self.lag_s = max(0.0, loop.time() - t0 - self.SAMPLE_S)
 
 
+class DecodeBudget:
+    """Bytes held for requests being read, parsed and decoded: each request's (at most
+    `max_request_bytes`, else 413) and all together (at most `max_server_bytes`, else 429
+    + Retry-After). A request reserves before it holds: a body as it arrives, a JSON
+    parse by the body's size, an image by its header's size, before decoding."""
+
+    def __init__(self, max_request_bytes: int, max_server_bytes: int, retry_after_s: int) -> None:
+        self.max_request_bytes = max_request_bytes
+        self.max_server_bytes = max_server_bytes
+        self._retry_after = {"Retry-After": str(retry_after_s)}
+        self._lock = threading.Lock()
+        self._num_bytes = 0
+
+    @property
+    def num_bytes(self) -> int:
+        return self._num_bytes
+
+    def reservation(self) -> Reservation:
+        return Reservation(self)
+
+    def _take(self, n: int, what: str) -> None:
+        with self._lock:
+            if self._num_bytes + n > self.max_server_bytes:
+                raise OverloadedError(
+                    f"the server holds {self._num_bytes} of at most {self.max_server_bytes} bytes "
+                    f"for requests being read and decoded and cannot take {what} ({n} bytes) "
+                    f"now; retry after {self._retry_after['Retry-After']} s",
+                    headers=self._retry_after)
+            self._num_bytes += n
+
+    def _give_back(self, n: int) -> None:
+        with self._lock:
+            self._num_bytes -= n
+            assert self._num_bytes >= 0, "gave back more bytes than were taken"
+
+
+class Reservation:
+    """The bytes one request holds of the budget, given back when it is answered."""
+
+    def __init__(self, budget: DecodeBudget) -> None:
+        self._budget = budget
+        self.num_bytes = 0
+
+    def add(self, n: int, what: str) -> None:
+        """Hold n bytes more for `what` ("items[3] (4096x4096 pixels)"), or raise."""
+        limit = self._budget.max_request_bytes
+        if self.num_bytes + n > limit:
+            raise BodyTooLargeError(
+                f"{what} would make this request hold {self.num_bytes + n} bytes while it is "
+                f"read and decoded, more than the {limit} this server allows per request; "
+                f"send fewer or smaller images per request")
+        self._budget._take(n, what)
+        self.num_bytes += n
+
+    def close(self) -> None:
+        if self.num_bytes:
+            self._budget._give_back(self.num_bytes)
+            self.num_bytes = 0
+
+
+def reservation_of(request: Request) -> Reservation:
+    """The request's reservation, opened by BodyLimitMiddleware (which closes it)."""
+    return request.scope[RESERVATION_KEY]
+
+
 class BodyLimitMiddleware:
     """413 for a body over `max_bytes`: at once when Content-Length says so, else as soon
-    as the streamed body passes the limit (the route's body read raises)."""
+    as the streamed body passes the limit (the route's body read raises). 408 when the
+    body is not complete `read_timeout_s` after the request arrived, so a client sending
+    a byte now and then cannot hold its connection's work for long. The body's bytes are
+    reserved in `budget` as they arrive; the request's reservation is given back when it
+    is answered."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout_s: float,
+                 budget: DecodeBudget) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.read_timeout_s = read_timeout_s
+        self.budget = budget
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -145,18 +230,38 @@ class BodyLimitMiddleware:
         if declared is not None and declared > self.max_bytes:
             await error_response(self._too_large(declared))(scope, receive, send)
             return
-        num_bytes = 0
+        reservation = scope[RESERVATION_KEY] = self.budget.reservation()
+        try:
+            await self.app(scope, self._guarded(receive, reservation), send)
+        finally:
+            reservation.close()
 
-        async def limited() -> Message:
-            nonlocal num_bytes
-            message = await receive()
+    def _guarded(self, receive: Receive, reservation: Reservation) -> Receive:
+        deadline = time.monotonic() + self.read_timeout_s
+        num_bytes = 0
+        complete = False
+
+        async def guarded() -> Message:
+            nonlocal num_bytes, complete
+            if complete:  # later receives wait for a disconnect: no deadline
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise BodyReadTimeoutError(
+                    f"the request body did not arrive within {self.read_timeout_s:g} s (got "
+                    f"{num_bytes} bytes); send it in one go, or raise the server's "
+                    f"--read-timeout-s") from None
             if message["type"] == "http.request":
-                num_bytes += len(message.get("body", b""))
+                chunk = len(message.get("body", b""))
+                num_bytes += chunk
                 if num_bytes > self.max_bytes:
                     raise self._too_large(num_bytes)
+                reservation.add(chunk, "the request body")
+                complete = not message.get("more_body", False)
             return message
 
-        await self.app(scope, limited, send)
+        return guarded
 
     def _too_large(self, num_bytes: int) -> BodyTooLargeError:
         return BodyTooLargeError(f"the request body has more than {self.max_bytes} bytes "

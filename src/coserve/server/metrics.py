@@ -1,12 +1,19 @@
 """Every Prometheus metric the server exports, declared here and nowhere else.
 
-The HTTP layer counts what only it sees (answers by outcome, rejections, latency); what
-the engine already counts (switches and bytes per tier path, pool hits, queue depth,
-requests answered after their latency target, quarantine) is read from the engine at scrape time by `EngineCollector`, never counted
-twice. Each server has its own registry, so two servers can live in one process."""
+The HTTP layer counts what only it sees (answers by outcome, rejections, latency) and
+what each accepted request gives when the engine finishes it (completed or failed, its
+engine latency, whether it missed its latency target), incrementally, as it happens: a
+scrape reads counters and histogram buckets, never sorts. What only the engine counts
+(switches and bytes per tier path, pool hits, batches, busy time) comes from its stats
+snapshot, which sorts the engine's latency window: `EngineCounters` takes it off the
+event loop at most every `max_age_s` (in the background), and scrapes read the last
+one. Queue depths, pool bytes and quarantine are cheap and read at scrape time. Each
+server has its own registry, so two servers can live in one process."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from collections.abc import Iterator
 
@@ -18,19 +25,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from coserve.engine.engine import Engine
 from coserve.server.limits import Admission
 from coserve.stats import EngineStats
+from coserve.types import Result
 
 # HTTP inference endpoints, by path: the `endpoint` label.
 ENDPOINTS = {"/v1/inspect": "inspect", "/v1/inspect/batch": "inspect_batch"}
 # An answer's status code -> the `outcome` label of coserve_requests_total.
-OUTCOMES = {200: "ok", 400: "invalid", 401: "unauthorized", 404: "invalid", 413: "invalid",
-            415: "invalid", 422: "invalid", 429: "rejected", 500: "failed", 503: "unavailable",
-            504: "timeout"}
+OUTCOMES = {200: "ok", 400: "invalid", 401: "unauthorized", 404: "invalid", 408: "timeout",
+            413: "invalid", 415: "invalid", 422: "invalid", 429: "rejected", 500: "failed",
+            503: "unavailable", 504: "timeout"}
 # Seconds: from a few ms (a resident expert on a small input) to the default timeout.
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 class ServerMetrics:
-    def __init__(self, engine: Engine, admission: Admission) -> None:
+    def __init__(self, engine: Engine, admission: Admission, engine_stats_max_age_s: float) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.requests = Counter(
             "coserve_requests", "HTTP inference requests answered, by endpoint and outcome",
@@ -45,19 +53,69 @@ class ServerMetrics:
         self.duration = Histogram(
             "coserve_request_duration_seconds", "HTTP inference request latency, by endpoint",
             ["endpoint"], buckets=LATENCY_BUCKETS_S, registry=self.registry)
-        self.registry.register(EngineCollector(engine, admission))
+        self.engine_requests = Counter(
+            "coserve_engine_requests", "Requests the engine finished, by outcome", ["outcome"],
+            registry=self.registry)
+        self.deadline_misses = Counter(
+            "coserve_deadline_misses", "Requests the engine answered after their latency target "
+            "(failed ones included)", registry=self.registry)
+        self.engine_latency = Histogram(
+            "coserve_engine_latency_seconds", "From submission to the engine's answer",
+            buckets=LATENCY_BUCKETS_S, registry=self.registry)
+        for outcome in ("completed", "failed"):
+            self.engine_requests.labels(outcome)
+        self.engine_counters = EngineCounters(engine, engine_stats_max_age_s)
+        self.registry.register(EngineCollector(engine, admission, self.engine_counters))
 
     def answered(self, endpoint: str, status: int, duration_s: float) -> None:
         self.requests.labels(endpoint, OUTCOMES.get(status, "other")).inc()
         self.duration.labels(endpoint).observe(duration_s)
 
+    def engine_finished(self, result: Result, latency_target_s: float) -> None:
+        """From an accepted request's done callback (an engine thread)."""
+        self.engine_requests.labels("completed" if result.ok else "failed").inc()
+        self.engine_latency.observe(result.latency_s)
+        if result.latency_s > latency_target_s:
+            self.deadline_misses.inc()
+
+
+class EngineCounters:
+    """The engine's last stats snapshot, at most `max_age_s` old: `run` refreshes it in
+    the background; 0 refreshes at every scrape."""
+
+    def __init__(self, engine: Engine, max_age_s: float) -> None:
+        self._engine = engine
+        self.max_age_s = max_age_s
+        self._lock = threading.Lock()
+        self._latest: EngineStats | None = None
+
+    def latest(self) -> EngineStats | None:
+        if self.max_age_s == 0 or self._latest is None:
+            self.refresh()
+        return self._latest
+
+    def refresh(self) -> None:
+        if self._engine.running:
+            stats = self._engine.stats()
+            with self._lock:
+                self._latest = stats
+
+    async def run(self) -> None:
+        """Refresh every max_age_s, off the event loop, until cancelled."""
+        if self.max_age_s == 0:
+            return
+        while True:
+            await asyncio.sleep(self.max_age_s)
+            await asyncio.to_thread(self.refresh)
+
 
 class EngineCollector(Collector):
     """Reads the engine's own counters at scrape time."""
 
-    def __init__(self, engine: Engine, admission: Admission) -> None:
+    def __init__(self, engine: Engine, admission: Admission, counters: EngineCounters) -> None:
         self._engine = engine
         self._admission = admission
+        self._counters = counters
 
     def describe(self) -> list[Metric]:
         return []  # not known until the engine runs; the registry then skips its checks
@@ -73,21 +131,13 @@ class EngineCollector(Collector):
         yield _gauge("coserve_event_loop_lag_seconds", "How far behind the HTTP event loop runs",
                      admission.loop_lag.lag_s)
         yield from _quarantine(engine)
-        if engine.running:
-            stats = engine.stats()
+        stats = self._counters.latest() if engine.running else None
+        if stats is not None:
             yield from _engine_counters(stats)
             yield from _executors(engine, stats)
 
 
 def _engine_counters(s: EngineStats) -> Iterator[Metric]:
-    done = CounterMetricFamily("coserve_engine_requests", "Requests the engine finished, by outcome",
-                               labels=["outcome"])
-    done.add_metric(["completed"], s.num_completed)
-    done.add_metric(["failed"], s.num_failed)
-    yield done
-    yield CounterMetricFamily("coserve_deadline_misses", "Requests the engine answered after "
-                              "their latency target (failed ones included)",
-                              value=s.num_deadline_misses)
     yield _by_path("coserve_expert_switches", "Expert loads into an executing tier, by tier path",
                    s.switches_by_path)
     yield _by_path("coserve_expert_load_bytes", "Bytes of expert weights loaded, by tier path",

@@ -1,14 +1,20 @@
-"""Request bodies -> items the engine can take: JSON (base64 PNG/JPEG or a raw tensor)
-or multipart (PNG/JPEG files plus a `fields` JSON part). Every refusal names the part
+"""Request bodies -> items: JSON (base64 PNG/JPEG or a raw tensor) or multipart (PNG/JPEG
+files plus a `fields` JSON part). Images stay encoded here (the service checks their
+headers against the routed expert before decoding them). Every refusal names the part
 that was wrong: 400 for a body that does not parse, 415 for a format we do not take,
-422 for a value that is wrong."""
+422 for a value that is wrong.
+
+The body is read first (under BodyLimitMiddleware's size limit and read deadline), then
+a JSON body is parsed in the worker pool, its parse reserved in the decode budget by
+the body's size. JSON nesting and number sizes are bounded by pydantic's parser, the
+same for JSON bodies and multipart JSON parts."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import pydantic_core
 import torch
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
@@ -21,12 +27,17 @@ from coserve.server.errors import (
     UnsupportedMediaTypeError,
     describe_validation,
 )
-from coserve.server.images import decode_base64, decode_image, tensor_from_list
+from coserve.server.images import EncodedImage, decode_base64, tensor_from_list
+from coserve.server.limits import Reservation
 from coserve.server.schemas import MAX_ID_CHARS, BatchRequest, ImageInput, InspectRequest
+from coserve.server.workers import WorkerPool
 
 IMAGE_MEDIA_TYPES = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg",
                      "application/octet-stream": None, "": None}
 MAX_FORM_FIELDS = 8
+# Bytes a JSON body's parse may hold per body byte: a list of floats is ~32 bytes per
+# number of ~8 characters, base64 text becomes a str and then its bytes.
+JSON_PARSE_BYTES_PER_BYTE = 6
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -37,7 +48,8 @@ class Item:
 
     client_id: str | None
     fields: dict[str, Any]
-    input: torch.Tensor  # [C, H, W] float32
+    input: torch.Tensor | EncodedImage  # a tensor: [C, H, W] float32
+    where: str  # how the client names the item in messages: "items[3]", "image"
 
 
 @dataclass(frozen=True)
@@ -46,12 +58,16 @@ class Parsed:
     timeout_s: float | None
 
 
-async def parse_inspect(request: Request, batch: bool, max_items: int) -> Parsed:
+async def parse_inspect(request: Request, batch: bool, max_items: int, pool: WorkerPool,
+                        reservation: Reservation) -> Parsed:
     """The body of POST /v1/inspect (one item) or /v1/inspect/batch (1..max_items)."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media == "application/json" or media.endswith("+json"):
-        return _from_json(await request.body(), batch, max_items)
+        body = await request.body()
+        reservation.add(len(body) * JSON_PARSE_BYTES_PER_BYTE, "parsing the JSON body")
+        return await pool.run(_from_json, body, batch, max_items)
     if media == "multipart/form-data":
+        await request.body()  # all of it, within the read deadline, before parsing
         return await _from_multipart(request, batch, max_items)
     raise UnsupportedMediaTypeError(
         f"Content-Type {media or '(none)'} is not taken here; send application/json or "
@@ -70,11 +86,11 @@ def _from_json(body: bytes, batch: bool, max_items: int) -> Parsed:
     if batch:
         doc = _validate(BatchRequest, body)
         _check_count(len(doc.items), max_items)
-        items = [_item(it.id, it.fields, it.image, f"items[{i}].image")
+        items = [_item(it.id, it.fields, it.image, f"items[{i}]")
                  for i, it in enumerate(doc.items)]
         return Parsed(items, doc.timeout_s)
     one = _validate(InspectRequest, body)
-    return Parsed([_item(one.id, one.fields, one.image, "image")], one.timeout_s)
+    return Parsed([_item(one.id, one.fields, one.image, "")], one.timeout_s)
 
 
 def _validate(model: type[M], body: bytes) -> M:
@@ -89,17 +105,20 @@ def _validate(model: type[M], body: bytes) -> M:
                                          for e in errors[:20]]) from None
 
 
-def _item(client_id: str | None, fields: dict[str, Any], image: ImageInput, where: str) -> Item:
+def _item(client_id: str | None, fields: dict[str, Any], image: ImageInput, item: str) -> Item:
+    """`item`: "items[3]" in a batch, "" for the one item of /v1/inspect."""
+    where = f"{item}.image" if item else "image"
+    x: torch.Tensor | EncodedImage
     if image.tensor is not None:
         x = tensor_from_list(image.tensor.shape, image.tensor.data, f"{where}.tensor")
     elif image.base64_png is not None:
-        x = decode_image(decode_base64(image.base64_png, f"{where}.base64_png"),
-                         f"{where}.base64_png", expect="png")
+        part = f"{where}.base64_png"
+        x = EncodedImage(decode_base64(image.base64_png, part), part, expect="png")
     else:
         assert image.base64_jpeg is not None  # ImageInput checked exactly one is given
-        x = decode_image(decode_base64(image.base64_jpeg, f"{where}.base64_jpeg"),
-                         f"{where}.base64_jpeg", expect="jpeg")
-    return Item(client_id, fields, x)
+        part = f"{where}.base64_jpeg"
+        x = EncodedImage(decode_base64(image.base64_jpeg, part), part, expect="jpeg")
+    return Item(client_id, fields, x, item)
 
 
 # -- multipart ----------------------------------------------------------------------------
@@ -122,7 +141,7 @@ async def _single_form(form: FormData) -> Parsed:
         raise InvalidInputError("the 'fields' part must be a JSON object, e.g. "
                                 "{\"component_type\": \"R\"}")
     client_id = _text_part(form, "id")
-    return Parsed([Item(client_id, fields, await _file_tensor(image, "image"))],
+    return Parsed([Item(client_id, fields, await _file_image(image, "image"), "")],
                   _timeout_part(form))
 
 
@@ -141,26 +160,26 @@ async def _batch_form(form: FormData, max_items: int) -> Parsed:
     if not isinstance(ids, list) or len(ids) != len(files) or not all(
             i is None or _valid_id(i) for i in ids):
         raise InvalidInputError(f"the 'ids' part must be a JSON array of {len(files)} strings")
-    items = [Item(i, f, await _file_tensor(file, f"images[{k}]"))
+    items = [Item(i, f, await _file_image(file, f"images[{k}]"), f"images[{k}]")
              for k, (i, f, file) in enumerate(zip(ids, per_file, files, strict=True))]
     return Parsed(items, _timeout_part(form))
 
 
-async def _file_tensor(file: UploadFile, where: str) -> torch.Tensor:
+async def _file_image(file: UploadFile, where: str) -> EncodedImage:
     media = (file.content_type or "").split(";")[0].strip().lower()
     if media not in IMAGE_MEDIA_TYPES:
         raise UnsupportedMediaTypeError(f"{where} ({file.filename}) is {media}; send image/png "
                                         f"or image/jpeg")
-    return decode_image(await file.read(), f"{where} ({file.filename})", IMAGE_MEDIA_TYPES[media])
+    return EncodedImage(await file.read(), f"{where} ({file.filename})", IMAGE_MEDIA_TYPES[media])
 
 
 def _json_part(form: FormData, name: str) -> Any:
     text = _text_part(form, name)
     if text is None:
         raise InvalidInputError(f"the multipart body needs a '{name}' part holding JSON")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
+    try:  # pydantic's parser, as for JSON bodies: bounded nesting, bounded numbers
+        return pydantic_core.from_json(text)
+    except ValueError as exc:
         raise MalformedBodyError(f"the '{name}' part is not valid JSON: {exc}") from None
 
 

@@ -17,7 +17,9 @@ from coserve.server.errors import (
     TimedOutError,
     UnavailableError,
     error_body,
+    redact_paths,
 )
+from coserve.server.limits import reservation_of
 from coserve.server.metrics import ServerMetrics
 from coserve.server.parsing import parse_inspect
 from coserve.server.schemas import (
@@ -37,19 +39,20 @@ from coserve.server.schemas import (
 from coserve.server.service import Answer, InspectionService
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 429, 500, 503, 504)
+    code: {"model": ErrorResponse} for code in (400, 401, 408, 413, 415, 422, 429, 500, 503, 504)
 }
 
 
-def build_router(auth: Any) -> APIRouter:
-    """`auth`: the dependency guarding /v1 (see coserve.server.auth)."""
+def build_router(auth: Any, metrics_auth: Any) -> APIRouter:
+    """`auth`: the dependency guarding /v1, `metrics_auth` /metrics (see coserve.server.auth)."""
     router = APIRouter()
     router.add_api_route("/healthz", healthz, methods=["GET"], response_model=Health, tags=["probes"])
     router.add_api_route("/readyz", readyz, methods=["GET"], response_model=Readiness,
                          responses={503: {"model": ErrorResponse}}, tags=["probes"])
     router.add_api_route("/metrics", metrics, methods=["GET"], tags=["probes"],
-                         response_class=Response,
-                         responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+                         response_class=Response, dependencies=[Depends(metrics_auth)],
+                         responses={200: {"content": {CONTENT_TYPE_LATEST: {}}},
+                                    401: {"model": ErrorResponse}})
     guarded = [Depends(auth)]
     router.add_api_route(
         "/v1/inspect", inspect, methods=["POST"], dependencies=guarded, tags=["inspect"],
@@ -99,9 +102,10 @@ async def inspect(request: Request) -> Response:
     multipart (`image` file + `fields` JSON part). The answer lists the experts visited,
     their labels, outputs and timings."""
     service = _service(request)
-    with service.admitted() as ticket:
-        parsed = await parse_inspect(request, batch=False, max_items=1)
-        answer = (await service.inspect(parsed, ticket, batch=False))[0]
+    service.check_open()
+    reservation = reservation_of(request)
+    parsed = await parse_inspect(request, False, 1, service.pool, reservation)
+    answer = (await service.inspect(parsed, reservation, batch=False))[0]
     status, body = _present(answer)
     if answer.result is None:
         raise TimedOutError(body["error"])
@@ -115,9 +119,10 @@ async def inspect_batch(request: Request) -> Response:
     """Inspect many images, admitted together (429 if they do not all fit). 200 with one
     result per image, in order; each carries its own status."""
     service = _service(request)
-    with service.admitted() as ticket:
-        parsed = await parse_inspect(request, batch=True, max_items=service.config.batch_limit)
-        answers = await service.inspect(parsed, ticket, batch=True)
+    service.check_open()
+    reservation = reservation_of(request)
+    parsed = await parse_inspect(request, True, service.config.batch_limit, service.pool, reservation)
+    answers = await service.inspect(parsed, reservation, batch=True)
     results = [_present(a)[1] for a in answers]
     num_ok = sum(r["ok"] for r in results)
     return SafeJSONResponse({"results": results, "num_ok": num_ok,
@@ -136,6 +141,8 @@ def _present(answer: Answer) -> tuple[int, dict[str, Any]]:
                       f"when the server is less busy"),
             "failed_expert": None, "path": [], "labels": [], "latency_s": None, "steps": []}
     body = result.to_dict()
+    if body["error"]:
+        body["error"] = redact_paths(body["error"])
     status = 200
     if not result.ok:
         status = FAILURE_STATUS[result.error_kind] if result.error_kind else 500
@@ -171,7 +178,7 @@ async def experts(request: Request) -> dict[str, Any]:
             "quarantined": bool(record and record.quarantined),
             "consecutive_failures": record.consecutive_failures if record else 0,
             "total_failures": record.total_failures if record else 0,
-            "last_error": record.last_error if record else None,
+            "last_error": redact_paths(record.last_error) if record and record.last_error else None,
         })
     return {"model": engine.model.name, "executors": executors, "experts": rows}
 
