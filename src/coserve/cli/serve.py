@@ -42,6 +42,21 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"answer 504 after this long; the engine still finishes the request (default {defaults.request_timeout_s:g})")
     p.add_argument("--max-loop-lag-s", type=float, default=defaults.max_loop_lag_s,
                    help=f"also 429 while the HTTP event loop runs this far behind; 0 never (default {defaults.max_loop_lag_s:g})")
+    p.add_argument("--read-timeout-s", type=float, default=defaults.read_timeout_s,
+                   help=f"a request body must arrive within this long, else 408 (default {defaults.read_timeout_s:g})")
+    p.add_argument("--max-request-decode-bytes", type=int, default=defaults.max_request_decode_bytes,
+                   help=f"bytes one request may hold while it is read and decoded; beyond it 413 (default {defaults.max_request_decode_bytes})")
+    p.add_argument("--max-server-decode-bytes", type=int, default=defaults.max_server_decode_bytes,
+                   help=f"the same, all requests together; beyond it 429 + Retry-After (default {defaults.max_server_decode_bytes})")
+    p.add_argument("--decode-workers", type=int, default=defaults.num_decode_workers,
+                   help=f"threads that parse and decode request bodies (default {defaults.num_decode_workers})")
+    p.add_argument("--max-connections", type=int, default=defaults.max_connections,
+                   help=f"open connections; beyond it 503 (default {defaults.max_connections})")
+    p.add_argument("--allowed-hosts", default=None,
+                   help="comma-separated Host names answered (any port), '*' for any (default: "
+                        "127.0.0.1,localhost,[::1] when bound to loopback without a token, else any)")
+    p.add_argument("--metrics-token", default=None,
+                   help="bearer token /metrics requires (default: none, /metrics is open)")
     p.add_argument("--quarantine-after", type=int, default=EngineConfig.quarantine_after,
                    help=f"consecutive failures that quarantine an expert; 0 never (default {EngineConfig.quarantine_after})")
     add_engine_options(p, backlog=False)
@@ -61,7 +76,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = ServerConfig(host=args.host, port=args.port, token=token, max_inflight=args.max_inflight,
                           max_batch_items=args.max_batch_items, max_body_bytes=args.max_body_bytes,
                           request_timeout_s=args.request_timeout_s,
-                          max_loop_lag_s=args.max_loop_lag_s or None)
+                          max_loop_lag_s=args.max_loop_lag_s or None,
+                          read_timeout_s=args.read_timeout_s,
+                          max_request_decode_bytes=args.max_request_decode_bytes,
+                          max_server_decode_bytes=args.max_server_decode_bytes,
+                          num_decode_workers=args.decode_workers,
+                          max_connections=args.max_connections,
+                          allowed_hosts=_hosts(args.allowed_hosts), metrics_token=args.metrics_token)
     model = open_repository(args.repo, trust_code=args.trust_repo_code)
     engine_config, plan = planned_config(args, args.policy, quarantine_after=args.quarantine_after)
     engine = Engine(model, engine_config, plan=plan)  # validates the budget before the port is taken
@@ -80,3 +101,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     serve(engine, config, sock, log_level="info" if args.verbose else "warning")
     print("coserve: drained and stopped", flush=True)
     return 0
+
+
+def _hosts(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(h.strip() for h in text.split(",") if h.strip())

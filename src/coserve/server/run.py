@@ -51,6 +51,10 @@ def make_server(engine: Engine, config: ServerConfig, log_level: str = "warning"
         app, log_level=log_level, access_log=False, lifespan="on",
         # Requests in flight are bounded by their own timeout; then the engine drains.
         timeout_graceful_shutdown=config.request_timeout_s + 5,
+        # Open connections and tasks: beyond it uvicorn answers 503 at once, so a flood of
+        # connections (slow uploads, idle keep-alives) is bounded before any handler runs.
+        limit_concurrency=config.max_connections,
+        timeout_keep_alive=config.keep_alive_s,
     )
     return DrainingServer(uv_config, app.state.service)
 
