@@ -135,3 +135,58 @@ def test_the_cost_model_uses_the_curve_and_the_slowdown(tiny_zoo):
     assert two.exec_s(expert, "cpu", 2) == pytest.approx(0.0075)
     assert plan.cost_model(model, executors_per_kind={"cpu": 4}).exec_s(expert, "cpu", 2) == \
         pytest.approx(0.0075)  # beyond the measured counts: the largest measured slowdown
+
+
+# -- hostile plan files: one PlanError naming the file and key, never a traceback -------------
+@pytest.mark.parametrize(
+    "mutate, key",
+    [
+        (lambda d: d["processors"]["cpu"]["cls"].update(k_s=10**4000), "processors.cpu.cls.k_s"),
+        (lambda d: d["processors"]["cpu"]["cls"].update(max_batch=1e300), "processors.cpu.cls.max_batch"),
+        (lambda d: d["processors"]["cpu"]["cls"]["latency_s"].update({"²": 0.1}), "processors.cpu.cls.latency_s"),
+        (lambda d: d["processors"]["cpu"]["cls"]["latency_s"].update({"9" * 5000: 0.1}), "processors.cpu.cls.latency_s"),
+        (lambda d: d.update(repository={"name": "x"}), "repository"),
+        (lambda d: d["usage"].update(source=["rules"]), "usage.source"),
+        (lambda d: d.update(machine={"cuda": 3}), "machine.cuda"),
+        (lambda d: d.update(machine={"cpu_count": "many"}), "machine.cpu_count"),
+        (lambda d: d["recommended"].update(executors=7), "recommended.executors"),
+        (lambda d: d.update(threads={"cpu": 10**30}), "threads.cpu"),
+        (lambda d: d.update(submit_s=float("inf")), "submit_s"),
+    ],
+)
+def test_hostile_values_name_the_key(mutate, key):
+    doc = copy.deepcopy(make_plan().to_json())
+    mutate(doc)
+    with pytest.raises(PlanError) as err:
+        Plan.from_json(doc, source="p.json")
+    assert f"'{key}'" in str(err.value) and "p.json" in str(err.value), str(err.value)[:300]
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ('{"format": "coserve-plan", "version": 1, "submit_s": NaN}', "NaN"),
+        ('{"format": "coserve-plan", "version": 1, "submit_s": Infinity}', "Infinity"),
+        ("[" * 100_000 + "]" * 100_000, "nested"),
+        ('{"machine": ' + "[" * 200 + "]" * 200 + "}", "nested"),
+        ('{"format": "coserve-plan", "version": ' + "1" * 5000 + "}", "digits"),
+    ],
+    ids=["nan", "infinity", "deep", "deep-inside", "huge-int"],
+)
+def test_hostile_json_is_one_plan_error(tmp_path, text, fragment):
+    path = tmp_path / "p.json"
+    path.write_text(text)
+    with pytest.raises(PlanError) as err:
+        Plan.load(path)
+    assert str(path) in str(err.value) and fragment in str(err.value), str(err.value)[:300]
+    assert len(str(err.value)) < 1000
+
+
+def test_coserve_run_answers_a_bad_plan_with_one_error_line(tiny_zoo, tmp_path, capsys):
+    from coserve.cli import main
+
+    plan = tmp_path / "p.json"
+    plan.write_text("[" * 100_000 + "]" * 100_000)
+    code = main(["run", str(tiny_zoo[0]), str(tiny_zoo[1]), "--plan", str(plan)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error:") and str(plan) in err[0], err

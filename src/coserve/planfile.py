@@ -7,7 +7,6 @@ Pure Python (no torch): the engine, the simulator and the planner all read it.""
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,6 +22,10 @@ PLAN_VERSION = 1
 # the copy to any CUDA device.
 STORAGE_PATH = str(STORAGE_TO_HOST)
 HOST_TO_DEVICE_PATH = str(LoadPath.to_executor("cuda:0").kind)
+# Bounds on a plan file's values, so a hostile or corrupt one is a PlanError, not a crash.
+MAX_DEPTH = 16  # nested objects/lists; a plan needs 5
+MAX_NUMBER = 1e18  # bytes, seconds, counts: anything larger is corrupt
+MAX_COUNT_DIGITS = 6  # batch sizes and executor counts as keys
 
 
 @dataclass(frozen=True)
@@ -188,19 +191,23 @@ class Plan:
     def load(cls, path: str | Path) -> Plan:
         path = Path(path)
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
+            doc = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
         except FileNotFoundError:
             raise PlanError(f"plan file {path} does not exist: make one with "
                             f"`coserve profile REPO --out {path}`") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise PlanError(f"plan file {path} is not readable JSON ({exc}): make it again "
+        except RecursionError:
+            raise PlanError(f"plan file {path} is nested too deeply to read: make it again "
                             f"with `coserve profile`") from None
+        except (OSError, ValueError) as exc:  # JSONDecodeError, NaN, too many digits
+            raise PlanError(f"plan file {path} is not readable JSON ({str(exc)[:200]}): make it "
+                            f"again with `coserve profile`") from None
         return cls.from_json(doc, source=str(path))
 
     @classmethod
     def from_json(cls, doc: Any, source: str = "plan") -> Plan:
         r = _Reader(source)
         r.mapping(doc, "")
+        r.check_depth(doc)
         if doc.get("format") != PLAN_FORMAT:
             r.fail("format", f"is {doc.get('format')!r}, not {PLAN_FORMAT!r}: this is not a coserve plan")
         if doc.get("version") != PLAN_VERSION:
@@ -233,14 +240,14 @@ class Plan:
         threads = {k: int(r.positive(doc["threads"], k, "threads"))
                    for k in r.mapping(doc.get("threads", {}), "threads")}
         return cls(
-            repository=str(r.key(doc, "repository")),
+            repository=r.text(doc, "repository", ""),
             processors=processors,
             threads=threads,
             loads=loads,
             usage=usage,
             label_probs=label_probs,
-            usage_source=str(usage_doc.get("source", "unknown")),
-            machine=r.mapping(doc.get("machine", {}), "machine"),
+            usage_source=r.text({"source": "unknown", **usage_doc}, "source", "usage"),
+            machine=_read_machine(r, doc.get("machine", {})),
             recommended=_read_recommendation(r, doc.get("recommended")),
             task_overhead_s=_read_per_count(r, doc.get("task_overhead_s", {}), "task_overhead_s",
                                             r.non_negative),
@@ -263,9 +270,8 @@ def _read_profile(r: _Reader, doc: Any, where: str) -> ArchProfile:
     curve = r.mapping(r.key(doc, "latency_s", where), f"{where}.latency_s")
     latency: dict[int, float] = {}
     for n in curve:
-        if not str(n).isdigit() or int(n) < 1:
-            r.fail(f"{where}.latency_s", f"has batch size {n!r}; batch sizes are integers >= 1")
-        latency[int(n)] = r.positive(curve, n, f"{where}.latency_s")
+        latency[r.count_key(n, f"{where}.latency_s", "batch size")] = r.positive(
+            curve, n, f"{where}.latency_s")
     max_batch = int(r.positive(doc, "max_batch", where))
     cost = ArchCost(r.positive(doc, "k_s", where), r.non_negative(doc, "b_s", where),
                     max_batch, int(r.positive(doc, "item_bytes", where)))
@@ -281,9 +287,7 @@ def _read_per_count(r: _Reader, doc: Any, where: str,
     """{"1": x, "2": y} keyed by executor count."""
     values: dict[int, float] = {}
     for n in r.mapping(doc, where):
-        if not str(n).isdigit() or int(n) < 1:
-            r.fail(where, f"has executor count {n!r}; counts are integers >= 1")
-        values[int(n)] = read(doc, n, where)
+        values[r.count_key(n, where, "executor count")] = read(doc, n, where)
     return values
 
 
@@ -293,15 +297,37 @@ def _read_recommendation(r: _Reader, doc: Any) -> Recommendation | None:
     r.mapping(doc, "recommended")
     confirmed = doc.get("confirmed_items_per_s")
     return Recommendation(
-        executors=str(r.key(doc, "executors", "recommended")),
+        executors=r.text(doc, "executors", "recommended"),
         memory_bytes=int(r.positive(doc, "memory_bytes", "recommended")),
         budget_bytes=int(r.positive(doc, "budget_bytes", "recommended")),
         activation_bytes=int(r.positive(doc, "activation_bytes", "recommended")),
-        storage=str(doc.get("storage", "none")),
+        storage=r.text({"storage": "none", **doc}, "storage", "recommended"),
         predicted_items_per_s=r.non_negative(doc, "predicted_items_per_s", "recommended"),
         confirmed_items_per_s=None if confirmed is None
         else r.non_negative(doc, "confirmed_items_per_s", "recommended"),
     )
+
+
+def _read_machine(r: _Reader, doc: Any) -> dict[str, Any]:
+    """What machine_differences reads is checked; the rest is kept as notes."""
+    machine = r.mapping(doc, "machine")
+    cpus = machine.get("cpu_count")
+    if cpus is not None and (isinstance(cpus, bool) or not isinstance(cpus, int)
+                             or not 0 < cpus < MAX_NUMBER):
+        r.fail("machine.cpu_count", f"is {_shown(cpus)}; it must be a positive integer or null")
+    cuda = machine.get("cuda", [])
+    if not isinstance(cuda, list) or not all(isinstance(name, str) for name in cuda):
+        r.fail("machine.cuda", f"is {_shown(cuda)}; it must be a list of GPU names")
+    return machine
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number a plan may hold: numbers must be finite")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value) if not isinstance(value, int) or abs(value) < MAX_NUMBER else "a huge integer"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _probability(r: _Reader, value: Any, where: str) -> float:
@@ -333,9 +359,35 @@ class _Reader:
 
     def number(self, doc: dict, key: str, where: str) -> float:
         value = self.key(doc, key, where)
-        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-            self.fail(f"{where}.{key}", f"is {value!r}; it must be a finite number")
+        name = f"{where}.{key}" if where else key
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            self.fail(name, f"is {_shown(value)}; it must be a finite number")
+        if not abs(value) <= MAX_NUMBER:  # NaN too; compared before any int -> float overflow
+            self.fail(name, f"is {_shown(value)}; it must be a finite number of at most {MAX_NUMBER:g}")
         return float(value)
+
+    def text(self, doc: dict, key: str, where: str) -> str:
+        value = self.key(doc, key, where)
+        if not isinstance(value, str):
+            self.fail(f"{where}.{key}" if where else key, f"is {_shown(value)}; it must be a string")
+        return value
+
+    def count_key(self, n: str, where: str, what: str) -> int:
+        """A batch size or executor count written as an object key: "1", "16"."""
+        if not (n.isascii() and n.isdigit() and len(n) <= MAX_COUNT_DIGITS and int(n) >= 1):
+            self.fail(where, f"has {what} {_shown(n)}; {what}s are integers >= 1")
+        return int(n)
+
+    def check_depth(self, doc: Any) -> None:
+        """Iteratively: the depth is what is being bounded."""
+        stack = [(doc, 0)]
+        while stack:
+            value, depth = stack.pop()
+            if isinstance(value, dict | list):
+                if depth >= MAX_DEPTH:
+                    self.fail("", f"is nested deeper than {MAX_DEPTH} levels")
+                items = value.values() if isinstance(value, dict) else value
+                stack.extend((item, depth + 1) for item in items)
 
     def positive(self, doc: dict, key: str, where: str) -> float:
         value = self.number(doc, key, where)
