@@ -42,6 +42,73 @@ def test_zero_never_quarantines_and_negative_is_refused():
         Quarantine(-1, clock=lambda: 0.0)
 
 
+class FakeClock:
+    def __init__(self) -> None:
+        self.now_s = 0.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def test_a_quarantine_lets_one_probe_through_after_its_wait_and_lifts_on_success():
+    clock = FakeClock()
+    q = Quarantine(1, clock=clock, probe_s=10.0)
+    assert q.record_failure("a", "boom")
+    assert not q.allows("a") and not q.may_run("a")
+    assert "next in 10 s" in q.reason("a")
+    clock.now_s = 10.0
+    assert q.allows("a")  # half-open: this task is the probe
+    assert not q.allows("a")  # only one
+    assert q.may_run("a")  # the probe's batch runs
+    q.record_success("a")
+    assert not q.quarantined() and q.allows("a") and q.allows("a")
+    assert q.records()["a"].consecutive_failures == 0
+
+
+def test_a_failed_probe_doubles_the_wait_up_to_the_cap():
+    from coserve.manager.quarantine import PROBE_BACKOFF_CAP
+
+    clock = FakeClock()
+    q = Quarantine(1, clock=clock, probe_s=10.0)
+    q.record_failure("a", "boom")
+    waits = []
+    for _ in range(7):
+        at = q.records()["a"].probe_at_s
+        clock.now_s = at - 0.5
+        assert not q.allows("a")
+        clock.now_s = at
+        assert q.allows("a")
+        assert not q.record_failure("a", "still broken")  # re-armed, not newly quarantined
+        waits.append(q.records()["a"].probe_wait_s)
+    assert waits == [20.0, 40.0, 80.0, 160.0, 160.0, 160.0, 160.0]
+    assert PROBE_BACKOFF_CAP * 10.0 == 160.0
+    assert not q.may_run("a") and q.quarantined() == frozenset({"a"})
+
+
+def test_a_probe_that_reports_nothing_expires_and_release_still_works():
+    clock = FakeClock()
+    q = Quarantine(2, clock=clock, probe_s=5.0)
+    q.record_failure("a", "x")
+    q.record_failure("a", "x")
+    clock.now_s = 5.0
+    assert q.allows("a") and not q.allows("a")
+    clock.now_s = 9.9
+    assert not q.allows("a")
+    clock.now_s = 10.0  # the probe's batch never reported (e.g. out of memory): another
+    assert q.allows("a")
+    assert q.release("a") and q.allows("a") and q.records()["a"].probe_at_s is None
+
+
+def test_without_probe_s_a_quarantine_waits_for_an_operator():
+    clock = FakeClock()
+    q = Quarantine(1, clock=clock)
+    q.record_failure("a", "x")
+    clock.now_s = 1e9
+    assert not q.allows("a") and "until an operator" in q.reason("a")
+    with pytest.raises(ValueError, match="probe_s"):
+        Quarantine(1, clock=clock, probe_s=0)
+
+
 def test_engine_quarantines_a_broken_expert_and_then_never_touches_it(tiny_zoo, tmp_path):
     from coserve import Engine, EngineConfig, open_repository, parse_executors, read_trace
     from coserve.errors import ConfigError
