@@ -264,3 +264,31 @@ def test_a_group_whose_predecessors_have_tasks_queued_waits_to_grow():
     s.enqueue(Task(request_id="a0", expert="a", enqueued_s=0.0, deadline_s=100.0))
     # b is older, but a feeds it: a goes first, then b with whatever a routed to it.
     assert [s.take_batch(0).expert for _ in range(2)] == ["a", "b"]
+
+
+# -- supervision: a stuck executor is retired ------------------------------------------------
+@pytest.mark.parametrize("arrange", [GroupBehindLast(100.0), FifoArrange(), GroupByExpert()])
+def test_a_retired_executor_gives_back_its_queue_and_takes_nothing_until_reinstated(arrange):
+    from coserve.scheduler.queues import NoActiveExecutor
+
+    s = make_scheduler(arrange, num_executors=2)
+    placed = {f"r{i}": s.enqueue(task(e, i=i)) for i, e in enumerate("abab")}
+    stuck = placed["r0"]
+    moved = s.retire(stuck)
+    assert sorted(t.request_id for t in moved) == sorted(r for r, i in placed.items() if i == stuck)
+    assert s.depth(stuck) == 0 and s.take_batch(stuck) is None and s.retired() == {stuck}
+    assert {s.enqueue(t) for t in moved} == {1 - stuck}
+    assert all(s.enqueue(task(e, i=10 + k)) == 1 - stuck for k, e in enumerate("abab"))
+    s.retire(1 - stuck)
+    with pytest.raises(NoActiveExecutor, match="every executor is stuck"):
+        s.enqueue(task("a", i=20))
+    s.reinstate(stuck)
+    assert s.enqueue(task("a", i=21)) == stuck
+
+
+def test_closing_with_discard_empties_every_queue():
+    s = make_scheduler(GroupBehindLast(100.0), num_executors=2)
+    for i, e in enumerate("abab"):
+        s.enqueue(task(e, i=i))
+    assert sorted(t.request_id for t in s.close(discard=True)) == ["r0", "r1", "r2", "r3"]
+    assert s.next_batch(0) is None and s.next_batch(1) is None

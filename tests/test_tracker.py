@@ -72,3 +72,35 @@ def test_the_first_failure_wins_and_the_request_still_resolves():
 def test_a_rejected_request_has_a_result_too():
     result = rejected(Request("r", {"x": 1}, None), "unknown component type", 3.0)
     assert not result.ok and result.error_kind is FailureKind.REJECTED and result.latency_s == 0
+
+
+def test_abort_answers_a_request_at_once_and_its_late_tasks_change_nothing():
+    t, _ = tracker()
+    t.open()
+    results = []
+    state = t.admit(Request("r", {}, None), ["a", "b"], results.append)  # two branches
+    t.abort(state, "routing again broke", FailureKind.ROUTING_FAILED, "a")
+    assert len(results) == 1 and results[0].error == "routing again broke"
+    assert not t.in_flight(state)
+    t.advance(state, step("b"), [])  # the other branch ends later: nothing more
+    t.finish_if_done(state)
+    t.fail(state, "late", FailureKind.TIMED_OUT, "b")
+    assert len(results) == 1 and results[0].error_kind is FailureKind.ROUTING_FAILED
+    again = t.admit(Request("r", {}, None), ["a"], results.append)  # the id is free again
+    assert t.in_flight(again) and not t.in_flight(state)
+
+
+def test_a_drain_with_a_deadline_then_answers_whatever_is_left():
+    t, _ = tracker()
+    t.open()
+    results = []
+    done = t.admit(Request("done", {}, None), ["a"], results.append)
+    t.admit(Request("stuck", {}, None), ["a"], results.append)
+    t.advance(done, step("a"), [])
+    t.finish_if_done(done)
+    assert t.close_intake() and not t.close_intake()
+    assert not t.drain(timeout_s=0.01)
+    assert t.abort_all("the server shut down before this request finished", FailureKind.SHUT_DOWN) == 1
+    assert t.drain(timeout_s=0)
+    assert [r.request_id for r in results] == ["done", "stuck"]
+    assert results[1].error_kind is FailureKind.SHUT_DOWN

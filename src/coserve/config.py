@@ -39,6 +39,12 @@ class EngineConfig:
     usage_min_samples: int = 50
     measure_costs: bool = True
     quarantine_after: int = 3  # consecutive failed attempts that quarantine an expert; 0: never
+    # A quarantined expert is tried again (one batch) after this long, doubling each time
+    # the probe fails; None: it stays quarantined until an operator releases it.
+    quarantine_probe_s: float | None = 30.0
+    # A batch (loading its expert, or one forward) running longer marks its executor stuck:
+    # its requests fail and its queue moves to the other executors. None: no watchdog.
+    batch_deadline_s: float | None = 60.0
 
     def __post_init__(self) -> None:
         self._check_budget()
@@ -69,6 +75,11 @@ class EngineConfig:
                               f"got {self.latency_target_s}")
         if self.max_defer_s < 0:
             raise ConfigError(f"max_defer_s must be >= 0 seconds, got {self.max_defer_s}")
+        for name in ("batch_deadline_s", "quarantine_probe_s"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < math.inf:
+                raise ConfigError(f"{name} must be a positive number of seconds (or None to "
+                                  f"turn it off), got {value}")
 
     def resolve_budget(self, total_expert_bytes: int) -> int | None:
         """Total executing-pool budget in bytes; None = unlimited."""

@@ -63,6 +63,12 @@ class EngineStats:
     # requests answered after their latency target (failed ones included)
     num_deadline_misses: int = 0
     deadline_miss_rate: float = 0.0
+    # supervision: batches that ran past the batch deadline, executors stuck now, batches
+    # halved to isolate a failing input, batches halved because they ran out of memory
+    num_batch_timeouts: int = 0
+    num_unhealthy_executors: int = 0
+    num_batch_splits: int = 0
+    num_oom_splits: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -73,6 +79,7 @@ class StatsRecorder:
     def __init__(self, num_executors: int) -> None:
         self._lock = threading.Lock()
         self._num_executors = num_executors
+        self._num_unhealthy = 0  # a gauge: a new window does not reset it
         self.reset(0.0)
 
     def reset(self, now_s: float) -> None:
@@ -95,6 +102,9 @@ class StatsRecorder:
             self._queue_max = [0] * self._num_executors
             self._busy_s = [0.0] * self._num_executors
             self._handling_s = [0.0] * self._num_executors
+            self._num_timeouts = 0
+            self._num_splits = 0
+            self._num_oom_splits = 0
             self._extra: dict[str, Any] = {}
 
     def request_submitted(self) -> None:
@@ -131,6 +141,22 @@ class StatsRecorder:
             self._num_batches += 1
             self._num_items += num_items
             self._busy_s[executor] += busy_s
+
+    def batch_split(self, num_splits: int, num_oom_splits: int) -> None:
+        """A failing batch was halved `num_splits` times to isolate its bad inputs, and
+        `num_oom_splits` times because it ran out of memory."""
+        with self._lock:
+            self._num_splits += num_splits
+            self._num_oom_splits += num_oom_splits
+
+    def batch_timed_out(self) -> None:
+        with self._lock:
+            self._num_timeouts += 1
+
+    def executors_unhealthy(self, num_executors: int) -> None:
+        """How many executors are stuck now."""
+        with self._lock:
+            self._num_unhealthy = num_executors
 
     def note(self, key: str, value: Any) -> None:
         """A figure of this run for EngineStats.extra (e.g. how long a backlog took to
@@ -189,6 +215,10 @@ class StatsRecorder:
                 handling_s_per_executor=list(self._handling_s),
                 num_deadline_misses=self._num_deadline_misses,
                 deadline_miss_rate=self._num_deadline_misses / done if done else 0.0,
+                num_batch_timeouts=self._num_timeouts,
+                num_unhealthy_executors=self._num_unhealthy,
+                num_batch_splits=self._num_splits,
+                num_oom_splits=self._num_oom_splits,
                 extra=dict(self._extra),
                 **static,
             )

@@ -39,7 +39,7 @@ class InFlight:
     def task(self, expert: str, now_s: float, payload: Any = None) -> Task:
         """The request's next task, at `expert`, under the request's deadline."""
         return Task(request_id=self.request.request_id, expert=expert, enqueued_s=now_s,
-                    payload=payload, deadline_s=self.deadline_s)
+                    payload=payload, deadline_s=self.deadline_s, owner=self)
 
 
 class RequestTracker:
@@ -89,14 +89,31 @@ class RequestTracker:
     def close_and_drain(self) -> bool:
         """Stop intake and wait until every accepted request has finished (a finishing
         task may still queue subsequent tasks meanwhile). False if it was not open."""
+        was_open = self.close_intake()
+        if was_open:
+            self.drain()
+        return was_open
+
+    def close_intake(self) -> bool:
+        """Stop intake; False if it was not open."""
         with self._lock:
             was_open, self._open = self._open, False
-            while was_open and self._inflight:
-                self._idle.wait()
         return was_open
+
+    def drain(self, timeout_s: float | None = None) -> bool:
+        """Wait until nothing is in flight, at most `timeout_s` (None: as long as it takes);
+        True when nothing is."""
+        with self._lock:
+            return self._idle.wait_for(lambda: not self._inflight, timeout_s)
 
     def get(self, request_id: str) -> InFlight:
         return self._inflight[request_id]
+
+    def in_flight(self, state: InFlight) -> bool:
+        """Whether `state`'s request is still unanswered (work for it is not wasted).
+        No lock: one dict lookup is atomic, and an answer found a moment late only
+        wastes a task's work, never answers twice."""
+        return self._inflight.get(state.request.request_id) is state
 
     # -- progress ------------------------------------------------------------------------
     def advance(self, state: InFlight, step: Step, following: Sequence[str]) -> None:
@@ -116,6 +133,25 @@ class RequestTracker:
                 state.error, state.error_kind, state.failed_expert = error, kind, expert
             state.pending -= 1
         self.finish_if_done(state)
+
+    def abort(self, state: InFlight, error: str, kind: FailureKind, expert: str | None) -> None:
+        """Answer the request now with `error` (unless an earlier failure wins), whatever
+        of it is still pending: for a fault that leaves its count of tasks unknowable.
+        Its tasks still queued or running change nothing when they end."""
+        with self._lock:
+            if state.error is None:
+                state.error, state.error_kind, state.failed_expert = error, kind, expert
+            state.pending = 0
+        self.finish_if_done(state)
+
+    def abort_all(self, error: str, kind: FailureKind) -> int:
+        """Answer every request in flight with `error` (a drain deadline passed); returns
+        how many were."""
+        with self._lock:
+            states = list(self._inflight.values())
+        for state in states:
+            self.abort(state, error, kind, None)
+        return len(states)
 
     def finish_if_done(self, state: InFlight) -> None:
         with self._lock:

@@ -39,6 +39,11 @@ class FailureKind(enum.Enum):
     raises RequestError at submit instead)."""
 
     EXPERT_FAILED = "expert_failed"  # its expert failed to load or to run
+    INVALID_INPUT = "invalid_input"  # its expert failed on this input alone (the rest ran)
+    OUT_OF_MEMORY = "out_of_memory"  # no memory to load its expert or to run it alone
+    TIMED_OUT = "timed_out"  # its batch ran past the batch deadline (a stuck executor)
+    EXECUTOR_STUCK = "executor_stuck"  # no executor could take its task: every one is stuck
+    SHUT_DOWN = "shut_down"  # the engine shut down (its drain deadline passed) first
     EXPERT_QUARANTINED = "expert_quarantined"  # its expert failed too often: not touched
     ROUTING_FAILED = "routing_failed"  # a routing rule failed on an expert's output
     NOT_QUEUED = "not_queued"  # the scheduler could not queue a task (an engine bug)

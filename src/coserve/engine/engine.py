@@ -4,8 +4,11 @@ path of a request from DESIGN.md. Executor threads each loop over:
     batch = scheduler.next_batch(i)            # split the head group
     resident = manager.acquire(i, expert)      # ensure resident (may evict, may load)
     prefetch the next groups' experts          # overlaps loading with execution
-    outputs = executor.execute(...)            # execute
+    outputs = executor.execute(...)            # execute (a failing batch is halved)
     route again -> scheduler.enqueue(...)      # subsequent experts, or the request ends
+
+A watchdog (`supervisor.py`) times out a batch stuck past `batch_deadline_s`, and
+`isolate.py` runs a batch so that a bad input or an out-of-memory fails only what it must.
 """
 
 from __future__ import annotations
@@ -23,23 +26,29 @@ from coserve.architectures.base import Decoded
 from coserve.assembly import Assembly
 from coserve.config import EngineConfig
 from coserve.engine.costs import default_costs, measure_costs
-from coserve.errors import ConfigError, EngineClosedError, RequestError
+from coserve.engine.isolate import Fault, Outcome, describe, run_isolating
+from coserve.engine.supervisor import Shift, Supervisor
+from coserve.errors import ConfigError, EngineClosedError, ExpertError, RequestError
 from coserve.executors.executor import Executor, build_skeletons
 from coserve.executors.spec import ExecutorSpec
 from coserve.loader.expert_loader import ExpertLoader
 from coserve.loader.storage import Storage, storage_profile
-from coserve.manager.manager import ExpertManager
+from coserve.manager.manager import ExpertManager, LoadOutOfMemory
 from coserve.manager.quarantine import Quarantine
 from coserve.plan import CostModel
 from coserve.planfile import Plan
 from coserve.repository import CoEModel
 from coserve.repository.inputs import check_input
-from coserve.scheduler.queues import Batch
+from coserve.scheduler.queues import Batch, NoActiveExecutor
+from coserve.scheduler.task import Task
 from coserve.stats import EngineStats, StatsRecorder
 from coserve.tracker import InFlight, RequestTracker, rejected
 from coserve.types import FailureKind, Request, Result
 
 log = logging.getLogger(__name__)
+
+SHUT_DOWN_ERROR = "the server shut down before this request finished"
+STUCK_JOIN_S = 0.5  # how long close waits, all threads together, once some are stuck
 
 
 class Engine:
@@ -66,7 +75,8 @@ class Engine:
         self._usage = self._assembly.usage_tracker()
         self._requests = RequestTracker(clock=clock, stats=self._stats, usage=self._usage,
                                         latency_target_s=self.config.latency_target_s)
-        self._quarantine = Quarantine(self.config.quarantine_after, clock)
+        self._quarantine = Quarantine(self.config.quarantine_after, clock,
+                                      probe_s=self.config.quarantine_probe_s)
         self._lock = threading.Lock()  # start and close
         self._threads: list[threading.Thread] = []
         self._started = False
@@ -91,25 +101,44 @@ class Engine:
             # for the duration of a call, so two threads must never share one.
             self._executors = [Executor(i, p, build_skeletons(self.model.architectures))
                                for i, p in enumerate(self._assembly.processors)]
+            self._supervisor = Supervisor(
+                processors=self._assembly.processors, deadline_s=self.config.batch_deadline_s,
+                clock=self._clock, stats=self._stats, retire=self._scheduler.retire,
+                reinstate=self._scheduler.reinstate, on_stuck=self._batch_stuck)
             self._manager.place(self._assembly.initial_placement())
             self._storage_bytes_at_start = self._storage.stats().bytes_read
             self._stats.reset(self._clock())
             self._threads = [self._start_executor(ex) for ex in self._executors]
+            self._supervisor.start()
             self._requests.open()
             self._started = True
         return self
 
-    def close(self) -> None:
-        """Stop intake, let every request in flight finish, then stop the executors."""
+    def close(self, timeout_s: float | None = None) -> None:
+        """Stop intake, let every request in flight finish, then stop the executors.
+        `timeout_s`: the drain deadline (None: wait as long as it takes). Past it, every
+        request still in flight is answered with a SHUT_DOWN error, queued tasks are
+        dropped, and executor threads stuck in a batch are left behind (they are daemon
+        threads; whatever they return later is dropped)."""
         with self._lock:
             self._closed = True
-            # Drain first: a finishing task may still route to a subsequent expert on any queue.
-            if not self._requests.close_and_drain():
+            if not self._requests.close_intake():
                 return
-            self._scheduler.close()
+            # Drain first: a finishing task may still route to a subsequent expert on any queue.
+            drained = self._requests.drain(timeout_s)
+            if not drained:
+                num = self._requests.abort_all(
+                    f"{SHUT_DOWN_ERROR} (its drain deadline of {timeout_s:g} s passed)",
+                    FailureKind.SHUT_DOWN)
+                log.warning("drain deadline of %g s passed: %d request(s) answered with an "
+                            "error", timeout_s, num)
+            self._scheduler.close(discard=not drained)
+            self._supervisor.stop()
+            stuck = not drained or bool(self._supervisor.problems())
+            join_until = time.monotonic() + STUCK_JOIN_S
             for t in self._threads:
-                t.join()
-            self._manager.close()
+                t.join(max(0.0, join_until - time.monotonic()) if stuck else None)
+            self._manager.close(wait=not stuck)
 
     def _set_threads(self) -> None:
         processors = self._assembly.processors
@@ -178,13 +207,23 @@ class Engine:
             self._requests.fail(state, self._quarantine.reason(expert),
                                 FailureKind.EXPERT_QUARANTINED, expert)
             return
-        task = state.task(expert, self._clock(), payload=state.request.input)
+        self._queue(state, state.task(expert, self._clock(), payload=state.request.input))
+
+    def _queue(self, state: InFlight, task: Task) -> None:
+        if not self._requests.in_flight(state):  # answered already (aborted, shut down)
+            return
         try:
             executor = self._scheduler.enqueue(task)
+        except NoActiveExecutor:
+            self._requests.fail(state, f"no executor can take a task for expert "
+                                       f"{task.expert!r}: every executor is stuck "
+                                       f"({'; '.join(self._supervisor.problems())})",
+                                FailureKind.EXECUTOR_STUCK, task.expert)
+            return
         except Exception as exc:
-            log.exception("could not queue %s for %s", expert, task.request_id)
-            self._requests.fail(state, f"could not queue expert {expert!r}: {exc}",
-                                FailureKind.NOT_QUEUED, expert)
+            log.exception("could not queue %s for %s", task.expert, task.request_id)
+            self._requests.fail(state, f"could not queue expert {task.expert!r}: {exc}",
+                                FailureKind.NOT_QUEUED, task.expert)
             return
         self._stats.queue_depth(executor, self._scheduler.depth(executor))
 
@@ -193,83 +232,152 @@ class Engine:
         i = executor.index
         while (batch := self._scheduler.next_batch(i)) is not None:
             t0 = self._clock()
+            shift = self._supervisor.begin(i, batch)
             try:
-                exec_s = self._serve_batch(executor, batch)
+                exec_s = self._serve_batch(executor, shift)
+            except BaseException as exc:  # an engine bug: answer the rest, keep the loop
+                log.exception("serving %s on executor %d failed", batch.expert, i)
+                exec_s = 0.0
+                if self._supervisor.end(shift):
+                    self._abort_rest(shift, f"the engine failed serving expert "
+                                            f"{batch.expert!r}: {describe(exc)}")
             finally:
                 self._scheduler.batch_done(i)
             self._stats.handling(i, self._clock() - t0 - exec_s)
 
-    def _serve_batch(self, executor: Executor, batch: Batch) -> float:
-        """Ensure resident, execute, route again; an expert's failure fails only its
-        requests and counts towards its quarantine. Returns the execution seconds."""
-        if not self._quarantine.allows(batch.expert):  # quarantined while these were queued
-            self._fail_batch(batch, self._quarantine.reason(batch.expert),
-                             FailureKind.EXPERT_QUARANTINED)
+    def _serve_batch(self, executor: Executor, shift: Shift) -> float:
+        """Ensure resident, execute, route again; a fault fails only the requests it must
+        (see `isolate.py`) and an expert's own failure counts towards its quarantine.
+        Returns the execution seconds."""
+        batch = shift.batch
+        if not self._quarantine.may_run(batch.expert):  # quarantined while these were queued
+            if self._supervisor.end(shift):
+                self._fail_rest(shift, self._quarantine.reason(batch.expert),
+                                FailureKind.EXPERT_QUARANTINED)
             return 0.0
+        outcome = self._run_batch(executor, shift)
+        if self._supervisor.end(shift):  # else the watchdog timed it out and answered it
+            self._judge(batch, outcome)
+            self._answer(shift, outcome)
+        return outcome.exec_s
+
+    def _run_batch(self, executor: Executor, shift: Shift) -> Outcome:
+        i, batch = executor.index, shift.batch
         try:
-            outputs, exec_s = self._run_batch(executor, batch)
+            resident = self._manager.acquire(i, batch.expert)
+        except LoadOutOfMemory as exc:  # the machine's fault now, not the expert's
+            return Outcome.failed(len(batch.tasks), Fault(str(exc), True, loading=True))
+        except ExpertError as exc:
+            return Outcome.failed(len(batch.tasks), Fault(str(exc), False, loading=True))
         except Exception as exc:
-            log.warning("batch of %s on executor %d failed: %s", batch.expert, executor.index, exc)
-            self._expert_failed(batch, f"expert {batch.expert!r} failed: {exc}")
-            return 0.0
-        if len(outputs) != len(batch.tasks):
-            self._expert_failed(batch, f"expert {batch.expert!r} returned {len(outputs)} "
-                                       f"outputs for a batch of {len(batch.tasks)}")
-            return exec_s
-        self._quarantine.record_success(batch.expert)
+            return Outcome.failed(len(batch.tasks), Fault(
+                f"expert {batch.expert!r} failed to load: {describe(exc)}", False, loading=True))
         try:
-            self._route_again(batch, outputs, exec_s)
-        except Exception:  # an engine bug: keep the executor alive, say so loudly
-            log.exception("routing after %s on executor %d failed", batch.expert, executor.index)
-        return exec_s
-
-    def _expert_failed(self, batch: Batch, error: str) -> None:
-        if self._quarantine.record_failure(batch.expert, error):
-            log.error("quarantined expert %s after %d consecutive failures: %s",
-                      batch.expert, self._quarantine.max_failures, error)
-        self._fail_batch(batch, error, FailureKind.EXPERT_FAILED)
-
-    def _run_batch(self, executor: Executor, batch: Batch) -> tuple[list[Decoded], float]:
-        i = executor.index
-        resident = self._manager.acquire(i, batch.expert)
-        try:
-            for upcoming, protected in self._scheduler.prefetch_order(
-                    i, batch.expert, self._assembly.policies.prefetch_groups):
-                if self._quarantine.allows(upcoming):
-                    self._manager.prefetch(i, upcoming, protected=protected)
-            t0 = self._clock()
+            self._prefetch_next(i, batch.expert)
             arch = self.model.experts[batch.expert].architecture
-            outputs = executor.execute(arch, resident.tensors, [t.payload for t in batch.tasks])
-            exec_s = self._clock() - t0
+            outcome = run_isolating(
+                lambda items: executor.execute(arch, resident.tensors, items),
+                [t.payload for t in batch.tasks], self._clock,
+                before_forward=lambda: self._supervisor.phase(shift, "running"))
         finally:
             self._manager.release(i, resident)
-        self._stats.batch(i, len(batch.tasks), exec_s)
-        return outputs, exec_s
+        self._stats.batch(i, len(batch.tasks), outcome.exec_s)
+        self._stats.batch_split(outcome.num_splits, outcome.num_oom_splits)
+        return outcome
+
+    def _prefetch_next(self, executor: int, running: str) -> None:
+        """Start loading the next groups' experts (best effort: a failure only logs)."""
+        try:
+            for upcoming, protected in self._scheduler.prefetch_order(
+                    executor, running, self._assembly.policies.prefetch_groups):
+                if self._quarantine.may_run(upcoming):
+                    self._manager.prefetch(executor, upcoming, protected=protected)
+        except Exception:
+            log.exception("prefetching after %s on executor %d failed", running, executor)
+
+    def _judge(self, batch: Batch, outcome: Outcome) -> None:
+        """Quarantine bookkeeping: any output proves the expert runs; a batch whose every
+        part failed (out of memory aside) counts once as the expert's failure."""
+        if outcome.num_ok:
+            self._quarantine.record_success(batch.expert)
+        elif outcome.expert_at_fault:
+            fault = next(r for r in outcome.results if isinstance(r, Fault) and not r.out_of_memory)
+            error, _ = _fault_error(batch, batch.tasks[0], fault, expert_at_fault=True)
+            log.warning("batch of %s on executor %d failed: %s", batch.expert, batch.executor, error)
+            if self._quarantine.record_failure(batch.expert, error):
+                log.error("quarantined expert %s after %d consecutive failures: %s",
+                          batch.expert, self._quarantine.max_failures, error)
 
     # -- route again ---------------------------------------------------------------------
-    def _route_again(self, batch: Batch, outputs: list[Decoded], exec_s: float) -> None:
-        for task, out in zip(batch.tasks, outputs, strict=True):
-            state = self._requests.get(task.request_id)
+    def _answer(self, shift: Shift, outcome: Outcome) -> None:
+        """Each task's output goes through the rules (or its fault fails its request);
+        an engine bug on one task fails that request alone."""
+        batch = shift.batch
+        for task, result in zip(batch.tasks, outcome.results, strict=True):
             try:
-                label, following = self._next_experts(batch.expert, out, state.request)
-            except Exception as exc:  # a bad label index, a routing callable that raised
-                self._requests.fail(state, f"routing after expert {batch.expert!r} failed: {exc}",
-                                    FailureKind.ROUTING_FAILED, batch.expert)
-                continue
-            self._requests.advance(state, batch.step(task, label, out.detail, exec_s),
-                                   following)
-            for expert in following:
-                self._enqueue_or_fail(state, expert)
-            self._requests.finish_if_done(state)
+                if isinstance(result, Fault):
+                    error, kind = _fault_error(batch, task, result, outcome.expert_at_fault)
+                    self._requests.fail(task.owner, error, kind, batch.expert)
+                else:
+                    self._route_again(batch, task, result, outcome.exec_s)
+            except Exception as exc:
+                log.exception("routing %s after %s failed", task.request_id, batch.expert)
+                self._requests.abort(task.owner, f"routing after expert {batch.expert!r} "
+                                                 f"failed: {describe(exc)}",
+                                     FailureKind.ROUTING_FAILED, batch.expert)
+            shift.num_answered += 1
+
+    def _route_again(self, batch: Batch, task: Task, out: Decoded, exec_s: float) -> None:
+        state: InFlight = task.owner
+        try:
+            label, following = self._next_experts(batch.expert, out, state.request)
+        except Exception as exc:  # a bad label index, a routing callable that raised
+            self._requests.fail(state, f"routing after expert {batch.expert!r} failed: {exc}",
+                                FailureKind.ROUTING_FAILED, batch.expert)
+            return
+        self._requests.advance(state, batch.step(task, label, out.detail, exec_s), following)
+        for expert in following:
+            self._enqueue_or_fail(state, expert)
+        self._requests.finish_if_done(state)
 
     def _next_experts(self, expert: str, out: Decoded, request: Request) -> tuple[str, tuple[str, ...]]:
         labels = self.model.architectures[self.model.experts[expert].architecture].labels
         label = labels[out.label_index]
         return label, self.model.router.next(expert, label, request.fields)
 
-    def _fail_batch(self, batch: Batch, error: str, kind: FailureKind) -> None:
-        for task in batch.tasks:
-            self._requests.fail(self._requests.get(task.request_id), error, kind, batch.expert)
+    def _fail_rest(self, shift: Shift, error: str, kind: FailureKind) -> None:
+        """Fail every task of the shift not answered yet."""
+        for task in shift.batch.tasks[shift.num_answered:]:
+            self._requests.fail(task.owner, error, kind, shift.batch.expert)
+            shift.num_answered += 1
+
+    def _abort_rest(self, shift: Shift, error: str) -> None:
+        """An engine bug left the tasks' counts unknowable: answer their requests now."""
+        for task in shift.batch.tasks[shift.num_answered:]:
+            self._requests.abort(task.owner, error, FailureKind.EXPERT_FAILED, shift.batch.expert)
+
+    # -- supervision (the watchdog's thread) ---------------------------------------------
+    def _batch_stuck(self, shift: Shift, stuck_s: float, moved: list[Task]) -> None:
+        """The watchdog took over a stuck batch: fail its requests, count it against its
+        expert, and queue what waited behind it on the other executors."""
+        i, expert = shift.executor, shift.batch.expert
+        error = (f"executor {i} ({self._executors[i].processor}) was stuck {shift.phase} "
+                 f"expert {expert!r} past the batch deadline of {self.config.batch_deadline_s:g} s "
+                 f"({stuck_s:.1f} s); the executor takes no work until it comes back")
+        self._quarantine.record_failure(expert, error)
+        self._fail_rest(shift, error, FailureKind.TIMED_OUT)
+        for task in moved:
+            self._queue(task.owner, task)
+
+    def health(self) -> list[str]:
+        """What is wrong now, one line each; empty when healthy. E.g. "executor 1 (cpu)
+        stuck 62 s running expert 'x'" (the watchdog retired it: readiness should fail
+        while it lists anything)."""
+        if not self.running:
+            return ["the engine is not running"]
+        dead = [f"executor {ex.index} ({ex.processor}) thread has died"
+                for ex, t in zip(self._executors, self._threads, strict=True) if not t.is_alive()]
+        return self._supervisor.problems() + dead
 
     # -- traces and statistics -----------------------------------------------------------
     def run_trace(self, requests: Iterable[Request], realtime: bool = True) -> list[Result]:
@@ -368,6 +476,20 @@ class Engine:
     def pool_budgets(self) -> list[int | None]:
         """Each executor's pool budget in bytes; None = unlimited."""
         return self._assembly.pool_budgets
+
+
+def _fault_error(batch: Batch, task: Task, fault: Fault, expert_at_fault: bool) -> tuple[str, FailureKind]:
+    """The error a failed task's request gets, and its kind."""
+    expert = batch.expert
+    if fault.loading:
+        return fault.error, FailureKind.OUT_OF_MEMORY if fault.out_of_memory else FailureKind.EXPERT_FAILED
+    if fault.out_of_memory:
+        return (f"out of memory running expert {expert!r} on this input alone: {fault.error}",
+                FailureKind.OUT_OF_MEMORY)
+    if expert_at_fault:
+        return f"expert {expert!r} failed: {fault.error}", FailureKind.EXPERT_FAILED
+    return (f"expert {expert!r} failed on this input (request {task.request_id!r}) while the "
+            f"rest of its batch ran: {fault.error}", FailureKind.INVALID_INPUT)
 
 
 def _check_processors(processors: list[str]) -> None:

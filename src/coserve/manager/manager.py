@@ -24,6 +24,17 @@ from coserve.types import STORAGE_TO_HOST, LoadPath
 log = logging.getLogger(__name__)
 
 
+class LoadOutOfMemory(ExpertError):
+    """No memory to load an expert: the machine's fault now, not the expert's."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """MemoryError, or torch's OutOfMemoryError (torch.cuda.OutOfMemoryError is the same
+    class), told apart without importing torch here."""
+    return isinstance(exc, MemoryError) or any(
+        c.__name__ == "OutOfMemoryError" for c in type(exc).__mro__)
+
+
 class Loader(Protocol):
     def read(self, expert: str) -> tuple[dict[str, Any], float]:
         """Storage -> host tensors; returns (tensors, seconds)."""
@@ -121,21 +132,26 @@ class ExpertManager:
                 self._pools[executor].remove(expert)
                 self._cond.notify_all()
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Stop the prefetchers; `wait=False` leaves a load that hangs behind."""
         for p in self._prefetchers:
-            p.shutdown(wait=True)
+            p.shutdown(wait=wait, cancel_futures=not wait)
 
     # -- internals -----------------------------------------------------------------------
     def _load(self, executor: int, expert: str) -> None:
-        """Fill a reserved entry; on failure drop it and raise ExpertError."""
+        """Fill a reserved entry; on failure drop it and raise ExpertError
+        (LoadOutOfMemory when memory ran out)."""
         try:
             tensors = self._fetch(executor, expert)
-        except Exception as exc:
-            with self._cond:
+        except BaseException as exc:
+            with self._cond:  # whatever was raised, the pool must not keep a dead entry
                 self._pools[executor].remove(expert)
                 self._cond.notify_all()
-            if isinstance(exc, ExpertError):
+            if isinstance(exc, ExpertError) or not isinstance(exc, Exception):
                 raise
+            if is_out_of_memory(exc):
+                raise LoadOutOfMemory(f"out of memory loading expert {expert!r} "
+                                      f"({self._expert_bytes[expert]} bytes): {exc}") from exc
             raise ExpertError(f"expert {expert!r} failed to load: {exc}") from exc
         with self._cond:
             self._pools[executor].entries[expert].tensors = tensors

@@ -46,6 +46,10 @@ class TaskQueue(Protocol):
         """(expert, tasks) of every group that will load its expert once, in queue order."""
         ...
 
+    def take_all(self) -> list[Task]:
+        """Empty the queue (its executor is stuck, or the engine stops): every task."""
+        ...
+
     def __len__(self) -> int: ...
 
 
@@ -78,6 +82,13 @@ class GroupedQueue:
 
     def runs(self) -> Iterable[tuple[str, int]]:
         return ((e, len(h)) for e, h in self._groups.items())
+
+    def take_all(self) -> list[Task]:
+        tasks = [t for heap in self._groups.values() for _, _, t in sorted(heap)]
+        self._groups.clear()
+        self.counts.clear()
+        self._len = 0
+        return tasks
 
     def __len__(self) -> int:
         return self._len
@@ -117,6 +128,11 @@ class ListQueue:
         self.counts[expert] -= len(tasks)
         if not self.counts[expert]:
             del self.counts[expert]
+        return tasks
+
+    def take_all(self) -> list[Task]:
+        tasks, self._tasks = self._tasks, []
+        self.counts.clear()
         return tasks
 
     def runs(self) -> Iterable[tuple[str, int]]:

@@ -21,6 +21,10 @@ from coserve.scheduler.task import Task
 from coserve.types import Step
 
 
+class NoActiveExecutor(RuntimeError):
+    """Every executor is retired (stuck): a task has nowhere to go."""
+
+
 @dataclass(frozen=True)
 class Batch:
     executor: int
@@ -69,15 +73,21 @@ class Scheduler:
         self._ready = [threading.Condition(self._lock) for _ in processors]
         self._closed = False
         self._held = False
+        self._retired: set[int] = set()  # stuck executors: assigned nothing until reinstated
 
     # -- assign + arrange ---------------------------------------------------------------
     def enqueue(self, task: Task) -> int:
-        """Assign `task` to an executor queue and place it there; returns the executor."""
+        """Assign `task` to an executor queue and place it there; returns the executor.
+        NoActiveExecutor when every executor is retired."""
         with self._lock:
-            views = [self._view(i) for i in range(len(self._queues))]
+            active = [i for i in range(len(self._queues)) if i not in self._retired]
+            if not active:
+                raise NoActiveExecutor("every executor is stuck: none can take a task")
+            views = [self._view(i) for i in active]
             in_host = self._in_host(task.expert)
-            i = self._assign.assign(task.expert, views, self._costs, in_host)
-            added_s = added_latency_s(task.expert, views[i], self._costs, in_host)
+            k = self._assign.assign(task.expert, views, self._costs, in_host)
+            i = active[k]
+            added_s = added_latency_s(task.expert, views[k], self._costs, in_host)
             self._queues[i].push(task, added_s)
             # Incremental: a full re-prediction per enqueue would be O(queue) each time.
             self._backlog_s[i] += added_s
@@ -162,6 +172,24 @@ class Scheduler:
         with self._lock:
             self._running_s[executor] = 0.0
 
+    # -- supervision ---------------------------------------------------------------------
+    def retire(self, executor: int) -> list[Task]:
+        """Take a stuck executor out: it is assigned nothing more, and its queued tasks
+        are returned for the caller to queue again elsewhere (or fail)."""
+        with self._lock:
+            self._retired.add(executor)
+            self._backlog_s[executor] = 0.0
+            return self._queues[executor].take_all()
+
+    def reinstate(self, executor: int) -> None:
+        """A retired executor came back: it takes tasks again."""
+        with self._lock:
+            self._retired.discard(executor)
+
+    def retired(self) -> frozenset[int]:
+        with self._lock:
+            return frozenset(self._retired)
+
     # -- what the expert manager may ask -------------------------------------------------
     def prefetch_order(self, executor: int, running: str,
                        num_groups: int) -> list[tuple[str, frozenset[str]]]:
@@ -192,10 +220,14 @@ class Scheduler:
         with self._lock:
             return len(self._queues[executor])
 
-    def close(self) -> None:
+    def close(self, discard: bool = False) -> list[Task]:
+        """Executors stop once their queues are empty; `discard` empties them now and
+        returns what they held (a drain deadline passed)."""
         with self._lock:
             self._closed = True
+            dropped = [t for q in self._queues for t in q.take_all()] if discard else []
             self._wake_all()
+            return dropped
 
     def _wake_all(self) -> None:
         for ready in self._ready:

@@ -16,3 +16,6 @@ class Task:
     payload: Any = None  # the input item, e.g. a tensor [C, H, W]; policies never read it
     deadline_s: float = math.inf  # when its request should be answered (its latency target)
     deferred_s: float = 0.0  # predicted delay this task has suffered from being overtaken
+    # The tracker's record of its request, so a late task (a stuck batch that came back)
+    # never touches a newer request that reuses the id; policies never read it.
+    owner: Any = None
