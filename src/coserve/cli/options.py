@@ -40,6 +40,7 @@ def add_engine_options(p: argparse.ArgumentParser, *, backlog: bool) -> None:
     p.add_argument("--storage", default="none", help="storage profile pacing expert reads: none, sata-530, nvme-3000 (default: none)")
     p.add_argument("--max-defer-s", type=float, default=None, help="coserve-paper's starvation bound: how long a queued task may be overtaken (default 5)")
     p.add_argument("--latency-target-s", type=float, default=None, help="coserve: when a request should be answered, unless it says; its group goes first as the deadline nears (default 5)")
+    p.add_argument("--batch-deadline-s", type=float, default=None, help="a batch (one forward, or loading its expert) running longer marks its executor stuck: its requests fail, its queue moves to the other executors; 0: no watchdog (default 60)")
     if backlog:
         p.add_argument("--backlog", action="store_true", help="submit every request at once instead of at its arrival offset")
     p.add_argument("--no-measure", action="store_true", help="skip the start-up cost measurement and use default costs")
@@ -93,6 +94,8 @@ def engine_config(args: argparse.Namespace, policy: str = DEFAULT_POLICY, *,
         kwargs["max_defer_s"] = args.max_defer_s
     if args.latency_target_s is not None:
         kwargs["latency_target_s"] = args.latency_target_s
+    if args.batch_deadline_s is not None:
+        kwargs["batch_deadline_s"] = args.batch_deadline_s or None  # 0: no watchdog
     return EngineConfig(**kwargs)
 
 
