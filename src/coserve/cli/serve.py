@@ -33,7 +33,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--token", default=None, help=f"bearer token the /v1 endpoints require (default: ${TOKEN_ENV}, else none)")
     add_policy_option(p)
     p.add_argument("--max-inflight", type=int, default=defaults.max_inflight,
-                   help=f"images the server holds (parsing or in the engine); beyond it 429 + Retry-After (default {defaults.max_inflight})")
+                   help=f"images the server holds (decoding or in the engine); beyond it 429 + Retry-After (default {defaults.max_inflight})")
     p.add_argument("--max-batch-items", type=int, default=defaults.max_batch_items,
                    help=f"images per batch request (default {defaults.max_batch_items})")
     p.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes,

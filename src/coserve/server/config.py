@@ -23,8 +23,8 @@ class ServerConfig:
     """How the HTTP layer admits and answers requests (the engine has its own config).
 
     `max_inflight` bounds the images the server holds, all clients together: from the
-    moment a request reaches its handler (before its body is parsed) until the engine
-    finished it. Beyond it a request is answered 429 with Retry-After at once, never
+    moment an image's header was checked against its expert (before it is decoded) until
+    the engine finished it. Beyond it a request is answered 429 with Retry-After at once, never
     queued. A request that times out is answered 504 but keeps its slot until the engine
     finishes it, so timeouts cannot grow the engine's backlog.
 

@@ -25,13 +25,15 @@ RESERVATION_KEY = "coserve.reservation"  # the ASGI scope key of a request's Res
 
 
 class Admission:
-    """In-flight slots: one per image the server holds, from the moment its HTTP request
-    reaches the handler (before its body is read and parsed) until the engine finished
+    """In-flight slots: one per image the server holds, from the moment its header was
+    checked against its expert (before its pixels are decoded) until the engine finished
     it. Beyond `max_inflight`, requests are refused at once (429 + Retry-After), cheaply:
-    when parsing, not the engine, is the bottleneck, load is still shed before the work.
+    `check_room` refuses before a body is even read when no slot is free. A body being
+    read holds no slot (slow uploads are bounded by the read deadline and the connection
+    limit instead).
 
-    A request takes a `Ticket` holding one slot (`enter`), grows it once it knows how
-    many images it carries (`Ticket.reserve`), and hands each image's slot to the engine
+    A request takes a `Ticket` for as many slots as it carries images (`Ticket.reserve`,
+    all or none), and hands each image's slot to the engine
     (`Ticket.hand_over`); the slot is released when the engine finishes that image, so
     a request answered 504 still counts. Whatever was not handed over is released when
     the ticket closes."""
