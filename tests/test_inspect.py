@@ -237,3 +237,133 @@ def test_one_writer_per_database_and_one_lot_per_database(tiny_zoo, tmp_path):
     (tmp_path / "not-a-db").write_text("hello")
     with pytest.raises(ConfigError, match="new --db"):
         ResultStore(tmp_path / "not-a-db", tmp_path / "lot", tiny_zoo[0])
+
+
+# -- retries, the repository's identity, symlinks, one writer per file -------------------------
+def small_lot(tiny_zoo, lot_dir, num=3):
+    """`num` good PNGs named by component type; their names."""
+    lot_dir.mkdir(parents=True, exist_ok=True)
+    names = []
+    for r in read_trace(tiny_zoo[1])[:num]:
+        name = f"{r.fields['component_type']}__{r.request_id}.png"
+        Image.fromarray(quantised(r.input)).save(lot_dir / name)
+        names.append(name)
+    return names
+
+
+def test_failed_rows_not_caused_by_the_image_are_retried_and_retry_failed_retries_all(tiny_zoo, tmp_path):
+    from coserve.inspect import InspectRow, Status
+
+    model = open_repository(tiny_zoo[0])
+    lot_dir = tmp_path / "lot"
+    quarantined, broken, good = small_lot(tiny_zoo, lot_dir)
+    db = tmp_path / "results.sqlite"
+    with ResultStore(db, lot_dir, tiny_zoo[0]) as store:  # an earlier run's failures
+        for name, kind in ((quarantined, "expert_quarantined"), (broken, "expert_failed")):
+            store.add(InspectRow(name, name.split("__")[0], Status.FAILED, 0.0, 0.0,
+                                 error="it failed", error_kind=kind))
+    config = EngineConfig(executors=parse_executors("cpu:1"), measure_costs=False)
+    col = {c: i for i, c in enumerate(COLUMNS)}
+
+    with ResultStore(db, lot_dir, tiny_zoo[0]) as store:
+        summary = inspect_lot(model, lot_dir, store, config)
+    rows = db_rows(db)
+    assert summary.num_skipped == 1 and summary.counts["ok"] == 2  # the quarantined one and good
+    assert rows[quarantined][col["status"]] == "ok" and rows[quarantined][col["error_kind"]] is None
+    assert rows[broken][col["status"]] == "failed" and rows[broken][col["run_id"]] == 1
+    assert rows[good][col["status"]] == "ok"
+
+    with ResultStore(db, lot_dir, tiny_zoo[0]) as store:
+        summary = inspect_lot(model, lot_dir, store, config, retry_failed=True)
+    rows = db_rows(db)
+    assert summary.num_skipped == 2 and summary.counts["ok"] == 1
+    assert {row[col["status"]] for row in rows.values()} == {"ok"} and len(rows) == 3
+
+
+def test_cli_retry_failed_and_a_changed_repository(tiny_zoo, tmp_path, capsys):
+    import shutil
+
+    import yaml
+
+    lot_dir = tmp_path / "lot"
+    names = small_lot(tiny_zoo, lot_dir, num=2)
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_zoo[0], repo)
+    db = tmp_path / "results.sqlite"
+    args = ["inspect", str(lot_dir), "--repo", str(repo), "--db", str(db), "--no-measure",
+            "--executors", "cpu:1"]
+    assert main(args) == 0
+    with sqlite3.connect(db) as conn:  # pretend the first image failed on its expert
+        conn.execute("UPDATE results SET status = 'failed', error_kind = 'expert_failed' "
+                     "WHERE path = ?", (names[0],))
+    conn.close()
+    capsys.readouterr()
+    assert main([*args, "--retry-failed"]) == 0
+    assert "1 images answered" in capsys.readouterr().out
+
+    spec = yaml.safe_load((repo / "coe.yaml").read_text())
+    spec["usage_prior"]["counts"]["R"] += 1  # another repository, as far as rows go
+    (repo / "coe.yaml").write_text(yaml.safe_dump(spec))
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "--accept-repo-change" in err[0], err
+    assert "tiny-pcb@" in err[0]
+    assert main([*args, "--accept-repo-change"]) == 0
+    assert main(args) == 0  # the new repository is now the last run's
+
+
+def test_symlinks_that_leave_the_lot_are_rejected_and_not_read(tiny_zoo, tmp_path):
+    lot_dir = tmp_path / "lot"
+    (name,) = small_lot(tiny_zoo, lot_dir, num=1)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "R__secret.png").write_bytes(b"not for the lot")
+    (lot_dir / "R__leak.png").symlink_to(outside / "R__secret.png")
+    (lot_dir / "more").symlink_to(outside, target_is_directory=True)
+    (lot_dir / "R__alias.png").symlink_to(lot_dir / name)  # stays inside: read
+    items = {i.path: i for i in discover_lot(lot_dir, "component_type")}
+    assert set(items) == {name, "R__alias.png", "R__leak.png", "more"}
+    assert items[name].problem is None and items["R__alias.png"].problem is None
+    for path in ("R__leak.png", "more"):
+        assert "leads outside the lot folder: not read" in items[path].problem
+    (lot_dir / "manifest.csv").write_text(f"filename,component_type\n{name},R\nR__leak.png,R\n"
+                                          "R__alias.png,R\n")
+    items = {i.path: i for i in discover_lot(lot_dir, "component_type")}
+    assert "leads outside the lot folder" in items["R__leak.png"].problem
+    assert items["R__alias.png"].problem is None
+
+    model = open_repository(tiny_zoo[0])
+    config = EngineConfig(executors=parse_executors("cpu:1"), measure_costs=False)
+    with ResultStore(tmp_path / "r.sqlite", lot_dir, tiny_zoo[0]) as store:
+        summary = inspect_lot(model, lot_dir, store, config)
+    assert summary.counts == {"ok": 2, "failed": 0, "rejected": 2}
+
+
+def test_two_spellings_of_one_database_get_one_writer(tiny_zoo, tmp_path):
+    (tmp_path / "lot").mkdir()
+    db = tmp_path / "results.sqlite"
+    link = tmp_path / "link.sqlite"
+    link.symlink_to(db)
+    with ResultStore(db, tmp_path / "lot", tiny_zoo[0]), pytest.raises(ConfigError, match="another"):
+        ResultStore(link, tmp_path / "lot", tiny_zoo[0])
+
+
+def test_a_schema_1_database_is_upgraded_and_resumed(tiny_zoo, tmp_path):
+    lot_dir = tmp_path / "lot"
+    (name,) = small_lot(tiny_zoo, lot_dir, num=1)
+    db = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(db)
+    conn.executescript(
+        "CREATE TABLE runs (run_id INTEGER PRIMARY KEY, started_at TEXT NOT NULL, lot_dir TEXT "
+        "NOT NULL, repo TEXT NOT NULL, pid INTEGER NOT NULL);"
+        "CREATE TABLE results (path TEXT PRIMARY KEY, component_type TEXT, status TEXT NOT NULL, "
+        "labels TEXT, experts TEXT, outputs TEXT, error TEXT, latency_s REAL, submitted_at TEXT "
+        "NOT NULL, finished_at TEXT NOT NULL, run_id INTEGER NOT NULL);"
+        "PRAGMA user_version = 1;")
+    conn.execute("INSERT INTO runs VALUES (1, 't', ?, ?, 1)", (str(lot_dir.resolve()), "r"))
+    conn.execute("INSERT INTO results VALUES (?, 'R', 'ok', NULL, NULL, NULL, NULL, 0.1, 't', "
+                 "'t', 1)", (name,))
+    conn.commit()
+    conn.close()
+    with ResultStore(db, lot_dir, tiny_zoo[0], repo_identity="x@1") as store:
+        assert store.done_paths() == {name}

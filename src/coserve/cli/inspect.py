@@ -34,6 +34,13 @@ def add_inspect_parser(sub: argparse._SubParsersAction) -> None:
     add_policy_option(p)
     p.add_argument("--max-inflight", type=int, default=None, help="images submitted but not answered: bounds memory (default 128)")
     p.add_argument("--export-csv", type=Path, default=None, help="after the run, write every row to this CSV")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="inspect every failed row again (without it, only those that failed "
+                        "for a reason other than the image: quarantine, timeout, out of memory, "
+                        "shutdown)")
+    p.add_argument("--accept-repo-change", action="store_true",
+                   help="resume although the repository differs from the last run's (its "
+                        "coe.yaml or weight files changed): the rows of both stay in --db")
     add_engine_options(p, backlog=False)
     add_trust_option(p)
     p.set_defaults(func=cmd_inspect)
@@ -51,7 +58,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     return inspect_command(args.dir, args.repo, args.db, engine_config(args, args.policy),
                            max_inflight=args.max_inflight, export_to=args.export_csv,
-                           trust_code=args.trust_repo_code)
+                           trust_code=args.trust_repo_code, retry_failed=args.retry_failed,
+                           accept_repo_change=args.accept_repo_change)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -9,8 +9,15 @@ the durability argument in store.py; the loop in runner.py.
 """
 
 from coserve.inspect.lot import ImageError, LotItem, discover_lot, read_image
-from coserve.inspect.runner import InspectSummary, inspect_lot
-from coserve.inspect.store import COLUMNS, InspectRow, ResultStore, Status, export_csv
+from coserve.inspect.runner import InspectSummary, inspect_lot, repository_identity
+from coserve.inspect.store import (
+    COLUMNS,
+    RETRY_KINDS,
+    InspectRow,
+    ResultStore,
+    Status,
+    export_csv,
+)
 
 __all__ = [
     "COLUMNS",
@@ -18,10 +25,12 @@ __all__ = [
     "InspectRow",
     "InspectSummary",
     "LotItem",
+    "RETRY_KINDS",
     "ResultStore",
     "Status",
     "discover_lot",
     "export_csv",
     "inspect_lot",
     "read_image",
+    "repository_identity",
 ]

@@ -12,24 +12,27 @@ from pathlib import Path
 
 from coserve.config import EngineConfig
 from coserve.errors import ConfigError
-from coserve.inspect.runner import MAX_INFLIGHT, InspectSummary, inspect_lot
+from coserve.inspect.runner import MAX_INFLIGHT, InspectSummary, inspect_lot, repository_identity
 from coserve.inspect.store import ResultStore, Status, export_csv
 
 
 def inspect_command(lot_dir: Path, repo: Path, db: Path, config: EngineConfig, *,
                     max_inflight: int | None = None, export_to: Path | None = None,
-                    trust_code: bool = False) -> int:
+                    trust_code: bool = False, retry_failed: bool = False,
+                    accept_repo_change: bool = False) -> int:
     """Exit code 0 when every image of the lot has a row (whatever its status), 1 when
     stopped early by SIGINT/SIGTERM (run it again to resume). `trust_code`: see
-    open_repository."""
+    open_repository; `retry_failed`: inspect_lot; `accept_repo_change`: ResultStore."""
     from coserve.repository import open_repository
 
     if not lot_dir.is_dir():
         raise ConfigError(f"{lot_dir} is not a directory: give the folder that holds the images")
     model = open_repository(repo, trust_code=trust_code)
-    with ResultStore(db, lot_dir, repo) as store, _stop_on_signals() as stop:
+    with ResultStore(db, lot_dir, repo, repo_identity=repository_identity(model),
+                     accept_repo_change=accept_repo_change) as store, _stop_on_signals() as stop:
         max_inflight = MAX_INFLIGHT if max_inflight is None else max_inflight
-        summary = _run_with_progress(model, lot_dir, store, config, max_inflight, stop)
+        summary = _run_with_progress(model, lot_dir, store, config, max_inflight, stop,
+                                     retry_failed)
         totals = store.counts()
     _print_summary(summary, totals, db)
     if export_to is not None:
@@ -39,7 +42,8 @@ def inspect_command(lot_dir: Path, repo: Path, db: Path, config: EngineConfig, *
 
 
 def _run_with_progress(model, lot_dir: Path, store: ResultStore, config: EngineConfig,
-                       max_inflight: int, stop: threading.Event) -> InspectSummary:
+                       max_inflight: int, stop: threading.Event,
+                       retry_failed: bool) -> InspectSummary:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -49,7 +53,7 @@ def _run_with_progress(model, lot_dir: Path, store: ResultStore, config: EngineC
     with bar:
         return inspect_lot(model, lot_dir, store, config, max_inflight,
                            progress=lambda done, total: bar.update(task, completed=done, total=total),
-                           stop=stop)
+                           stop=stop, retry_failed=retry_failed)
 
 
 @contextmanager

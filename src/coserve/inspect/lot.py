@@ -16,11 +16,17 @@ Images are PNG or JPEG (decoded with Pillow into float32 [C, H, W] in [0, 1], C 
 RGB or C = 1 as grayscale) or `.safetensors` files that hold exactly one float tensor
 [C, H, W], used as is. Files with other suffixes are not part of the lot (unless the
 manifest lists them, which rejects them); hidden files and folders are ignored.
+
+A symbolic link that leads outside the lot folder is never read: it is rejected with the
+reason (a link to a folder is never followed; one that leads outside is rejected too, so
+no file is skipped silently). Links that stay inside the folder are read as what they
+point at.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,24 +61,45 @@ def discover_lot(root: Path, routing_field: str) -> list[LotItem]:
     """Every image of the lot in `root`, sorted by path."""
     if not root.is_dir():
         raise ConfigError(f"{root} is not a directory: give the folder that holds the images")
-    files = _image_files(root)
+    files, escaping = _image_files(root)
     manifest = root / MANIFEST_NAME
     if manifest.is_file():
         items = _from_manifest(root, manifest, routing_field, files)
     else:
         items = [_from_name(path, routing_field) for path in files]
+    outside = {path: LotItem(path, problem=f"{path} is a symbolic link that leads outside the "
+                                           "lot folder: not read; copy the file into the lot")
+               for path in escaping}
+    items = [outside.get(item.path, item) for item in items]
+    items += [item for path, item in outside.items() if path not in {i.path for i in items}]
     return sorted(items, key=lambda item: item.path)
 
 
-def _image_files(root: Path) -> list[str]:
-    found = []
-    for path in root.rglob("*"):
-        rel = path.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
-            found.append(rel.as_posix())
-    return found
+def _image_files(root: Path) -> tuple[list[str], set[str]]:
+    """(image files, relative paths), and the symbolic links among them (and links to
+    folders) that lead outside the lot. Folders reached through links are not walked."""
+    found, escaping = [], set()
+    real_root = root.resolve()
+    for folder, dirs, names in os.walk(root):  # followlinks=False: no loops, no escapes
+        rel_folder = Path(folder).relative_to(root)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for d in dirs:
+            if (Path(folder) / d).is_symlink() and not _inside(Path(folder) / d, real_root):
+                escaping.add((rel_folder / d).as_posix())
+        for name in names:
+            path = Path(folder) / name
+            if name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            rel = (rel_folder / name).as_posix()
+            if path.is_symlink() and not _inside(path, real_root):
+                escaping.add(rel)
+            elif path.is_file():
+                found.append(rel)
+    return found, escaping
+
+
+def _inside(path: Path, real_root: Path) -> bool:
+    return path.resolve().is_relative_to(real_root)
 
 
 def _from_name(path: str, routing_field: str) -> LotItem:
@@ -115,6 +142,9 @@ def _manifest_item(root: Path, row: dict, routing_field: str, where: str) -> Lot
     path = Path(name).as_posix()  # "./a.png" and "a.png" are one image
     if not fields.get(routing_field):
         return LotItem(path, fields, problem=f"{where} gives no {routing_field}")
+    if not _inside(root / path, root.resolve()):
+        return LotItem(path, fields, problem=f"{where}: {path} is a symbolic link that leads "
+                                             "outside the lot folder: not read")
     if not (root / path).is_file():
         return LotItem(path, fields, problem=f"listed in {where} but the file is missing")
     return LotItem(path, fields)

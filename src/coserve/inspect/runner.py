@@ -9,6 +9,7 @@ started again picks up where the last commit left it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import queue
 import threading
 import time
@@ -19,10 +20,11 @@ from pathlib import Path
 
 from coserve.config import EngineConfig
 from coserve.engine.engine import Engine
-from coserve.errors import ConfigError, RequestError
+from coserve.errors import ConfigError, EngineClosedError, RequestError
 from coserve.inspect.lot import ImageError, LotItem, discover_lot, read_image
 from coserve.inspect.store import InspectRow, ResultStore, Status
 from coserve.repository import CoEModel
+from coserve.repository.schema import REPOSITORY_FILE
 from coserve.types import Request, Result
 
 # Images submitted but not answered. Enough to keep every executor's queue grouped and
@@ -63,6 +65,20 @@ class _Answer:
     future: Future
 
 
+def repository_identity(model: CoEModel) -> str:
+    """`name@digest`: a digest of coe.yaml's bytes and every weight file's path (relative
+    to the repository), size and modification time. Cheap (stat, not a read of 60 GB);
+    a retrained expert of the same shape changes its file's mtime, a copy that keeps the
+    times (cp -p, shutil.copytree) keeps the identity."""
+    digest = hashlib.sha256((model.root / REPOSITORY_FILE).read_bytes())
+    for expert in model.experts.values():
+        stat = expert.weights_path.stat()
+        where = (expert.weights_path.relative_to(model.root)
+                 if expert.weights_path.is_relative_to(model.root) else expert.weights_path)
+        digest.update(f"\0{expert.name}\0{where}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    return f"{model.name}@{digest.hexdigest()[:16]}"
+
+
 def inspect_lot(
     model: CoEModel,
     lot_dir: Path,
@@ -71,13 +87,16 @@ def inspect_lot(
     max_inflight: int = MAX_INFLIGHT,
     progress: ProgressFn | None = None,
     stop: threading.Event | None = None,
+    retry_failed: bool = False,
 ) -> InspectSummary:
-    """Inspect every image of `lot_dir` that `store` has no row for. Setting `stop` ends
-    submission; what is in flight is still answered and committed."""
+    """Inspect every image of `lot_dir` that `store` has no final row for (failed rows
+    whose cause was not the image are inspected again; with `retry_failed`, every failed
+    row). Setting `stop` ends submission; what is in flight is still answered and
+    committed."""
     if max_inflight < 1:
         raise ConfigError(f"max_inflight must be >= 1, got {max_inflight}")
     items = discover_lot(Path(lot_dir), model.router.field)
-    done = store.done_paths()
+    done = store.done_paths(retry_failed)
     todo = [item for item in items if item.path not in done]
     num_skipped = len(items) - len(todo)
     if progress:
@@ -132,6 +151,11 @@ class _LotRun:
         submitted_at = time.time()
         try:
             future = self._engine.submit(self._request(item))
+        except EngineClosedError as exc:  # not the image's fault: a resumed run retries it
+            self._record(InspectRow(item.path, self._component_type(item), Status.FAILED,
+                                    submitted_at, time.time(), error=str(exc),
+                                    error_kind="engine_closed"))
+            return
         except RequestError as exc:  # ImageError included: a bad image is answered, not fatal
             self._record(InspectRow(item.path, self._component_type(item), Status.REJECTED,
                                     submitted_at, time.time(), error=str(exc)))
@@ -179,13 +203,15 @@ class _LotRun:
             result: Result = answer.future.result()
         except Exception as exc:  # the engine resolves every future with a Result; be sure
             return InspectRow(item.path, self._component_type(item), Status.FAILED,
-                              answer.submitted_at, answer.finished_at, error=f"engine error: {exc}")
+                              answer.submitted_at, answer.finished_at, error=f"engine error: {exc}",
+                              error_kind="engine_error")
         return InspectRow(
             item.path, self._component_type(item), Status.OK if result.ok else Status.FAILED,
             answer.submitted_at, answer.finished_at,
             labels=tuple(s.label for s in result.steps), experts=result.path,
             outputs=tuple(dataclasses.asdict(s) for s in result.steps),
             error=result.error, latency_s=result.latency_s,
+            error_kind=result.error_kind.value if result.error_kind else None,
         )
 
     def _record(self, row: InspectRow) -> None:
