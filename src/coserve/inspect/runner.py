@@ -70,7 +70,10 @@ def repository_identity(model: CoEModel) -> str:
     to the repository), size and modification time. Cheap (stat, not a read of 60 GB);
     a retrained expert of the same shape changes its file's mtime, a copy that keeps the
     times (cp -p, shutil.copytree) keeps the identity."""
-    digest = hashlib.sha256((model.root / REPOSITORY_FILE).read_bytes())
+    try:
+        digest = hashlib.sha256((model.root / REPOSITORY_FILE).read_bytes())
+    except OSError:  # opened by a YAML file of another name: the weight files still count
+        digest = hashlib.sha256(model.name.encode())
     for expert in model.experts.values():
         stat = expert.weights_path.stat()
         where = (expert.weights_path.relative_to(model.root)
