@@ -358,6 +358,7 @@ class Probe:
     def finish(self, row: Row, answers: list[Answer], settle: bool = True) -> Row:
         srv = self.server
         row.answered = sum(a.images for a in answers)
+        check_no_internal(row, answers)
         up, row.alive = srv.alive()
         if up:
             row.accepted = int(srv.metric("coserve_requests_accepted_total") - self.accepted0)
@@ -381,6 +382,12 @@ class Probe:
                 return int(held)
             time.sleep(0.1)
         return 0
+
+
+def check_no_internal(row: Row, answers: list[Answer]) -> None:
+    """A 500 `internal` is an exception nothing mapped: never a clear error."""
+    if any(" internal" in a.kind for a in answers):
+        row.problems.append("answered 500 internal (an unmapped exception)")
 
 
 def rss_text(before: int, after: int, peak: int) -> str:
@@ -650,6 +657,7 @@ def row_sigterm(ctx: Context) -> Row:
             answers = [f.result() for f in futures]
         row.answered = sum(a.images for a in answers)
         row.saw = f"hung: {summarize(answers[:2])}; normal: {summarize(answers[2:])}"
+        check_no_internal(row, answers)
         row.rss = rss_text(probe.rss0, rss, rss)
         row.serves_after = "-"
         if exited:

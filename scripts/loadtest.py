@@ -11,9 +11,16 @@ be equal (exit 1 otherwise, or if any request got no HTTP response at all).
 wait for answers), to show the server shedding load with 429 + Retry-After instead of
 queueing without bound.
 
+`--soak-s S` then runs that open loop at 2x capacity for S seconds (600 for the 10-minute
+soak) and reports what a soak must show: accepted == answered, the server's RSS sampled
+over time (start, middle, end: flat?), p50/p99 latency per third of the run (bounded?),
+and every rejection explicit (429 with Retry-After, or 503), by status. The server's RSS
+comes from /proc/PID/status: `--server-pid`, else the process listening on --url's port.
+
     coserve zoo tiny /tmp/tiny
     coserve serve /tmp/tiny --port 8000 --no-measure &
     python scripts/loadtest.py /tmp/tiny/trace.jsonl --duration-s 20 --overload
+    python scripts/loadtest.py /tmp/tiny/trace.jsonl --duration-s 10 --soak-s 600
 """
 
 from __future__ import annotations
@@ -24,12 +31,15 @@ import base64
 import io
 import json
 import math
+import os
+import re
 import statistics
 import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -58,6 +68,7 @@ class Tally:
     num_skipped: int = 0  # open loop: arrivals dropped because the client was at its bound
     kinds: Counter = field(default_factory=Counter)  # "200 ok", "429 overloaded", ...
     ok_latencies_s: list[float] = field(default_factory=list)
+    ok_at_s: list[float] = field(default_factory=list)  # when each ok answer came (perf_counter)
     num_answered: int = 0  # responses for requests the server admitted (any outcome)
     started_s: float = 0.0
     last_answer_s: float = 0.0
@@ -70,11 +81,14 @@ class Tally:
     def record(self, response: httpx.Response, latency_s: float) -> None:
         self.last_answer_s = time.perf_counter()
         kind = "ok" if response.status_code == 200 else _error_type(response)
+        if response.status_code == 429 and "retry-after" not in response.headers:
+            kind += " without Retry-After"
         self.kinds[f"{response.status_code} {kind}"] += 1
         if kind not in REFUSED:
             self.num_answered += 1
         if response.status_code == 200:
             self.ok_latencies_s.append(latency_s)
+            self.ok_at_s.append(self.last_answer_s)
 
     @property
     def elapsed_s(self) -> float:
@@ -308,6 +322,116 @@ def report(title: str, tally: Tally, server: ServerSide) -> None:
           f"{tally.num_answered}; requests with no HTTP response: {tally.num_transport_errors}")
 
 
+# -- soak -------------------------------------------------------------------------------------
+SOAK_RSS_INTERVAL_S = 5.0
+RSS_FLAT_BYTES = 64 << 20  # RSS is flat if the last third's median is within this (or
+RSS_FLAT_FRACTION = 0.10  # this fraction) of the first third's
+P99_GROWTH = 2.0  # p99 is bounded if the last third's is within this factor (+0.1 s) of the first's
+
+
+def find_listener_pid(port: int) -> int | None:
+    """The process listening on this TCP port on this machine (via /proc), or None."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(cols[9])
+    for pid in filter(str.isdigit, os.listdir("/proc")) if inodes else ():
+        try:
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue
+        if any(re.fullmatch(r"socket:\[(\d+)\]", ln) and ln[8:-1] in inodes for ln in links):
+            return int(pid)
+    return None
+
+
+def rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+async def sample_rss(pid: int, samples: list[tuple[float, int]]) -> None:
+    while True:
+        samples.append((time.perf_counter(), rss_bytes(pid)))
+        await asyncio.sleep(SOAK_RSS_INTERVAL_S)
+
+
+def thirds(tally: Tally, duration_s: float) -> list[list[float]]:
+    """The ok latencies answered in each third of the run."""
+    out: list[list[float]] = [[], [], []]
+    for at, latency in zip(tally.ok_at_s, tally.ok_latencies_s, strict=True):
+        out[min(2, int(3 * (at - tally.started_s) / duration_s))].append(latency)
+    return out
+
+
+def report_rss(samples: list[tuple[float, int]]) -> bool:
+    if not samples:
+        print("RSS: not sampled (no --server-pid, and no process found listening on the port)")
+        return True
+    mib = [b / (1 << 20) for _, b in samples]
+    k = max(1, len(mib) // 3)
+    first, last = statistics.median(mib[:k]), statistics.median(mib[-k:])
+    flat = last - first <= max(RSS_FLAT_BYTES / (1 << 20), RSS_FLAT_FRACTION * first)
+    t0 = samples[0][0]
+    shown = ", ".join(f"{t - t0:.0f}s {m:.0f}" for (t, _), m in zip(samples, mib, strict=True))
+    if len(samples) > 24:
+        picks = [0, len(samples) // 2, len(samples) - 1]
+        shown = ", ".join(f"{samples[i][0] - t0:.0f}s {mib[i]:.0f}" for i in picks)
+    print(f"server RSS MiB ({len(samples)} samples every {SOAK_RSS_INTERVAL_S:g} s): {shown}; "
+          f"min {min(mib):.0f} max {max(mib):.0f}; first-third median {first:.0f} -> last-third "
+          f"{last:.0f}: {'flat' if flat else 'GROWING'}")
+    return flat
+
+
+def report_soak(tally: Tally, duration_s: float, rss: list[tuple[float, int]]) -> bool:
+    p99s = []
+    for name, lat in zip(("start", "middle", "end"), thirds(tally, duration_s), strict=True):
+        p99s.append(percentile_ms(lat, 99))
+        print(f"latency ms (ok), {name} third: p50 {percentile_ms(lat, 50):.1f}  p99 {p99s[-1]:.1f}  "
+              f"({len(lat)} answers)")
+    bounded = not math.isnan(p99s[2]) and p99s[2] <= P99_GROWTH * p99s[0] + 100
+    rejections = Counter()
+    unexplained = Counter()
+    for kind, n in tally.kinds.items():
+        if kind.startswith("200"):
+            continue
+        if re.fullmatch(r"(429 overloaded|503 \w+)", kind):
+            rejections[kind] += n
+        elif not kind.startswith("504"):
+            unexplained[kind] += n
+    print("rejections by status: " + (", ".join(f"{k}: {n}" for k, n in rejections.most_common()) or "none")
+          + "; not explicit: " + (", ".join(f"{k}: {n}" for k, n in unexplained.most_common()) or "none"))
+    flat = report_rss(rss)
+    print(f"soak: p99 {'bounded' if bounded else 'GROWING'}, RSS {'flat' if flat else 'GROWING'}, "
+          f"rejections {'explicit' if not unexplained else 'NOT all explicit'}")
+    return bounded and flat and not unexplained
+
+
+async def soak(control: httpx.AsyncClient, clients: Clients, bodies: list[bytes], rate: float,
+               args: argparse.Namespace) -> bool:
+    pid = args.server_pid or find_listener_pid(urlsplit(args.url).port or 80)
+    rss: list[tuple[float, int]] = []
+    sampler = asyncio.create_task(sample_rss(pid, rss)) if pid else None
+    tally, ok = await phase(control, f"soak, open loop at {rate:.0f} requests/s (2x capacity) for "
+                                     f"{args.soak_s:g} s, at most {args.max_outstanding} open",
+                            open_loop(clients, bodies, rate, args.soak_s))
+    if sampler is not None:
+        sampler.cancel()
+        rss.append((time.perf_counter(), rss_bytes(pid)))
+    return report_soak(tally, args.soak_s, rss) and ok
+
+
 # -- main -------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -321,12 +445,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-outstanding", type=int, default=1024,
                    help="overload phase: most requests the client keeps open (default 1024)")
     p.add_argument("--timeout-s", type=float, default=120.0, help="client timeout per request")
+    p.add_argument("--soak-s", type=float, default=0.0,
+                   help="then soak: open loop at 2x the measured capacity for this long (600: 10 minutes)")
+    p.add_argument("--server-pid", type=int, default=None,
+                   help="soak: the server's PID for RSS samples (default: whoever listens on --url's port)")
     args = p.parse_args(argv)
     host = urlsplit(args.url).hostname
     if host not in LOOPBACK:
         p.error(f"--url must be on loopback ({', '.join(sorted(LOOPBACK))}), got {host}")
-    if args.concurrency < 1 or args.duration_s <= 0 or args.max_outstanding < 1:
-        p.error("--concurrency and --max-outstanding must be >= 1 and --duration-s > 0")
+    if args.concurrency < 1 or args.duration_s <= 0 or args.max_outstanding < 1 or args.soak_s < 0:
+        p.error("--concurrency and --max-outstanding must be >= 1, --duration-s > 0, --soak-s >= 0")
     return args
 
 
@@ -350,6 +478,8 @@ async def main_async(args: argparse.Namespace) -> int:
             num_429 = sum(n for k, n in over.kinds.items() if k.startswith("429"))
             print(f"shed {num_429} of {over.num_sent} with 429 + Retry-After; "
                   f"ok throughput {over.throughput_rps:.1f}/s vs {tally.throughput_rps:.1f}/s at capacity")
+        if args.soak_s:
+            ok = await soak(control, clients, bodies, 2 * tally.throughput_rps, args) and ok
     await clients.aclose()
     print("\nPASS: every accepted request was answered" if ok else
           "\nFAIL: accepted != answered, or requests got no response")
