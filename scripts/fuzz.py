@@ -232,7 +232,7 @@ def m_splice(rng: random.Random, fmt: str, data: bytes) -> bytes:
         return data[:k] + bytes(rng.randrange(256) for _ in range(rng.randint(1, 64))) + data[k:]
     if choice == 1:
         return data[:k] + data[k:k + 256] * rng.randint(2, 50) + data[k:]
-    return data + os.urandom(rng.randint(1, 4096))
+    return data + rng.randbytes(rng.randint(1, 4096))
 
 
 MUTATIONS = (m_bitflips, m_truncate, m_chunk_length, m_huge_dims, m_bad_crc,
