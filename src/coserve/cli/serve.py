@@ -42,6 +42,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"answer 504 after this long; the engine still finishes the request (default {defaults.request_timeout_s:g})")
     p.add_argument("--max-loop-lag-s", type=float, default=defaults.max_loop_lag_s,
                    help=f"also 429 while the HTTP event loop runs this far behind; 0 never (default {defaults.max_loop_lag_s:g})")
+    p.add_argument("--drain-timeout-s", type=float, default=defaults.drain_timeout_s,
+                   help=f"on SIGTERM, how long the engine may finish what it holds; then the rest is answered with an error (default {defaults.drain_timeout_s:g})")
     p.add_argument("--read-timeout-s", type=float, default=defaults.read_timeout_s,
                    help=f"a request body must arrive within this long, else 408 (default {defaults.read_timeout_s:g})")
     p.add_argument("--max-request-decode-bytes", type=int, default=defaults.max_request_decode_bytes,
@@ -78,6 +80,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           request_timeout_s=args.request_timeout_s,
                           max_loop_lag_s=args.max_loop_lag_s or None,
                           read_timeout_s=args.read_timeout_s,
+                          drain_timeout_s=args.drain_timeout_s,
                           max_request_decode_bytes=args.max_request_decode_bytes,
                           max_server_decode_bytes=args.max_server_decode_bytes,
                           num_decode_workers=args.decode_workers,

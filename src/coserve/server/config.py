@@ -14,6 +14,7 @@ DEFAULT_READ_TIMEOUT_S = 10.0  # a whole body, even 16 MiB over a slow link, arr
 DEFAULT_MAX_REQUEST_DECODE_BYTES = 256 << 20  # 64 [3, 224, 224] images decode to 38 MiB
 DEFAULT_MAX_SERVER_DECODE_BYTES = 1 << 30
 DEFAULT_MAX_CONNECTIONS = 1024
+DEFAULT_DRAIN_TIMEOUT_S = 30.0
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 TOKEN_ENV = "COSERVE_TOKEN"
 
@@ -55,6 +56,9 @@ class ServerConfig:
     allowed_hosts: tuple[str, ...] | None = None
     metrics_token: str | None = None  # bearer token /metrics requires; None: open
     engine_stats_max_age_s: float = 5.0  # engine counters on /metrics are at most this old
+    # SIGTERM: how long the engine may take to finish what it holds; past it, whatever is
+    # left is answered with a "shut down" error and the process exits.
+    drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -77,6 +81,8 @@ class ServerConfig:
         self._check_intake()
 
     def _check_intake(self) -> None:
+        if not self.drain_timeout_s > 0:
+            raise ConfigError(f"drain_timeout_s must be > 0 seconds, got {self.drain_timeout_s}")
         if not self.read_timeout_s > 0:
             raise ConfigError(f"read_timeout_s must be > 0 seconds, got {self.read_timeout_s}")
         if self.max_request_decode_bytes < 1 << 20:

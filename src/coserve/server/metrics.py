@@ -122,8 +122,12 @@ class EngineCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         engine, admission = self._engine, self._admission
-        yield _gauge("coserve_ready", "1 when the engine runs and intake is open",
-                     float(engine.running and not admission.draining))
+        problems = engine.health() if engine.running else []
+        yield _gauge("coserve_ready", "1 when the engine runs, its executors are healthy and "
+                     "intake is open",
+                     float(engine.running and not problems and not admission.draining))
+        yield _gauge("coserve_engine_problems", "What the engine reports wrong now (a stuck or "
+                     "dead executor), as /readyz lists it", len(problems))
         yield _gauge("coserve_requests_in_flight", "Images the engine holds for HTTP clients",
                      admission.num_inflight)
         yield _gauge("coserve_requests_in_flight_limit", "Most images admitted at once",

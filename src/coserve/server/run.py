@@ -1,5 +1,6 @@
 """Run the app on uvicorn. SIGTERM (or Ctrl-C) drains: intake stops at once (503 for
-new requests), requests in flight are answered, the engine finishes what it holds,
+new requests), the engine finishes what it holds within the drain deadline (past it,
+what is left is answered with a "shut down" error), requests in flight are answered,
 and the process exits 0."""
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ class DrainingServer(uvicorn.Server):
         self.service = service
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self.service.stop_intake()
+        if not self.should_exit:
+            self.service.begin_drain()
         if self.should_exit and sig == signal.SIGINT:
             self.force_exit = True  # a second Ctrl-C: stop waiting
         self.should_exit = True
@@ -49,8 +51,9 @@ def make_server(engine: Engine, config: ServerConfig, log_level: str = "warning"
     app = create_app(engine, config)
     uv_config = uvicorn.Config(
         app, log_level=log_level, access_log=False, lifespan="on",
-        # Requests in flight are bounded by their own timeout; then the engine drains.
-        timeout_graceful_shutdown=config.request_timeout_s + 5,
+        # The engine drains from the signal on, within its deadline, and answers every
+        # handler waiting on it; then the handlers answer their clients.
+        timeout_graceful_shutdown=config.drain_timeout_s + 5,
         # Open connections and tasks: beyond it uvicorn answers 503 at once, so a flood of
         # connections (slow uploads, idle keep-alives) is bounded before any handler runs.
         limit_concurrency=config.max_connections,

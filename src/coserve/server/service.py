@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -67,9 +68,19 @@ class InspectionService:
         self.admission.stop()
 
     def close(self) -> None:
-        """Stop intake, let the engine finish every request it holds, stop it."""
+        """Stop intake, let the engine finish what it holds within the drain deadline
+        (past it, what is left is answered with a "shut down" error), stop it."""
         self.stop_intake()
-        self.engine.close()
+        self.engine.close(timeout_s=self.config.drain_timeout_s)
+
+    def begin_drain(self) -> threading.Thread:
+        """On SIGTERM: stop intake and start closing the engine now, so the handlers
+        waiting on its answers are answered within the drain deadline (not only after
+        their own timeouts, when the app's shutdown would start it)."""
+        self.stop_intake()
+        closing = threading.Thread(target=self.close, name="coserve-drain", daemon=True)
+        closing.start()
+        return closing
 
     def not_ready_reason(self) -> str | None:
         """Why /readyz says 503; None when ready."""
@@ -79,6 +90,9 @@ class InspectionService:
             return f"the engine failed to start: {self.start_error}"
         if not self.engine.running:
             return "starting: initial placement of experts is not finished"
+        problems = self.engine.health()
+        if problems:
+            return "unhealthy: " + "; ".join(problems)
         return None
 
     # -- intake ---------------------------------------------------------------------------
