@@ -282,7 +282,8 @@ class Engine:
         finally:
             self._manager.release(i, resident)
         self._stats.batch(i, len(batch.tasks), outcome.exec_s)
-        self._stats.batch_split(outcome.num_splits, outcome.num_oom_splits)
+        if outcome.num_splits or outcome.num_oom_splits:
+            self._stats.batch_split(outcome.num_splits, outcome.num_oom_splits)
         return outcome
 
     def _prefetch_next(self, executor: int, running: str) -> None:
@@ -445,7 +446,8 @@ class Engine:
 
     @property
     def quarantine(self) -> Quarantine:
-        """Experts that failed too often; `quarantine.release(expert)` lets one run again."""
+        """Experts that failed too often; each is probed again after `quarantine_probe_s`
+        (doubling while it fails), and `quarantine.release(expert)` lets one run at once."""
         return self._quarantine
 
     def resident(self) -> list[set[str]]:
