@@ -180,6 +180,37 @@ def test_close_with_a_deadline_answers_every_request_still_in_flight(model):
     assert answered_once(engine)
 
 
+def test_the_watchdog_takes_over_a_shift_past_its_deadline_and_its_executor_then_drops_it():
+    from coserve.engine.supervisor import Supervisor
+    from coserve.scheduler.queues import Batch
+    from coserve.stats import StatsRecorder
+
+    now, retired, stuck = [0.0], [], []
+    stats = StatsRecorder(2)
+    s = Supervisor(processors=["cpu", "cuda:0"], deadline_s=1.0, clock=lambda: now[0],
+                   stats=stats, retire=lambda i: retired.append(i) or [],
+                   reinstate=retired.remove,
+                   on_stuck=lambda shift, stuck_s, moved: stuck.append((shift.executor, stuck_s)))
+    slow = s.begin(0, Batch(0, "x", (), 0.0))
+    busy = s.begin(1, Batch(1, "y", (), 0.0))
+    now[0] = 0.9
+    s.phase(busy, "running")  # each forward gets the whole deadline
+    now[0] = 1.5
+    s.check()
+    s.check()  # taken over once
+    assert stuck == [(0, 1.5)] and retired == [0]
+    assert s.problems() == ["executor 0 (cpu) stuck 1.5 s loading expert 'x'"]
+    assert stats.snapshot(now[0], 0, **STATIC).num_unhealthy_executors == 1
+    assert s.end(busy)  # its executor answers its batch
+    assert not s.end(slow)  # the watchdog answered this one: the late outputs are dropped
+    assert retired == [] and s.problems() == []
+    assert stats.snapshot(now[0], 0, **STATIC).num_batch_timeouts == 1
+
+
+STATIC = dict(policy="coserve", budget_bytes=None, total_expert_bytes=0, storage="none",
+              cost_source="test")
+
+
 def test_config_checks_the_supervision_times():
     with pytest.raises(ConfigError, match="batch_deadline_s"):
         EngineConfig(batch_deadline_s=0)
