@@ -108,6 +108,11 @@ INTERNAL = (500, "internal")
 # An accepted request that failed: the status its single-request answer carries.
 FAILURE_STATUS: dict[FailureKind, int] = {
     FailureKind.EXPERT_FAILED: 500,
+    FailureKind.INVALID_INPUT: 422,  # the expert failed on this input alone
+    FailureKind.OUT_OF_MEMORY: 503,  # not the client's fault: retry later
+    FailureKind.TIMED_OUT: 504,  # its batch ran past the batch deadline
+    FailureKind.EXECUTOR_STUCK: 503,
+    FailureKind.SHUT_DOWN: 503,  # send it to another replica
     FailureKind.EXPERT_QUARANTINED: 503,
     FailureKind.ROUTING_FAILED: 500,
     FailureKind.NOT_QUEUED: 500,
