@@ -88,9 +88,10 @@ def case_budget(paths: list[str], num_cases: int) -> dict[str, int]:
 
 def fuzz_openapi(base_url: str, num_cases: int, headers: dict[str, str], seed: int = 0,
                  progress: Callable[[str], None] = lambda s: None) -> Counts:
-    """Schemathesis cases generated from the server's OpenAPI document."""
+    """Schemathesis cases generated from the server's OpenAPI document, at least
+    `num_cases` of them: operations with few distinct cases (the probes) leave their
+    share to a second, differently seeded round over the inspect endpoints."""
     import schemathesis
-    from hypothesis import HealthCheck, Phase, given, settings
 
     document = httpx.get(f"{base_url}/openapi.json", headers=headers, timeout=30).json()
     schema = schemathesis.openapi.from_dict(document)
@@ -99,24 +100,37 @@ def fuzz_openapi(base_url: str, num_cases: int, headers: dict[str, str], seed: i
     per_path = Counter(op.path for op in operations)
     counts = Counts()
     for op in operations:
-        n = max(1, budget[op.path] // per_path[op.path])
-
-        @settings(max_examples=n, deadline=None, database=None, derandomize=True,
-                  phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
-        @given(case=op.as_strategy())
-        def run(case) -> None:
-            what = f"{case.method} {case.formatted_path}"
-            try:
-                response = case.call(base_url=base_url, headers=headers, timeout=REQUEST_TIMEOUT_S)
-            except Exception as exc:  # a dropped connection is a finding, not a harness error
-                counts.record(what, None, f"{type(exc).__name__}: {exc}")
-                return
-            counts.record(what, response.status_code, f"{response.text} <- body {case.body!r}"[:600])
-
-        before = counts.num_cases
-        run()
-        progress(f"  {op.method.upper()} {op.path}: {counts.num_cases - before} cases")
+        run_operation(op, max(1, budget[op.path] // per_path[op.path]), base_url, headers, counts, seed)
+        progress(f"  {op.method.upper()} {op.path}: {counts.num_cases} cases so far")
+    top_up = [op for op in operations if op.path in CASE_SHARE]
+    for k, op in enumerate(top_up):
+        short = (num_cases - counts.num_cases) // (len(top_up) - k)
+        if short > 0:
+            run_operation(op, short, base_url, headers, counts, seed + 1)
+            progress(f"  top-up {op.method.upper()} {op.path}: {counts.num_cases} cases so far")
     return counts
+
+
+def run_operation(op, num: int, base_url: str, headers: dict[str, str], counts: Counts,
+                  seed: int) -> None:
+    """`num` generated cases of one operation (fewer if it has fewer distinct ones)."""
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import seed as hypothesis_seed
+
+    @hypothesis_seed(seed)
+    @settings(max_examples=num, deadline=None, database=None,
+              phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+    @given(case=op.as_strategy())
+    def run(case) -> None:
+        what = f"{case.method} {case.formatted_path}"
+        try:
+            response = case.call(base_url=base_url, headers=headers, timeout=REQUEST_TIMEOUT_S)
+        except Exception as exc:  # a dropped connection is a finding, not a harness error
+            counts.record(what, None, f"{type(exc).__name__}: {exc}")
+            return
+        counts.record(what, response.status_code, f"{response.text} <- body {case.body!r}"[:600])
+
+    run()
 
 
 # -- (b) mutated images ---------------------------------------------------------------------
@@ -333,7 +347,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cases", type=int, default=10_000, help="schemathesis cases (default 10,000; 0: skip)")
     p.add_argument("--images", type=int, default=2_000,
                    help="mutated images, each sent as JSON and as multipart (default 2,000; 0: skip)")
-    p.add_argument("--seed", type=int, default=0, help="the image corpus's seed (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="schemathesis's and the image corpus's seed (default 0)")
     p.add_argument("--url", default=None, help="fuzz this running server instead of starting one")
     p.add_argument("--token", default=None, help="with --url: its bearer token")
     args = p.parse_args(argv)
@@ -347,7 +361,8 @@ def run(base_url: str, args: argparse.Namespace, headers: dict[str, str]) -> lis
     if args.cases:
         t0 = time.monotonic()
         print(f"schemathesis: {args.cases} cases over {base_url}/openapi.json", flush=True)
-        counts = fuzz_openapi(base_url, args.cases, headers, progress=lambda s: print(s, flush=True))
+        counts = fuzz_openapi(base_url, args.cases, headers, seed=args.seed,
+                              progress=lambda s: print(s, flush=True))
         results.append((f"schemathesis ({time.monotonic() - t0:.0f} s)", counts))
     if args.images:
         t0 = time.monotonic()
