@@ -481,8 +481,9 @@ async def main_async(args: argparse.Namespace) -> int:
         if args.soak_s:
             ok = await soak(control, clients, bodies, 2 * tally.throughput_rps, args) and ok
     await clients.aclose()
-    print("\nPASS: every accepted request was answered" if ok else
-          "\nFAIL: accepted != answered, or requests got no response")
+    print("\nPASS: every accepted request was answered" + (" and the soak held" if args.soak_s else "")
+          if ok else "\nFAIL: accepted != answered, requests got no response"
+          + (", or the soak's latency, RSS or rejections failed (above)" if args.soak_s else ""))
     return 0 if ok else 1
 
 
