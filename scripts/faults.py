@@ -528,8 +528,17 @@ def expert_row(ctx: Context, fault: str, component: str, *, prepare: Prepare | N
 def answered_before_timeout(ctx: Context, srv: Server, row: Row, answers: list[Answer]) -> None:
     if "--batch-deadline-s" not in ctx.options:
         row.note = "no deadline option: `coserve serve` has no --batch-deadline-s"
-    if any(a.kind.startswith("504") for a in answers):
+    if any(a.kind == "504 timeout" for a in answers):  # the engine's own deadline says timed_out
         row.problems.append("the hung batch was answered only by the client-facing timeout (504)")
+    # While the hung thread holds its executor, what does a normal request get? Then let
+    # it go: "normal after" is asked once the server says it is ready again.
+    during = post(srv.client, "/v1/inspect", single("R", tiny_png(2)), timeout_s=10)
+    answers.append(during)  # counted with the row's answers
+    release_markers(ctx)
+    recovered = wait_for(lambda: _status(srv.url + "/readyz") == 200, SETTLE_S)
+    row.note = (row.note + "; " if row.note else "") + (
+        f"normal while stuck: {during.kind} {during.latency_s:.2f}s; ready again after release: "
+        f"{'yes' if recovered else 'no'}")
 
 
 def all_ok(ctx: Context, srv: Server, row: Row, answers: list[Answer]) -> None:
