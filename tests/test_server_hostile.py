@@ -231,15 +231,14 @@ def test_metrics_need_their_token_and_a_scrape_does_not_sort(client, guarded, by
     _, engine, _ = guarded
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
-    num_snapshots = 0
+    calls: list[dict] = []
     stats = engine.stats
 
-    def counting_stats():
-        nonlocal num_snapshots
-        num_snapshots += 1
-        return stats()
+    def counting_stats(**kw):
+        calls.append(kw)
+        return stats(**kw)
 
-    engine.stats = counting_stats  # the snapshot sorts the engine's latency window
+    engine.stats = counting_stats  # with latencies, the snapshot sorts the latency window
     try:
         for _ in range(2):
             assert client.post("/v1/inspect", json=tensor_body(by_type["Q"].input, "Q")).status_code == 200
@@ -247,7 +246,8 @@ def test_metrics_need_their_token_and_a_scrape_does_not_sort(client, guarded, by
             assert client.get("/metrics", headers=METRICS_AUTH).status_code == 200
     finally:
         del engine.stats
-    assert num_snapshots <= 1  # the background refresh, at most once in 5 s
+    assert len(calls) <= 1  # the background refresh, at most once in 5 s
+    assert all(kw.get("latencies") is False for kw in calls)  # and it sorts nothing
     assert scrape(client, "coserve_engine_requests_total", outcome="completed") >= 2
     assert scrape(client, "coserve_engine_latency_seconds_count") >= 2
 

@@ -104,3 +104,20 @@ def test_a_drain_with_a_deadline_then_answers_whatever_is_left():
     assert t.drain(timeout_s=0)
     assert [r.request_id for r in results] == ["done", "stuck"]
     assert results[1].error_kind is FailureKind.SHUT_DOWN
+
+
+def test_a_snapshot_without_latencies_skips_the_window_but_keeps_the_counters():
+    from coserve.stats import StatsRecorder
+
+    static = {"policy": "p", "budget_bytes": None, "total_expert_bytes": 0, "storage": "none",
+              "cost_source": "default"}
+    recorder = StatsRecorder(1)
+    recorder.reset(0.0)
+    for latency_s in (0.3, 0.1, 0.2):
+        recorder.request_submitted()
+        recorder.request_done(latency_s, ok=True, now_s=1.0)
+    full = recorder.snapshot(1.0, bytes_read=0, **static)
+    assert (full.latency_p50_s, full.latency_p99_s) == (0.2, 0.3)
+    counters = recorder.snapshot(1.0, bytes_read=0, latencies=False, **static)
+    assert counters.latency_p99_s == 0.0
+    assert (counters.num_requests, counters.num_completed) == (3, 3)

@@ -9,7 +9,7 @@ import statistics
 import threading
 from collections import Counter, deque
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from coserve.types import LoadPath
@@ -19,7 +19,10 @@ LATENCY_WINDOW = 100_000  # latest request latencies kept for percentiles
 
 def percentile(values: Iterable[float], q: float) -> float:
     """Nearest-rank percentile (q in [0, 100]); 0.0 for no values."""
-    ordered = sorted(values)
+    return _ranked(sorted(values), q)
+
+
+def _ranked(ordered: list[float], q: float) -> float:
     if not ordered:
         return 0.0
     rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
@@ -174,51 +177,65 @@ class StatsRecorder:
         with self._lock:
             self._queue_max[executor] = max(self._queue_max[executor], depth)
 
-    def snapshot(self, now_s: float, bytes_read: int, **static: Any) -> EngineStats:
+    def snapshot(self, now_s: float, bytes_read: int, latencies: bool = True,
+                 **static: Any) -> EngineStats:
+        """The statistics now. The latency window is copied under the lock and sorted
+        outside it, once; `latencies=False` skips it (zeros), for a caller that keeps its
+        own latency histogram."""
         with self._lock:
-            done = self._num_done
-            # Throughput over the window that ends with the last completion, so idle time
-            # after the run does not dilute it.
-            end_s = self._t_last if done else now_s
-            wall_s = max(end_s - self._t0, 1e-9)
-            switches_by_path: Counter[str] = Counter()
-            for c in self._switches:
-                switches_by_path.update(c)
-            storage_bytes = sum(b for p, b in self._bytes_by_path.items() if p.startswith("storage"))
-            storage_s = sum(s for p, s in self._load_s_by_path.items() if p.startswith("storage"))
-            lookups = self._hits + self._misses
-            return EngineStats(
-                num_requests=self._num_requests,
-                num_completed=done - self._num_failed,
-                num_failed=self._num_failed,
-                wall_s=wall_s,
-                throughput_rps=(done - self._num_failed) / wall_s,
-                num_switches=sum(switches_by_path.values()),
-                switches_by_path=dict(switches_by_path),
-                switches_per_executor=[sum(c.values()) for c in self._switches],
-                bytes_read=bytes_read,
-                bytes_loaded_by_path=dict(self._bytes_by_path),
-                load_time_s_by_path=dict(self._load_s_by_path),
-                load_bandwidth_bytes_per_s=storage_bytes / storage_s if storage_s else 0.0,
-                num_pool_hits=self._hits,
-                num_pool_misses=self._misses,
-                pool_hit_rate=self._hits / lookups if lookups else 0.0,
-                num_batches=self._num_batches,
-                mean_batch_size=self._num_items / self._num_batches if self._num_batches else 0.0,
-                latency_p50_s=percentile(self._latencies, 50),
-                latency_p90_s=percentile(self._latencies, 90),
-                latency_p99_s=percentile(self._latencies, 99),
-                latency_mean_s=statistics.fmean(self._latencies) if self._latencies else 0.0,
-                queue_depth_max=list(self._queue_max),
-                busy_s_per_executor=list(self._busy_s),
-                utilisation_per_executor=[b / wall_s for b in self._busy_s],
-                handling_s_per_executor=list(self._handling_s),
-                num_deadline_misses=self._num_deadline_misses,
-                deadline_miss_rate=self._num_deadline_misses / done if done else 0.0,
-                num_batch_timeouts=self._num_timeouts,
-                num_unhealthy_executors=self._num_unhealthy,
-                num_batch_splits=self._num_splits,
-                num_oom_splits=self._num_oom_splits,
-                extra=dict(self._extra),
-                **static,
-            )
+            window = list(self._latencies) if latencies else []
+            stats = self._counters(now_s, bytes_read, **static)
+        return replace(stats, **_latency_summary(window))
+
+    def _counters(self, now_s: float, bytes_read: int, **static: Any) -> EngineStats:
+        """Everything but the latency summary (the caller holds the lock)."""
+        done = self._num_done
+        # Throughput over the window that ends with the last completion, so idle time
+        # after the run does not dilute it.
+        end_s = self._t_last if done else now_s
+        wall_s = max(end_s - self._t0, 1e-9)
+        switches_by_path: Counter[str] = Counter()
+        for c in self._switches:
+            switches_by_path.update(c)
+        storage_bytes = sum(b for p, b in self._bytes_by_path.items() if p.startswith("storage"))
+        storage_s = sum(s for p, s in self._load_s_by_path.items() if p.startswith("storage"))
+        lookups = self._hits + self._misses
+        return EngineStats(
+            num_requests=self._num_requests,
+            num_completed=done - self._num_failed,
+            num_failed=self._num_failed,
+            wall_s=wall_s,
+            throughput_rps=(done - self._num_failed) / wall_s,
+            num_switches=sum(switches_by_path.values()),
+            switches_by_path=dict(switches_by_path),
+            switches_per_executor=[sum(c.values()) for c in self._switches],
+            bytes_read=bytes_read,
+            bytes_loaded_by_path=dict(self._bytes_by_path),
+            load_time_s_by_path=dict(self._load_s_by_path),
+            load_bandwidth_bytes_per_s=storage_bytes / storage_s if storage_s else 0.0,
+            num_pool_hits=self._hits,
+            num_pool_misses=self._misses,
+            pool_hit_rate=self._hits / lookups if lookups else 0.0,
+            num_batches=self._num_batches,
+            mean_batch_size=self._num_items / self._num_batches if self._num_batches else 0.0,
+            latency_p50_s=0.0, latency_p90_s=0.0, latency_p99_s=0.0, latency_mean_s=0.0,
+            queue_depth_max=list(self._queue_max),
+            busy_s_per_executor=list(self._busy_s),
+            utilisation_per_executor=[b / wall_s for b in self._busy_s],
+            handling_s_per_executor=list(self._handling_s),
+            num_deadline_misses=self._num_deadline_misses,
+            deadline_miss_rate=self._num_deadline_misses / done if done else 0.0,
+            num_batch_timeouts=self._num_timeouts,
+            num_unhealthy_executors=self._num_unhealthy,
+            num_batch_splits=self._num_splits,
+            num_oom_splits=self._num_oom_splits,
+            extra=dict(self._extra),
+            **static,
+        )
+
+
+def _latency_summary(window: list[float]) -> dict[str, float]:
+    ordered = sorted(window)
+    return {"latency_p50_s": _ranked(ordered, 50), "latency_p90_s": _ranked(ordered, 90),
+            "latency_p99_s": _ranked(ordered, 99),
+            "latency_mean_s": statistics.fmean(ordered) if ordered else 0.0}

@@ -411,12 +411,15 @@ class Engine:
             failed.set_result(rejected(request, str(exc), self._clock()))
             return failed
 
-    def stats(self) -> EngineStats:
+    def stats(self, latencies: bool = True) -> EngineStats:
+        """`latencies=False`: skip the latency percentiles (zeros), which sort the window
+        of recent latencies; the counters alone cost microseconds."""
         bytes_read = (self._storage.stats().bytes_read - self._storage_bytes_at_start
                       if self._started else 0)
         return self._stats.snapshot(
             self._clock(),
             bytes_read=bytes_read,
+            latencies=latencies,
             policy=self._assembly.policies.name,
             budget_bytes=self.budget_bytes,
             total_expert_bytes=self.model.total_expert_bytes,

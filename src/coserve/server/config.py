@@ -81,10 +81,9 @@ class ServerConfig:
         self._check_intake()
 
     def _check_intake(self) -> None:
-        if not self.drain_timeout_s > 0:
-            raise ConfigError(f"drain_timeout_s must be > 0 seconds, got {self.drain_timeout_s}")
-        if not self.read_timeout_s > 0:
-            raise ConfigError(f"read_timeout_s must be > 0 seconds, got {self.read_timeout_s}")
+        for name in ("read_timeout_s", "drain_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
         if self.max_request_decode_bytes < 1 << 20:
             raise ConfigError(f"max_request_decode_bytes must be >= 1 MiB, got "
                               f"{self.max_request_decode_bytes}")
@@ -98,6 +97,9 @@ class ServerConfig:
             raise ConfigError(f"max_connections must be >= 1, got {self.max_connections}")
         if self.keep_alive_s < 1:
             raise ConfigError(f"keep_alive_s must be >= 1 second, got {self.keep_alive_s}")
+        self._check_access()
+
+    def _check_access(self) -> None:
         if self.allowed_hosts is not None and not all(h.strip() for h in self.allowed_hosts):
             raise ConfigError("allowed_hosts holds an empty name; give host names such as "
                               "'example.com' (any port), or '*' for any")

@@ -5,10 +5,10 @@ what each accepted request gives when the engine finishes it (completed or faile
 engine latency, whether it missed its latency target), incrementally, as it happens: a
 scrape reads counters and histogram buckets, never sorts. What only the engine counts
 (switches and bytes per tier path, pool hits, batches, busy time) comes from its stats
-snapshot, which sorts the engine's latency window: `EngineCounters` takes it off the
-event loop at most every `max_age_s` (in the background), and scrapes read the last
-one. Queue depths, pool bytes and quarantine are cheap and read at scrape time. Each
-server has its own registry, so two servers can live in one process."""
+counters (without the latency window, which the histograms replace), refreshed off the
+event loop at most every `max_age_s`: scrapes read the last ones. Queue depths, pool
+bytes, quarantine and health are cheap and read at scrape time. Each server has its own
+registry, so two servers can live in one process."""
 
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ class EngineCounters:
 
     def refresh(self) -> None:
         if self._engine.running:
-            stats = self._engine.stats()
+            stats = self._engine.stats(latencies=False)  # the histograms have them
             with self._lock:
                 self._latest = stats
 
