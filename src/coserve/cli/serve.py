@@ -61,6 +61,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="bearer token /metrics requires (default: none, /metrics is open)")
     p.add_argument("--quarantine-after", type=int, default=EngineConfig.quarantine_after,
                    help=f"consecutive failures that quarantine an expert; 0 never (default {EngineConfig.quarantine_after})")
+    p.add_argument("--quarantine-probe-s", type=float, default=EngineConfig.quarantine_probe_s,
+                   help=f"a quarantined expert is tried again after this long (doubling after each failed try); 0: only an operator lifts a quarantine (default {EngineConfig.quarantine_probe_s:g})")
     add_engine_options(p, backlog=False)
     add_plan_option(p)
     add_trust_option(p)
@@ -87,7 +89,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           max_connections=args.max_connections,
                           allowed_hosts=_hosts(args.allowed_hosts), metrics_token=args.metrics_token)
     model = open_repository(args.repo, trust_code=args.trust_repo_code)
-    engine_config, plan = planned_config(args, args.policy, quarantine_after=args.quarantine_after)
+    engine_config, plan = planned_config(args, args.policy, quarantine_after=args.quarantine_after,
+                                         quarantine_probe_s=args.quarantine_probe_s or None)
     engine = Engine(model, engine_config, plan=plan)  # validates the budget before the port is taken
     try:
         sock = bind(config.host, config.port)
