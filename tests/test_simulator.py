@@ -83,7 +83,10 @@ def test_arrivals_and_rejected_requests(tiny, plan):
     stats, results = simulate(model, [*spaced, bad], _config(), plan=plan)
     assert stats.num_completed == 40 and results[-1].error_kind.value == "rejected"
     assert stats.wall_s >= 39 * 0.05  # the last request cannot finish before it arrives
-    assert stats.latency_p99_s < 0.05 * 10  # an idle system answers each request quickly
+    # Spaced out, requests do not queue behind each other as a backlog of the same ones
+    # does (relative: the plan is profiled on this machine, loaded or not).
+    backlog, _ = simulate(model, requests[:40], _config(), backlog=True, plan=plan)
+    assert stats.latency_p99_s < backlog.latency_p99_s / 2
 
 
 def test_a_plan_cost_model_follows_the_executor_layout(tiny, plan):

@@ -6,6 +6,7 @@ and every accepted request is answered exactly once."""
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ import pytest
 from coserve import Engine, EngineConfig, parse_executors
 from coserve.errors import ConfigError, EngineClosedError
 from coserve.loader.expert_loader import ExpertLoader
+from coserve.manager.manager import is_out_of_memory
 from coserve.tracker import RequestTracker
 from coserve.types import FailureKind
 from fault_fixtures import (
@@ -266,12 +268,25 @@ def test_out_of_memory_halves_the_batch_and_is_not_the_experts_fault(model):
     assert stats.num_oom_splits == 3
 
 
-def test_out_of_memory_while_loading_fails_clearly_and_leaves_the_pool_consistent(model, monkeypatch):
+LOAD_OOMS = [MemoryError(), OSError(errno.ENOMEM, "Cannot allocate memory"),  # mmap/alloc
+             RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't "
+                          "allocate memory: you tried to allocate 1073741824 bytes")]
+
+
+def test_what_counts_as_out_of_memory():
+    assert all(is_out_of_memory(exc) for exc in LOAD_OOMS)
+    assert not is_out_of_memory(OSError(errno.ENOENT, "No such file or directory"))
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+@pytest.mark.parametrize("oom", LOAD_OOMS, ids=lambda e: type(e).__name__)
+def test_out_of_memory_while_loading_fails_clearly_and_leaves_the_pool_consistent(
+        model, monkeypatch, oom):
     read = ExpertLoader.read
 
     def oom_read(self, expert):
         if expert == "a":
-            raise MemoryError()
+            raise oom
         return read(self, expert)
 
     one_expert = model.experts["a"].num_bytes

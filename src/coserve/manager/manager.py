@@ -9,6 +9,7 @@ expert."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 from collections.abc import Sequence, Set
@@ -28,11 +29,19 @@ class LoadOutOfMemory(ExpertError):
     """No memory to load an expert: the machine's fault now, not the expert's."""
 
 
+CPU_ALLOCATOR_OOM = "can't allocate memory"  # in PyTorch's CPU allocator's RuntimeError
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    """MemoryError, or torch's OutOfMemoryError (torch.cuda.OutOfMemoryError is the same
-    class), told apart without importing torch here."""
-    return isinstance(exc, MemoryError) or any(
-        c.__name__ == "OutOfMemoryError" for c in type(exc).__mro__)
+    """MemoryError, torch's OutOfMemoryError (torch.cuda.OutOfMemoryError is the same
+    class), an OSError ENOMEM (a buffer the loader could not map), or the RuntimeError
+    PyTorch's CPU allocator raises; told apart without importing torch here."""
+    if isinstance(exc, MemoryError) or any(
+            c.__name__ == "OutOfMemoryError" for c in type(exc).__mro__):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno == errno.ENOMEM
+    return isinstance(exc, RuntimeError) and CPU_ALLOCATOR_OOM in str(exc)
 
 
 class Loader(Protocol):
