@@ -292,3 +292,22 @@ def test_closing_with_discard_empties_every_queue():
         s.enqueue(task(e, i=i))
     assert sorted(t.request_id for t in s.close(discard=True)) == ["r0", "r1", "r2", "r3"]
     assert s.next_batch(0) is None and s.next_batch(1) is None
+
+
+def test_a_group_held_back_past_the_starvation_bound_goes_first():
+    # A resident group keeps receiving tasks; a group that needs a switch would wait for it
+    # forever under sustained load, unless its deadline falls starvation_s behind.
+    from coserve.scheduler.groups import GroupView
+    from coserve.scheduler.select import SelectContext
+
+    ctx = SelectContext(now_s=100.0, processor="cpu", resident={"a"}, costs=costs(),
+                        in_host=lambda e: False, batch_size=lambda e, n: min(n, 8))
+    fresh = GroupView("a", 8, deadline_s=105.0)
+    held = {"b": GroupView("b", 1, deadline_s=95.0), "c": GroupView("c", 1, deadline_s=80.0)}
+    select = DeadlineAwareSelect(risk_s=1.0, starvation_s=15.0)
+    assert select.order([fresh, held["b"]], ctx, 2) == ["a", "b"]  # 10 s behind: grouping holds
+    assert select.order([fresh, held["b"], held["c"]], ctx, 3) == ["c", "a", "b"]  # 25 s behind
+    unbounded = DeadlineAwareSelect(risk_s=1.0)
+    assert unbounded.order([fresh, held["c"]], ctx, 2) == ["a", "c"]
+    with pytest.raises(ConfigError):
+        DeadlineAwareSelect(risk_s=1.0, starvation_s=-1.0)

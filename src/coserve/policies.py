@@ -31,6 +31,9 @@ DEFAULT_MAX_DEFER_S = 5.0  # coserve-paper: how long a task may be delayed by ov
 DEFAULT_LATENCY_TARGET_S = 5.0  # coserve: when a request should be answered
 # coserve serves a group first once less than this share of its latency target is left.
 DEADLINE_RISK_SHARE = 0.25
+# coserve: a group whose deadline is this many latency targets before the chosen group's
+# goes first (the starvation bound; simulated steady state best near 3 on both shapes).
+STARVATION_SHARE = 3.0
 
 
 # -- executor layouts ----------------------------------------------------------------------
@@ -128,7 +131,7 @@ def _coserve(name: str, tuning: Tuning) -> PolicySet:
     """The best we have: a group per expert, selection by deadline, residency and yield."""
     risk_s = DEADLINE_RISK_SHARE * tuning.latency_target_s
     return replace(_coserve_paper(name, tuning), arrange=GroupByExpert(),
-                   select=DeadlineAwareSelect(risk_s))
+                   select=DeadlineAwareSelect(risk_s, STARVATION_SHARE * tuning.latency_target_s))
 
 
 def _all_resident(name: str, tuning: Tuning) -> PolicySet:
