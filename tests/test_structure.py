@@ -24,7 +24,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer.split()) for layer in
     "policies config",
     "assembly tracker",
     "engine simulator",
-    "profiler planner",
+    "profiler planner cluster",
     "bench inspect server zoo cli",
 ))
 MAX_FUNCTION_LINES = 60

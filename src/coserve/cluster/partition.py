@@ -1,0 +1,329 @@
+"""Dependency-aware placement of experts over replicas: a preliminary expert lives where
+its likely subsequent experts live, a shared subsequent expert where most of its parents'
+traffic is, and each replica carries about 1/N of the work and 1/N of the bytes.
+
+Pure Python (no torch, no Ray): the Ray Serve ingress and `coserve cluster simulate` both
+use it.
+
+The unit of placement is a *family*: a preliminary expert with the share of each
+subsequent expert that its traffic reaches (P(parent) x P(parent routes to it) over all
+parents' traffic). Families are placed largest first on the replica that keeps the larger
+of (work share, byte share) smallest; then each subsequent expert goes to the replica
+that sends it most traffic, unless that replica's bytes would pass the tolerance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from coserve.repository import CoEModel
+
+# A replica may carry this much more than 1/N of the work (or the bytes) before the
+# partition moves an expert off it; 10% keeps a per-replica budget sized for 1/N useful.
+BALANCE_TOLERANCE = 0.10
+# A request goes to its owner unless the owner's queue is this much longer than the
+# shortest one: below it, the owner's resident experts save more than the wait costs
+# (one switch from a SATA SSD is ~0.3 s for a 170 MB expert).
+SPILL_MARGIN_S = 2.0
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Who owns which expert. `owner` maps every expert to a replica in [0, num_replicas)."""
+
+    num_replicas: int
+    owner: Mapping[str, int]
+    _members: tuple[frozenset[str], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.num_replicas < 1:
+            raise ValueError(f"num_replicas must be at least 1, got {self.num_replicas}")
+        bad = sorted(e for e, r in self.owner.items() if not 0 <= r < self.num_replicas)
+        if bad:
+            raise ValueError(f"experts {bad[:5]} are owned by no replica in "
+                             f"[0, {self.num_replicas}): give each an owner below num_replicas")
+        members: list[set[str]] = [set() for _ in range(self.num_replicas)]
+        for expert, replica in self.owner.items():
+            members[replica].add(expert)
+        object.__setattr__(self, "owner", MappingProxyType(dict(self.owner)))
+        object.__setattr__(self, "_members", tuple(frozenset(m) for m in members))
+
+    def experts_of(self, replica: int) -> frozenset[str]:
+        """The experts `replica` owns."""
+        return self._members[replica]
+
+    def replica_for(self, first: Sequence[str]) -> int:
+        """The replica owning a request's first expert (the first one's, on a fan-out)."""
+        if isinstance(first, str) or not first:
+            raise ValueError(f"first must be a non-empty sequence of expert names, got {first!r}")
+        return self.owner[first[0]]
+
+    def spill_order(self, first: Sequence[str], loads: Sequence[float],
+                    margin_s: float = SPILL_MARGIN_S) -> list[int]:
+        """Replicas in preference order for a request: its owner first unless the owner's
+        queued work (`loads`, seconds per replica) is more than `margin_s` above the least
+        loaded replica's; then the others by the min-max rule (least queued work first,
+        ties to the lower index)."""
+        if len(loads) != self.num_replicas:
+            raise ValueError(f"loads has {len(loads)} entries for {self.num_replicas} replicas: "
+                             "give each replica's queued work in seconds")
+        owner = self.replica_for(first)
+        by_load = sorted(range(self.num_replicas), key=lambda r: (loads[r], r))
+        if loads[owner] - loads[by_load[0]] > margin_s:
+            return by_load
+        return [owner] + [r for r in by_load if r != owner]
+
+
+@dataclass(frozen=True)
+class _Family:
+    """A preliminary expert with its attributed work and bytes."""
+
+    root: str
+    work: float
+    num_bytes: float
+    reach: Mapping[str, float]  # descendant -> the fraction of its traffic due to root
+
+
+class _Graph:
+    """The routing graph with traffic: P(expert) and P(parent routes to child)."""
+
+    def __init__(self, model: CoEModel, usage: Mapping[str, float],
+                 weight: Callable[[str], float]) -> None:
+        self.experts = sorted(model.experts)
+        self.num_bytes = {e: float(model.experts[e].num_bytes) for e in self.experts}
+        self.work = {e: float(weight(e)) for e in self.experts}
+        self.children: dict[str, dict[str, float]] = {e: {} for e in self.experts}
+        self.parents: dict[str, dict[str, float]] = {e: {} for e in self.experts}
+        for parent in self.experts:
+            probs = model.label_probs.get(parent, {})
+            for label, targets in model.router.next_table.get(parent, {}).items():
+                for child in targets:
+                    # Traffic parent -> child: P(parent) x P(label | parent).
+                    flow = usage.get(parent, 0.0) * probs.get(label, 0.0)
+                    self.children[parent][child] = self.children[parent].get(child, 0.0) + flow
+                    self.parents[child][parent] = self.parents[child].get(parent, 0.0) + flow
+        self.roots = [e for e in self.experts if not self.parents[e]]
+
+    def share(self, parent: str, child: str) -> float:
+        """The fraction of `child`'s incoming traffic that comes from `parent`."""
+        total = sum(self.parents[child].values())
+        if total <= 0:
+            return 1.0 / len(self.parents[child])
+        return self.parents[child].get(parent, 0.0) / total
+
+    def families(self) -> list[_Family]:
+        """One family per expert nobody routes to; children (and theirs) attributed by
+        traffic share."""
+        result = []
+        for root in self.roots:
+            work, num_bytes = self.work[root], self.num_bytes[root]
+            reach = self._reach(root)
+            for child, fraction in reach.items():
+                work += fraction * self.work[child]
+                num_bytes += fraction * self.num_bytes[child]
+            result.append(_Family(root, work, num_bytes, MappingProxyType(reach)))
+        return result
+
+    def _reach(self, root: str) -> dict[str, float]:
+        """Descendants of `root` with the fraction of each one's traffic due to it."""
+        reached: dict[str, float] = {}
+        frontier = [(root, 1.0)]
+        while frontier:
+            node, fraction = frontier.pop()
+            for child in sorted(self.children[node]):
+                part = fraction * self.share(node, child)
+                reached[child] = reached.get(child, 0.0) + part
+                frontier.append((child, part))
+        return reached
+
+
+class _Loads:
+    """Per-replica work and bytes, normalised so 1.0 is an even 1/N share."""
+
+    def __init__(self, num_replicas: int, total_work: float, total_bytes: float) -> None:
+        self.work = [0.0] * num_replicas
+        self.bytes = [0.0] * num_replicas
+        self._work_unit = max(total_work, 1e-300) / num_replicas
+        self._bytes_unit = max(total_bytes, 1e-300) / num_replicas
+
+    def cost(self, replica: int, work: float = 0.0, num_bytes: float = 0.0) -> float:
+        """The larger of work share and byte share on `replica` after adding these."""
+        return max((self.work[replica] + work) / self._work_unit,
+                   (self.bytes[replica] + num_bytes) / self._bytes_unit)
+
+    def size(self, work: float, num_bytes: float) -> float:
+        """The larger of work share and byte share of one family on its own."""
+        return max(work / self._work_unit, num_bytes / self._bytes_unit)
+
+    def add(self, replica: int, work: float, num_bytes: float) -> None:
+        self.work[replica] += work
+        self.bytes[replica] += num_bytes
+
+    def bytes_share(self, replica: int, num_bytes: float = 0.0) -> float:
+        return (self.bytes[replica] + num_bytes) / self._bytes_unit
+
+
+def default_weight(model: CoEModel, usage: Mapping[str, float]) -> Callable[[str], float]:
+    """usage x num_bytes: the bytes an expert costs the replica per request, a proxy for
+    both its share of the switching and its share of the pool."""
+    return lambda expert: usage.get(expert, 0.0) * model.experts[expert].num_bytes
+
+
+def partition_experts(
+    model: CoEModel,
+    num_replicas: int,
+    usage: Mapping[str, float] | None = None,
+    weight: Callable[[str], float] | None = None,
+) -> Partition:
+    """A dependency-aware partition of `model`'s experts over `num_replicas` replicas.
+    `usage` defaults to the model's prior; `weight(expert)` (the work an expert brings a
+    replica) defaults to usage x num_bytes. Deterministic."""
+    return _place(model, num_replicas, usage, weight, previous=None)
+
+
+def repartition(
+    old: Partition,
+    model: CoEModel,
+    usage: Mapping[str, float],
+    weight: Callable[[str], float] | None = None,
+    num_replicas: int | None = None,
+) -> Partition:
+    """The same goal as `partition_experts` for new `usage`, moving as few experts as
+    possible: each family stays where it was unless moving it brings the most loaded
+    replica back within the tolerance. `num_replicas` (default: the old count) may shrink
+    or grow the cluster; experts of a replica that is gone are re-homed."""
+    return _place(model, old.num_replicas if num_replicas is None else num_replicas,
+                  usage, weight, previous=old)
+
+
+def _place(
+    model: CoEModel,
+    num_replicas: int,
+    usage: Mapping[str, float] | None,
+    weight: Callable[[str], float] | None,
+    previous: Partition | None,
+) -> Partition:
+    if num_replicas < 1:
+        raise ValueError(f"num_replicas must be at least 1, got {num_replicas}")
+    usage = model.usage if usage is None else usage
+    graph = _Graph(model, usage, weight or default_weight(model, usage))
+    families = graph.families()
+    loads = _Loads(num_replicas, sum(f.work for f in families), sum(graph.num_bytes.values()))
+    owner: dict[str, int] = {}
+    kept = _keep_families(families, previous, num_replicas, owner, loads)
+    fresh = [f for f in families if f.root not in kept]
+    _place_families(fresh, [f for f in families if f.root in kept], owner, loads)
+    if previous is not None:
+        _rebalance(families, owner, loads)
+    _place_subsequent(graph, owner, loads, previous)
+    return Partition(num_replicas, owner)
+
+
+def _place_families(fresh: Sequence[_Family], placed: Sequence[_Family],
+                    owner: dict[str, int], loads: _Loads) -> None:
+    """Largest first: among the replicas that stay within the tolerance, the one already
+    holding most of this family's subsequent traffic (so families sharing a detector meet
+    there), ties to the least loaded; when none has room, the least loaded."""
+    num_replicas = len(loads.work)
+    # nearby[r][child]: the fraction of child's traffic that families on r already send.
+    nearby: list[dict[str, float]] = [{} for _ in range(num_replicas)]
+    for family in placed:
+        for child, fraction in family.reach.items():
+            near = nearby[owner[family.root]]
+            near[child] = near.get(child, 0.0) + fraction
+    for family in sorted(fresh, key=lambda f: (-loads.size(f.work, f.num_bytes), f.root)):
+        cap = max(1 + BALANCE_TOLERANCE, min(loads.cost(r, family.work, family.num_bytes)
+                                             for r in range(num_replicas)))
+
+        def score(r: int, f: _Family = family) -> tuple[float, float, int]:
+            affinity = sum(frac * nearby[r].get(c, 0.0) for c, frac in f.reach.items())
+            return (-affinity, loads.cost(r, f.work, f.num_bytes), r)
+
+        roomy = [r for r in range(num_replicas)
+                 if loads.cost(r, family.work, family.num_bytes) <= cap + 1e-12]
+        replica = min(roomy, key=score)
+        owner[family.root] = replica
+        loads.add(replica, family.work, family.num_bytes)
+        for child, fraction in family.reach.items():
+            nearby[replica][child] = nearby[replica].get(child, 0.0) + fraction
+
+
+def _keep_families(families: Sequence[_Family], previous: Partition | None,
+                   num_replicas: int, owner: dict[str, int], loads: _Loads) -> set[str]:
+    """Families whose old owner still exists keep it; returns their roots."""
+    kept: set[str] = set()
+    if previous is None:
+        return kept
+    for family in families:
+        replica = previous.owner.get(family.root)
+        if replica is not None and replica < num_replicas:
+            owner[family.root] = replica
+            loads.add(replica, family.work, family.num_bytes)
+            kept.add(family.root)
+    return kept
+
+
+def _rebalance(families: Sequence[_Family], owner: dict[str, int], loads: _Loads) -> None:
+    """Move one family at a time from the most to the least loaded replica while the most
+    loaded is past the tolerance and the move lowers the pair's maximum."""
+    by_root = {f.root: f for f in families}
+    for _ in range(len(families)):
+        replicas = range(len(loads.work))
+        high = max(replicas, key=lambda r: (loads.cost(r), -r))
+        low = min(replicas, key=lambda r: (loads.cost(r), r))
+        if loads.cost(high) <= 1 + BALANCE_TOLERANCE or high == low:
+            return
+        best, best_cost = None, loads.cost(high)
+        for root in sorted(r for r, o in owner.items() if o == high and r in by_root):
+            f = by_root[root]
+            after = max(loads.cost(high, -f.work, -f.num_bytes), loads.cost(low, f.work, f.num_bytes))
+            if after < best_cost - 1e-12:
+                best, best_cost = f, after
+        if best is None:
+            return
+        owner[best.root] = low
+        loads.add(high, -best.work, -best.num_bytes)
+        loads.add(low, best.work, best.num_bytes)
+
+
+def _place_subsequent(graph: _Graph, owner: dict[str, int], loads: _Loads,
+                      previous: Partition | None) -> None:
+    """Each routed-to expert, largest first, where most of its parents' traffic is, unless
+    that replica's bytes would pass the tolerance; on a repartition it stays with its old
+    owner while that owner still sends it traffic and has room."""
+    # Bytes so far counted families' attributed shares; from here on, real ownership.
+    loads.bytes = [0.0] * len(loads.bytes)
+    for root, replica in owner.items():
+        loads.bytes[replica] += graph.num_bytes[root]
+    pending = sorted((e for e in graph.experts if e not in owner),
+                     key=lambda e: (-graph.num_bytes[e], e))
+    # Parents first, so a chain's middle expert has an owner before its children look.
+    for expert in _topological(graph, pending):
+        traffic = [0.0] * len(loads.bytes)
+        for parent, flow in graph.parents[expert].items():
+            traffic[owner[parent]] += flow + 1e-12  # an unused parent still counts a little
+        size = graph.num_bytes[expert]
+        old = previous.owner.get(expert) if previous is not None else None
+        order = sorted(range(len(traffic)), key=lambda r: (-traffic[r], loads.bytes_share(r), r))
+        if old is not None and old < len(traffic) and traffic[old] > 0:
+            order = [old] + [r for r in order if r != old]
+        fits = [r for r in order if loads.bytes_share(r, size) <= 1 + BALANCE_TOLERANCE]
+        replica = fits[0] if fits else min(order, key=lambda r: (loads.bytes_share(r), r))
+        owner[expert] = replica
+        loads.bytes[replica] += size
+
+
+def _topological(graph: _Graph, pending: Sequence[str]) -> list[str]:
+    """`pending` reordered so every expert comes after its pending parents (stable)."""
+    waiting = set(pending)
+    done: list[str] = []
+    while waiting:
+        for expert in pending:
+            if expert in waiting and not (set(graph.parents[expert]) & waiting):
+                waiting.discard(expert)
+                done.append(expert)
+    return done
