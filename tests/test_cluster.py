@@ -142,3 +142,60 @@ def test_repartition_re_homes_the_experts_of_a_replica_that_is_gone(synth_tiny):
     assert set(new.owner.values()) == {0, 1, 2}
     kept = [e for e in model.experts if old.owner[e] < 3]
     assert sum(new.owner[e] == old.owner[e] for e in kept) >= len(kept) * 3 // 4
+
+
+def _plan_for(model: CoEModel):
+    """A hand-made plan covering `model`'s architectures: no profiling in the test."""
+    from coserve.plan import ArchCost
+    from coserve.planfile import ArchProfile, LoadProfile, Plan
+
+    profiles = {arch: ArchProfile(ArchCost(0.002, 0.001, 16, 1 << 16), {1: 0.003, 2: 0.005},
+                                  1e-4, 0.03, 1_000_000) for arch in model.architectures}
+    return Plan(repository=model.name, processors={"cpu": profiles}, threads={"cpu": 1},
+                loads={"storage->host": LoadProfile(1.2e9, 0.002, 6)}, usage=dict(model.usage),
+                label_probs={e: dict(p) for e, p in model.label_probs.items()},
+                usage_source="rules", machine={"cpu_count": 2})
+
+
+def test_cluster_simulate_command_writes_rows(synth_tiny, tmp_path, capsys):
+    import json
+
+    from coserve.cli import main
+
+    model, trace = synth_tiny
+    plan = _plan_for(model).save(tmp_path / "plan.json")
+    out = tmp_path / "rows.json"
+    argv = ["cluster", "simulate", str(model.root), str(trace), "--plan", str(plan),
+            "--replicas", "1,2,4", "--routing", "partitioned,random", "--budget-fraction", "0.3",
+            "--storage", "sata-530", "--executors", "cpu:2", "--backlog", "--json", str(out)]
+    assert main(argv) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["replicas"], r["routing"]) for r in rows] == [
+        (1, "partitioned"), (2, "partitioned"), (4, "partitioned"),
+        (1, "random"), (2, "random"), (4, "random")]
+    for row in rows:
+        assert {"throughput_rps", "num_switches", "scaling_efficiency"} <= row.keys()
+        assert row["num_failed"] == 0 and row["num_requests"] == 360
+    assert rows[0]["scaling_efficiency"] == 1.0
+    assert "coserve cluster" in capsys.readouterr().out
+    assert main(argv) == 0 and json.loads(out.read_text())["rows"] == rows  # deterministic
+
+
+def test_random_routing_is_seeded_and_tiling_keeps_offsets(synth_tiny):
+    from coserve.cluster.simulate import route_requests, tile
+    from coserve.trace import read_trace
+
+    model, trace = synth_tiny
+    requests = read_trace(trace)
+    tiled = tile(requests, 3)
+    assert len(tiled) == 3 * len(requests) and len({r.request_id for r in tiled}) == len(tiled)
+    assert all(a.arrival_s <= b.arrival_s for a, b in zip(tiled, tiled[1:], strict=False))
+    part = partition_experts(model, 4)
+    kwargs = dict(cost=lambda e: 0.01, num_executors=2, backlog=True)
+    first, _ = route_requests(model, requests, "random", part, seed=1, **kwargs)
+    again, _ = route_requests(model, requests, "random", part, seed=1, **kwargs)
+    assert first == again and all(first)
+    owned, spilled = route_requests(model, requests, "partitioned", part, margin_s=1e9, **kwargs)
+    assert spilled == 0
+    assert all(part.replica_for(model.router.first(r.fields)) == i
+               for i, share in enumerate(owned) for r in share)

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from coserve.cli.cluster import add_cluster_parser
 from coserve.cli.inspect import add_inspect_parser
 from coserve.cli.parser import CommandParser
 from coserve.cli.plan import add_plan_parser, add_simulate_parser
@@ -27,6 +28,7 @@ _COMMAND_GROUPS = (
     add_profile_parser,
     add_simulate_parser,
     add_plan_parser,
+    add_cluster_parser,
 )
 
 

@@ -1,0 +1,104 @@
+"""`coserve cluster simulate`: N replicas on the simulator, requests split by routing.
+The cluster logic is in coserve.cluster."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from coserve.cli.options import (
+    add_engine_options,
+    add_plan_option,
+    add_policy_option,
+    add_trust_option,
+    int_list,
+    planned_config,
+    progress_bar,
+)
+
+if TYPE_CHECKING:
+    from coserve.cluster.simulate import ClusterRow
+
+
+def add_cluster_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cluster", help="several replicas: `cluster simulate` on the simulator",
+                       description="Beyond one machine. `coserve cluster simulate REPO TRACE "
+                                   "--plan P`: the trace split among N replicas, each simulated "
+                                   "with the plan's machine and its own budget.")
+    words = p.add_subparsers(dest="cluster_command", required=True)
+    s = words.add_parser("simulate", help="N replicas on the simulator: throughput, switches, "
+                                          "scaling efficiency", allow_abbrev=False,
+                         description="Each replica simulated on its own with its share of the "
+                                     "trace (arrival offsets kept); cluster throughput = "
+                                     "requests / the slowest replica's wall time.")
+    s.add_argument("repo", type=Path)
+    s.add_argument("trace", type=Path)
+    add_plan_option(s, required=True, help="the plan file (coserve profile): every replica's machine")
+    s.add_argument("--replicas", default="1,2,4,8", help="replica counts, e.g. 1,2,4,8 (default)")
+    s.add_argument("--routing", default="partitioned,random",
+                   help="partitioned (the first expert's owner, spill when its queue is far "
+                        "longer) and/or random (seeded uniform); default both")
+    s.add_argument("--spill-margin-s", type=float, default=None,
+                   help="partitioned: spill once the owner's predicted queue is this many "
+                        "seconds longer than the shortest (default 2)")
+    s.add_argument("--repeat", type=int, default=1,
+                   help="the trace K times back to back at its own offsets (default 1)")
+    s.add_argument("--seed", type=int, default=0, help="random routing's seed (default 0)")
+    s.add_argument("--json", type=Path, default=None, dest="json_out",
+                   help="write {\"rows\": [...]} to this file")
+    add_policy_option(s)
+    add_engine_options(s, backlog=True)
+    add_trust_option(s)
+    s.set_defaults(func=cmd_cluster_simulate)
+
+
+def cmd_cluster_simulate(args: argparse.Namespace) -> int:
+    from coserve.cluster.partition import SPILL_MARGIN_S
+    from coserve.cluster.simulate import ClusterSetup, simulate_cluster, tile
+    from coserve.errors import ConfigError
+    from coserve.repository import open_repository
+    from coserve.trace import read_trace
+
+    model = open_repository(args.repo, trust_code=args.trust_repo_code)
+    config, plan = planned_config(args, args.policy)
+    assert plan is not None  # --plan is required
+    requests = tile(read_trace(args.trace), args.repeat)
+    routings = [r.strip() for r in args.routing.split(",") if r.strip()]
+    if not routings:
+        raise ConfigError("--routing names no routing: give partitioned, random or both")
+    margin_s = SPILL_MARGIN_S if args.spill_margin_s is None else args.spill_margin_s
+    setup = ClusterSetup(model, config, plan, backlog=args.backlog, margin_s=margin_s,
+                         seed=args.seed)
+    bar, progress = progress_bar("simulating replicas")
+    with bar:
+        rows = simulate_cluster(setup, requests, int_list(args.replicas, "--replicas"), routings,
+                                progress=progress)
+    print_cluster_table(rows)
+    print(f"{len(requests)} requests{' at once' if args.backlog else ' at their offsets'}; "
+          f"policy {config.policy}; per-replica budget as for one machine; simulated")
+    if args.json_out is not None:
+        doc = {"repo": str(args.repo), "trace": str(args.trace), "repeat": args.repeat,
+               "backlog": args.backlog, "policy": config.policy,
+               "rows": [r.to_dict() for r in rows]}
+        args.json_out.write_text(json.dumps(doc, indent=2) + "\n")
+    return 0 if all(r.num_failed == 0 for r in rows) else 1
+
+
+def print_cluster_table(rows: Sequence[ClusterRow]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="coserve cluster (simulated)")
+    for col in ("replicas", "routing", "req/s", "efficiency", "switches", "switches/req",
+                "p99 s", "read MB", "busiest", "spilled", "failed"):
+        table.add_column(col, justify="left" if col == "routing" else "right")
+    for r in rows:
+        table.add_row(str(r.replicas), r.routing, f"{r.throughput_rps:.1f}",
+                      f"{r.scaling_efficiency:.2f}", str(r.num_switches),
+                      f"{r.switches_per_request:.3f}", f"{r.latency_p99_s:.2f}",
+                      f"{r.bytes_read / 1e6:.0f}", f"{r.max_replica_share:.0%}",
+                      str(r.num_spilled), str(r.num_failed))
+    Console(width=140).print(table)
