@@ -16,7 +16,8 @@ from coserve.cli.run import arrival_modes
 from coserve.errors import ConfigError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-DOCUMENTED_COMMANDS = ("run", "simulate", "bench", "demo", "serve", "inspect", "inspect export")
+DOCUMENTED_COMMANDS = ("run", "simulate", "bench", "demo", "serve", "inspect", "inspect export",
+                       "cluster simulate")
 
 
 def subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:

@@ -84,7 +84,7 @@ def test_one_replica_owns_everything_and_the_result_is_deterministic():
 
 def test_spill_order_prefers_the_owner_until_it_is_overloaded():
     part = Partition(3, {"a": 1, "b": 0, "c": 2})
-    assert part.spill_order(["a"], [0.5, 1.0, 0.0]) == [1, 2, 0]
+    assert part.spill_order(["a"], [0.5, 1.0, 0.0], margin_s=2.0) == [1, 2, 0]
     assert part.spill_order(["a"], [0.5, 9.0, 0.0], margin_s=2.0) == [2, 0, 1]
     with pytest.raises(ValueError, match="loads has 2 entries"):
         part.spill_order(["a"], [0.0, 0.0])

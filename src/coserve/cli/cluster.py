@@ -43,7 +43,7 @@ def add_cluster_parser(sub: argparse._SubParsersAction) -> None:
                         "longer) and/or random (seeded uniform); default both")
     s.add_argument("--spill-margin-s", type=float, default=None,
                    help="partitioned: spill once the owner's predicted queue is this many "
-                        "seconds longer than the shortest (default 2)")
+                        "seconds longer than the shortest (default 0.5)")
     s.add_argument("--repeat", type=int, default=1,
                    help="the trace K times back to back at its own offsets (default 1)")
     s.add_argument("--seed", type=int, default=0, help="random routing's seed (default 0)")
