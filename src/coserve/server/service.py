@@ -160,9 +160,15 @@ class InspectionService:
         future = self.engine.submit(request)  # EngineClosedError only if closed since admission
         future.add_done_callback(ticket.hand_over())
         target_s = request.latency_target_s or self.engine.config.latency_target_s
-        future.add_done_callback(lambda f: self._metrics.engine_finished(f.result(), target_s))
+        future.add_done_callback(lambda f: self._finished(f, target_s))
         self._metrics.accepted.inc()
         return future
+
+    def _finished(self, future: Future, target_s: float) -> None:
+        # An engine's future always holds a Result; another engine's (the replicas') may
+        # hold the error that no replica could take the request: the handler answers it.
+        if future.exception() is None:
+            self._metrics.engine_finished(future.result(), target_s)
 
     @contextlib.contextmanager
     def _counting_rejections(self) -> Iterator[None]:

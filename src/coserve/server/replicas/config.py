@@ -1,0 +1,59 @@
+"""What a replica set is started from: the repository, the engine's config and plan, the
+HTTP settings, the number of replicas and the retry bound. Picklable (Ray sends it to
+every replica); importing this module imports neither Ray nor torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from coserve.config import EngineConfig
+from coserve.errors import ConfigError
+from coserve.planfile import Plan
+from coserve.server.config import ServerConfig
+
+APP_NAME = "coserve"
+INGRESS_NAME = "ingress"
+REPLICA_PREFIX = "replica-"  # replica i is the deployment "replica-<i>"
+# How often the ingress asks each replica for its status (readiness, queue depths,
+# resident experts); a replica that does not answer within the timeout counts as down.
+STATUS_INTERVAL_S = 0.5
+STATUS_TIMEOUT_S = 5.0
+# The object store carries only images and results (kilobytes each); Ray's default (30%
+# of RAM) would reserve gigabytes of shared memory on a shared machine.
+RAY_OBJECT_STORE_BYTES = 256 * 1024 * 1024
+
+
+def replica_name(index: int) -> str:
+    return f"{REPLICA_PREFIX}{index}"
+
+
+@dataclass(frozen=True)
+class ReplicaSetup:
+    """Everything the ingress and the replicas are built from."""
+
+    repo: Path
+    num_replicas: int
+    engine_config: EngineConfig = field(default_factory=EngineConfig)
+    server_config: ServerConfig = field(default_factory=ServerConfig)
+    plan: Plan | None = None
+    trust_code: bool = False
+    # Attempts per request, the first included: a request whose replica died is retried
+    # on the next replica in spill order, then answered 503. None: one per replica, plus
+    # one (a replica that restarted may take the last).
+    max_attempts: int | None = None
+    # CPUs Ray reserves for each replica (its engine's executors use them).
+    replica_num_cpus: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.num_replicas < 1:
+            raise ConfigError(f"num_replicas must be at least 1, got {self.num_replicas}")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ConfigError(f"max_attempts must be at least 1 (or None: replicas + 1), "
+                              f"got {self.max_attempts}")
+        if self.replica_num_cpus < 0:
+            raise ConfigError(f"replica_num_cpus must be >= 0, got {self.replica_num_cpus}")
+
+    @property
+    def attempts(self) -> int:
+        return self.max_attempts or self.num_replicas + 1

@@ -1,0 +1,98 @@
+"""A replica: one coserve Engine (its own budget, executors, storage and host cache),
+started from the repository path, answering requests with their Result and its status
+(readiness, queues, resident experts, quarantine) to the ingress's poll.
+
+Each replica starts with its own partition's experts favoured: its engine's usage prior
+is the model's (or the plan's) with every expert another replica owns scaled down by
+FOREIGN_USAGE_SCALE, so initial placement loads what this replica will be asked for.
+A request for an expert it does not own (spilled, or re-homed from a replica that is
+down) is served all the same: the engine loads what it lacks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from coserve.server.replicas.config import ReplicaSetup
+from coserve.types import Request, Result
+
+log = logging.getLogger(__name__)
+
+# Usage prior of the experts another replica owns, relative to their model prior: small,
+# so the initial placement prefers this replica's own, but not zero (eviction still
+# orders them among themselves).
+FOREIGN_USAGE_SCALE = 0.01
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    """One replica's engine as the ingress sees it (picklable)."""
+
+    index: int
+    running: bool
+    problems: tuple[str, ...]
+    executor_specs: tuple[Any, ...]  # ExecutorSpec
+    queue_depths: tuple[int, ...]
+    pool_bytes: tuple[int, ...]
+    pool_budgets: tuple[int | None, ...]
+    resident: tuple[frozenset[str], ...]
+    in_host_cache: frozenset[str]
+    usage: Mapping[str, float]
+    quarantine: Mapping[str, Any]  # expert -> QuarantineRecord
+
+
+def owned_usage(prior: Mapping[str, float], owner: Mapping[str, int], index: int) -> dict[str, float]:
+    """The usage prior of replica `index`: its own experts as they are, the others scaled
+    down by FOREIGN_USAGE_SCALE."""
+    return {e: p if owner.get(e) == index else p * FOREIGN_USAGE_SCALE for e, p in prior.items()}
+
+
+class EngineReplica:
+    """The deployment's class (Ray Serve constructs it in the replica's actor)."""
+
+    def __init__(self, setup: ReplicaSetup, index: int, owner: Mapping[str, int]) -> None:
+        from coserve.engine.engine import Engine
+        from coserve.repository import open_repository
+
+        self.index = index
+        self._drain_timeout_s = setup.server_config.drain_timeout_s
+        model = open_repository(setup.repo, trust_code=setup.trust_code)
+        prior = setup.plan.usage if setup.plan is not None else model.usage
+        self.engine = Engine(model, setup.engine_config, plan=setup.plan,
+                             usage=owned_usage(prior, owner, index))
+        self.engine.start()  # Serve marks the replica running once this returns
+        log.info("replica %d ready: %d expert(s) placed", index,
+                 sum(len(r) for r in self.engine.resident()))
+
+    async def infer(self, request: Request) -> Result:
+        """The request's Result (a failed request is a failed Result, never an exception;
+        EngineClosedError while this replica drains: the ingress retries elsewhere)."""
+        return await asyncio.wrap_future(self.engine.submit(request))
+
+    def status(self) -> ReplicaStatus:
+        engine = self.engine
+        return ReplicaStatus(
+            index=self.index, running=engine.running, problems=tuple(engine.health()),
+            executor_specs=tuple(engine.executor_specs), queue_depths=tuple(engine.queue_depths()),
+            pool_bytes=tuple(engine.pool_bytes()), pool_budgets=tuple(engine.pool_budgets()),
+            resident=tuple(frozenset(r) for r in engine.resident()),
+            in_host_cache=frozenset(e for e in engine.model.experts if engine.in_host_cache(e)),
+            usage=engine.usage(), quarantine=engine.quarantine.records())
+
+    def release(self, expert: str) -> bool:
+        return self.engine.quarantine.release(expert)
+
+    def check_health(self) -> None:
+        """Serve's health check: a replica whose engine stopped is replaced."""
+        if not self.engine.running:
+            raise RuntimeError(f"replica {self.index}: the engine is not running")
+
+    def __del__(self) -> None:
+        # Serve calls this once the replica's requests in flight are done (graceful
+        # shutdown): the engine finishes what it still holds, within the drain deadline.
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.close(timeout_s=self._drain_timeout_s)

@@ -1,0 +1,252 @@
+"""`ReplicaSet`: the ingress's engine. It has the Engine's surface that the HTTP server
+uses (validate, submit, running, health, the per-executor views, quarantine), so the
+ingress is `coserve serve`'s own app (parsing, admission, validation, errors, answers,
+metrics) with the engine's work done by the replicas.
+
+A request is validated here against the model (as the engine does at submit), sent to a
+replica (`routing`: owner first, spill by queued work, retry on a replica failure), and
+its Result comes back; step executors are renumbered into one list over all replicas
+(replica r's executors follow replica r-1's), the list /v1/experts shows. The replicas'
+status is polled every STATUS_INTERVAL_S in a thread; a replica that fails a call or
+does not answer the poll is down until it answers again."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import replace
+from typing import Any
+
+from coserve.cluster.partition import Partition
+from coserve.repository import CoEModel
+from coserve.repository.inputs import check_input
+from coserve.server.replicas.config import STATUS_INTERVAL_S, STATUS_TIMEOUT_S, ReplicaSetup
+from coserve.server.replicas.deployment import ReplicaStatus
+from coserve.server.replicas.routing import Loads, call_with_retries, choose_replica
+from coserve.types import Request, Result
+
+log = logging.getLogger(__name__)
+
+
+class ReplicaSet:
+    def __init__(self, model: CoEModel, setup: ReplicaSetup, owner: Mapping[str, int],
+                 handles: Sequence[Any]) -> None:
+        self.model = model
+        self.config = setup.engine_config
+        self.num_replicas = setup.num_replicas
+        self.partition = Partition(setup.num_replicas, owner)
+        self.loads = Loads(setup.num_replicas)
+        self.quarantine = MergedQuarantine(self)
+        self.num_retries = 0
+        self.num_answered = [0] * setup.num_replicas
+        self.handles = list(handles)
+        self._max_attempts = setup.attempts
+        self._lock = threading.Lock()
+        self._statuses: list[ReplicaStatus | None] = [None] * setup.num_replicas
+        self._down: dict[int, str] = {i: "not answered yet" for i in range(setup.num_replicas)}
+        self._tasks: set[asyncio.Task] = set()
+        self._started = False
+        self._closed = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> ReplicaSet:
+        """Blocks until every replica answered once (or closed), then polls in a thread."""
+        while not self._closed.is_set() and any(s is None for s in self._statuses):
+            self.poll()
+        self._started = True
+        self._poller = threading.Thread(target=self._poll_forever, name="coserve-replica-poll",
+                                        daemon=True)
+        self._poller.start()
+        return self
+
+    def close(self, timeout_s: float | None = None) -> None:
+        """Stops polling. The replicas drain their own engines when Serve stops them."""
+        self._closed.set()
+        if self._poller is not None:
+            self._poller.join(STATUS_TIMEOUT_S)
+
+    @property
+    def running(self) -> bool:
+        """Started, not closed, and at least one replica up."""
+        with self._lock:
+            return self._started and not self._closed.is_set() and len(self._down) < self.num_replicas
+
+    def health(self) -> list[str]:
+        """One line per replica that is down (readiness fails while any is; requests go
+        to the others)."""
+        with self._lock:
+            return [f"replica {i} is down: {reason}" for i, reason in sorted(self._down.items())]
+
+    def down_replicas(self) -> set[int]:
+        with self._lock:
+            return set(self._down)
+
+    # -- status poll ----------------------------------------------------------------------
+    def poll(self) -> None:
+        """Ask every replica for its status at once; wait at most STATUS_TIMEOUT_S."""
+        calls = [h.status.remote() for h in self.handles]
+        deadline_s = time.monotonic() + STATUS_TIMEOUT_S
+        for i, call in enumerate(calls):
+            try:
+                status = call.result(timeout_s=max(0.0, deadline_s - time.monotonic()))
+            except Exception as exc:  # dead, restarting or stuck: down until it answers
+                self._mark_down(i, f"no status within {STATUS_TIMEOUT_S:g} s ({type(exc).__name__})")
+                continue
+            with self._lock:
+                self._statuses[i] = status
+                if status.running and not status.problems:
+                    self._down.pop(i, None)
+                else:
+                    self._down[i] = "; ".join(status.problems) or "its engine is not running"
+
+    def _poll_forever(self) -> None:
+        while not self._closed.wait(STATUS_INTERVAL_S):
+            try:
+                self.poll()
+            except Exception:  # never let the poller die: readiness depends on it
+                log.exception("polling the replicas failed")
+
+    def _mark_down(self, replica: int, reason: str) -> None:
+        with self._lock:
+            if replica not in self._down:
+                log.warning("replica %d is down: %s", replica, reason)
+            self._down[replica] = reason
+
+    # -- requests -------------------------------------------------------------------------
+    def validate(self, request: Request) -> tuple[str, ...]:
+        """As Engine.validate: the first experts; RequestError for a request no replica
+        could serve."""
+        first = self.model.router.first(request.fields)
+        check_input(self.model, request, first)
+        return first
+
+    def submit(self, request: Request) -> Future:
+        """From the event loop: validate, then send it to a replica; the future resolves
+        to its Result, or raises NoReplicaError when no replica could take it."""
+        first = self.validate(request)
+        future: Future = Future()
+        future.set_running_or_notify_cancel()
+        task = asyncio.get_running_loop().create_task(self._run(request, first, future))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return future
+
+    async def _run(self, request: Request, first: Sequence[str], future: Future) -> None:
+        try:
+            result, replica, _ = await call_with_retries(
+                lambda r: self._call(r, request), lambda tried: self._choose(first, tried),
+                self._max_attempts, self._failed)
+        except BaseException as exc:  # NoReplicaError, or a bug: the handler answers it
+            future.set_exception(exc)
+            return
+        with self._lock:
+            self.num_answered[replica] += 1
+        future.set_result(self._renumbered(result, replica))
+
+    def _choose(self, first: Sequence[str], tried: list[int]) -> int:
+        if tried:
+            with self._lock:
+                self.num_retries += 1
+        return choose_replica(self.partition, first, self.loads.seconds(), self.down_replicas(), tried)
+
+    async def _call(self, replica: int, request: Request) -> Result:
+        num_in_flight = self.loads.sent(replica)
+        sent_s = time.perf_counter()
+        try:
+            result = await self.handles[replica].infer.remote(request)
+        except BaseException:
+            self.loads.done(replica, None, num_in_flight)
+            raise
+        self.loads.done(replica, time.perf_counter() - sent_s, num_in_flight)
+        return result
+
+    def _failed(self, replica: int, exc: BaseException) -> None:
+        self._mark_down(replica, f"a call failed ({type(exc).__name__})")
+
+    def _renumbered(self, result: Result, replica: int) -> Result:
+        offset = self._executor_offsets()[replica]
+        steps = tuple(replace(s, executor=offset + s.executor) for s in result.steps)
+        return replace(result, steps=steps)
+
+    # -- the engine's per-executor views, over all replicas ---------------------------------
+    def stats(self, latencies: bool = True) -> None:
+        """No engine statistics at the ingress (each replica has its own); the replica
+        metrics say what the ingress knows."""
+        return None
+
+    def known_statuses(self) -> list[ReplicaStatus]:
+        with self._lock:
+            return [s for s in self._statuses if s is not None]
+
+    def _executor_offsets(self) -> list[int]:
+        with self._lock:
+            counts = [len(s.executor_specs) if s else 0 for s in self._statuses]
+        return [sum(counts[:i]) for i in range(len(counts))]
+
+    @property
+    def executor_specs(self) -> tuple[Any, ...]:
+        return tuple(spec for s in self.known_statuses() for spec in s.executor_specs)
+
+    def executor_replicas(self) -> list[int]:
+        """The replica of each executor in `executor_specs`."""
+        return [s.index for s in self.known_statuses() for _ in s.executor_specs]
+
+    def queue_depths(self) -> list[int]:
+        return [d for s in self.known_statuses() for d in s.queue_depths]
+
+    def pool_bytes(self) -> list[int]:
+        return [b for s in self.known_statuses() for b in s.pool_bytes]
+
+    def pool_budgets(self) -> list[int | None]:
+        return [b for s in self.known_statuses() for b in s.pool_budgets]
+
+    def resident(self) -> list[set[str]]:
+        return [set(pool) for s in self.known_statuses() for pool in s.resident]
+
+    def in_host_cache(self, expert: str) -> bool:
+        return any(expert in s.in_host_cache for s in self.known_statuses())
+
+    def usage(self) -> dict[str, float]:
+        """The replicas' usage estimates, weighted by the requests each answered."""
+        known = self.known_statuses()
+        with self._lock:
+            weights = [self.num_answered[s.index] for s in known]
+        if not known:
+            return dict(self.model.usage)
+        if not any(weights):
+            weights = [1] * len(known)
+        total = sum(weights)
+        return {e: sum(w * s.usage.get(e, 0.0) for w, s in zip(weights, known, strict=True)) / total
+                for e in self.model.experts}
+
+
+class MergedQuarantine:
+    """The replicas' quarantines as one: an expert is quarantined if any replica holds it
+    so (each replica counts its own failures)."""
+
+    def __init__(self, replicas: ReplicaSet) -> None:
+        self._replicas = replicas
+
+    def records(self) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for status in self._replicas.known_statuses():
+            for name, record in status.quarantine.items():
+                old = merged.get(name)
+                if old is None or (record.quarantined, record.total_failures) > (old.quarantined, old.total_failures):
+                    merged[name] = record
+        return merged
+
+    def release(self, expert: str) -> bool:
+        """Ask every replica to release it (the next poll shows the outcome); whether any
+        held it quarantined when last polled."""
+        for handle in self._replicas.handles:
+            with contextlib.suppress(Exception):  # a replica that is down has nothing to lift
+                handle.release.remote(expert)
+        record = self.records().get(expert)
+        return bool(record and record.quarantined)

@@ -1,0 +1,43 @@
+"""The ingress's replica metrics, read at scrape time from the ReplicaSet (the server's
+own metrics, from coserve.server.metrics, are there too: accepted, answered, latency)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from coserve.server.replicas.facade import ReplicaSet
+
+
+class ReplicaCollector(Collector):
+    def __init__(self, replicas: ReplicaSet) -> None:
+        self._replicas = replicas
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        replicas = self._replicas
+        down = replicas.down_replicas()
+        yield _gauge("coserve_replicas", "Replicas deployed", replicas.num_replicas)
+        yield _gauge("coserve_replicas_ready", "Replicas answering (up at the last status poll "
+                     "and since)", replicas.num_replicas - len(down))
+        yield CounterMetricFamily("coserve_replica_retries", "Calls repeated on another replica "
+                                  "after a replica failed (died, restarting, draining)",
+                                  value=replicas.num_retries)
+        up = GaugeMetricFamily("coserve_replica_up", "1 while the replica answers", labels=["replica"])
+        in_flight = GaugeMetricFamily("coserve_replica_in_flight", "Calls in flight to the replica",
+                                      labels=["replica"])
+        answered = CounterMetricFamily("coserve_replica_answered", "Requests the replica answered",
+                                       labels=["replica"])
+        for i in range(replicas.num_replicas):
+            up.add_metric([str(i)], float(i not in down))
+            in_flight.add_metric([str(i)], replicas.loads.in_flight[i])
+            answered.add_metric([str(i)], replicas.num_answered[i])
+        yield from (up, in_flight, answered)
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)

@@ -1,0 +1,288 @@
+"""coserve replicas on Ray Serve. Pure parts (replica choice, retries, load estimate)
+without Ray; then one local Ray per module with two replicas of the tiny CoE behind the
+ingress on loopback: answers match the engine's, each request goes to the replica that
+owns its first expert, and a replica killed with requests in flight loses none of them
+(retried on the other), readiness and the metrics say so, and the replica comes back."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from coserve.cluster.partition import Partition
+from coserve.errors import EngineClosedError
+from coserve.server.replicas.config import ReplicaSetup
+from coserve.server.replicas.deployment import owned_usage
+from coserve.server.replicas.routing import (
+    Loads,
+    NoReplicaError,
+    call_with_retries,
+    choose_replica,
+    is_replica_failure,
+)
+
+POLL_S = 0.02
+WAIT_S = 60.0
+SLOW_TYPE = "R"  # its classifier is server_fixtures.SlowResNet: requests stay in flight
+
+
+# -- pure: which replica, and retries ---------------------------------------------------------
+PARTITION = Partition(3, {"a": 0, "b": 1, "c": 2, "a2": 0})
+
+
+class RayActorError(Exception):  # the name is what counts: no Ray needed
+    pass
+
+
+class ActorDiedError(RayActorError):
+    pass
+
+
+def test_a_request_goes_to_its_owner_and_down_replicas_go_last():
+    assert choose_replica(PARTITION, ["b"], [0, 0, 0], down=set(), tried=[]) == 1
+    # Its owner is down: the least loaded of the others.
+    assert choose_replica(PARTITION, ["b"], [0.3, 0, 0.1], down={1}, tried=[]) == 2
+    # Tried once already: the next in spill order, even if it is the owner that came back.
+    assert choose_replica(PARTITION, ["b"], [0, 0, 0], down=set(), tried=[1]) == 0
+    # Every replica down: still one (it may have restarted), fewest tries first.
+    assert choose_replica(PARTITION, ["b"], [0, 0, 0], down={0, 1, 2}, tried=[1]) == 0
+
+
+def test_replica_failures_are_told_from_request_failures():
+    assert is_replica_failure(ActorDiedError("gone"))
+    assert is_replica_failure(EngineClosedError("draining"))
+    assert not is_replica_failure(ValueError("a bug"))
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_a_failed_replica_is_retried_on_the_next_then_503():
+    failures: list[int] = []
+
+    async def call(replica: int) -> str:
+        if replica == 0:
+            raise ActorDiedError("killed")
+        return f"answer from {replica}"
+
+    order = iter([0, 1])
+    value, replica, attempts = run(call_with_retries(call, lambda tried: next(order), 3,
+                                                     lambda r, exc: failures.append(r)))
+    assert (value, replica, attempts, failures) == ("answer from 1", 1, 2, [0])
+
+    async def always_dead(replica: int) -> str:
+        raise ActorDiedError("killed")
+
+    with pytest.raises(NoReplicaError, match="after 2 attempt"):
+        run(call_with_retries(always_dead, lambda tried: len(tried), 2, lambda r, exc: None))
+
+    async def bug(replica: int) -> str:
+        raise ValueError("not the replica's fault")
+
+    with pytest.raises(ValueError):  # never retried
+        run(call_with_retries(bug, lambda tried: 0, 5, lambda r, exc: failures.append(r)))
+    assert failures == [0]
+
+
+def test_loads_count_calls_in_flight_in_seconds_of_work():
+    loads = Loads(2)
+    k = loads.sent(1)
+    assert loads.seconds()[0] == 0 and loads.seconds()[1] > 0
+    loads.done(1, round_trip_s=1.0, num_in_flight=k)
+    assert loads.seconds() == [0, 0] and loads.request_work_s > 0.05
+
+
+def test_each_replica_favours_its_own_experts_and_setup_is_checked():
+    usage = owned_usage({"a": 0.5, "b": 0.5}, {"a": 0, "b": 1}, 0)
+    assert usage["a"] == 0.5 and 0 < usage["b"] < 0.5
+    with pytest.raises(Exception, match="num_replicas"):
+        ReplicaSetup(Path("x"), 0)
+    assert ReplicaSetup(Path("x"), 2).attempts == 3
+
+
+# -- on a local Ray -----------------------------------------------------------------------------
+def wait_until(predicate: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(POLL_S)
+
+
+def metric(client: httpx.Client, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+def tensor_body(x, component: str) -> dict:
+    return {"fields": {"component_type": component},
+            "image": {"tensor": {"shape": list(x.shape), "data": x.flatten().tolist()}}}
+
+
+@pytest.fixture(scope="module")
+def repo(tiny_zoo, tmp_path_factory):
+    """The tiny CoE with the slow type's classifier slowed down (same weights)."""
+    root = tmp_path_factory.mktemp("replicas") / "repo"
+    shutil.copytree(tiny_zoo[0], root)
+    spec = yaml.safe_load((root / "coe.yaml").read_text())
+    slow = f"cls-{SLOW_TYPE}"
+    spec["architectures"]["arch-slow"] = {**spec["architectures"]["cls-tiny"],
+                                          "factory": "server_fixtures:SlowResNet"}
+    for entry in spec["experts"]:
+        if entry["name"] == slow:
+            entry["architecture"] = "arch-slow"
+    (root / "coe.yaml").write_text(yaml.safe_dump(spec))
+    return root
+
+
+@pytest.fixture(scope="module")
+def by_type(tiny_zoo):
+    from coserve import read_trace
+
+    first: dict = {}
+    for r in read_trace(tiny_zoo[1]):
+        first.setdefault(r.fields["component_type"], r)
+    return first
+
+
+@pytest.fixture(scope="module")
+def cluster(repo):
+    pytest.importorskip("ray")
+    from coserve.config import EngineConfig
+    from coserve.executors.spec import parse_executors
+    from coserve.server.config import ServerConfig
+    from coserve.server.replicas.run import deploy, partition_of, ray_running, shutdown
+
+    # The replicas' actors import server_fixtures (the slow expert): tests/ on their path.
+    tests_dir = str(Path(__file__).parent)
+    old_path = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [tests_dir, old_path]))
+    setup = ReplicaSetup(
+        repo, 2, trust_code=True, replica_num_cpus=0.5,
+        engine_config=EngineConfig(budget_fraction=0.5, executors=parse_executors("cpu:1"),
+                                   measure_costs=False),
+        server_config=ServerConfig(port=0, max_loop_lag_s=None, engine_stats_max_age_s=0))
+    owner = partition_of(setup)
+    try:
+        with ray_running(None, num_cpus=2):
+            try:
+                url = deploy(setup, owner)
+                with httpx.Client(base_url=url, timeout=WAIT_S) as client:
+                    wait_until(lambda: client.get("/readyz").status_code == 200, "ready")
+                    yield client, owner
+            finally:
+                shutdown()
+    finally:
+        if old_path is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old_path
+
+
+RAY_WARNINGS = pytest.mark.filterwarnings("ignore:Using extra keyword arguments on `Field`")
+
+
+@pytest.mark.slow
+@RAY_WARNINGS
+def test_answers_match_the_engine_and_go_to_the_owner(cluster, by_type, repo):
+    from coserve import Engine, EngineConfig, open_repository, parse_executors
+
+    client, owner = cluster
+    model = open_repository(repo, trust_code=True)
+    config = EngineConfig(executors=parse_executors("cpu:1"), measure_costs=False)
+    with Engine(model, config) as engine:
+        for component, request in sorted(by_type.items()):
+            if component == SLOW_TYPE:
+                continue
+            expected = engine.infer_sync(request, timeout_s=WAIT_S)
+            answer = client.post("/v1/inspect", json=tensor_body(request.input, component))
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            assert body["path"] == list(expected.path)
+            assert body["labels"] == [s.label for s in expected.steps]
+            # One executor per replica: executor index = replica index.
+            first = model.router.first(request.fields)
+            assert body["steps"][0]["executor"] == owner[first[0]], (component, body["steps"])
+    experts = client.get("/v1/experts").json()
+    assert len(experts["executors"]) == 2
+    assert client.get("/healthz").status_code == 200
+    assert metric(client, "coserve_replicas_ready") == 2
+
+
+@pytest.mark.slow
+@RAY_WARNINGS
+def test_a_batch_is_answered_item_by_item(cluster, by_type):
+    client, _ = cluster
+    items = [{"fields": {"component_type": c}, "image": tensor_body(r.input, c)["image"]}
+             for c, r in sorted(by_type.items()) if c != SLOW_TYPE]
+    answer = client.post("/v1/inspect/batch", json={"items": items})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["num_ok"] == len(items)
+    bad = client.post("/v1/inspect", json=tensor_body(by_type["R"].input, "no-such-type"))
+    assert bad.status_code == 422 and "no-such-type" in bad.text
+
+
+@pytest.mark.slow
+@RAY_WARNINGS
+def test_a_replica_killed_mid_run_loses_no_request(cluster, by_type, repo):
+    import ray
+
+    from coserve import open_repository
+
+    client, owner = cluster
+    model = open_repository(repo, trust_code=True)
+    victim = owner[model.router.first({"component_type": SLOW_TYPE})[0]]
+    num_requests = 8
+    body = tensor_body(by_type[SLOW_TYPE].input, SLOW_TYPE)
+    readiness: list[tuple[int, str]] = []
+    watching = threading.Event()
+
+    def watch() -> None:  # what /readyz said from the kill on, until every answer came
+        with httpx.Client(base_url=client.base_url, timeout=WAIT_S) as probe:
+            while not watching.is_set():
+                answer = probe.get("/readyz")
+                readiness.append((answer.status_code, answer.text))
+
+    with ThreadPoolExecutor(num_requests + 1) as pool:
+        futures = [pool.submit(client.post, "/v1/inspect", json=body) for _ in range(num_requests)]
+        wait_until(lambda: metric(client, "coserve_replica_in_flight", replica=str(victim)) >= 1,
+                   "requests in flight on the victim")
+        ray.kill(replica_actor(victim), no_restart=True)
+        watcher = pool.submit(watch)
+        statuses = [f.result(WAIT_S).status_code for f in futures]
+        watching.set()
+        watcher.result(WAIT_S)
+    assert statuses == [200] * num_requests
+    assert metric(client, "coserve_replica_retries_total") >= 1
+    # Until Serve restarted the replica, readiness said which one was down.
+    assert any(code == 503 and f"replica {victim} is down" in text for code, text in readiness)
+    wait_until(lambda: client.get("/readyz").status_code == 200, "the replica back")
+    assert metric(client, "coserve_replicas_ready") == 2
+    after = client.post("/v1/inspect", json=body)
+    assert after.status_code == 200
+
+
+def replica_actor(index: int):
+    import ray
+
+    from coserve.server.replicas.config import replica_name
+
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if f"#{replica_name(index)}#" in actor["name"]:
+            return ray.get_actor(actor["name"], namespace=actor["namespace"])
+    raise AssertionError(f"no actor for replica {index}")
