@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from coserve.cli.options import (
     add_engine_options,
@@ -14,6 +15,11 @@ from coserve.cli.options import (
     add_trust_option,
     planned_config,
 )
+
+if TYPE_CHECKING:
+    from coserve.config import EngineConfig
+    from coserve.planfile import Plan
+    from coserve.server.config import ServerConfig
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -63,6 +69,10 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"consecutive failures that quarantine an expert; 0 never (default {EngineConfig.quarantine_after})")
     p.add_argument("--quarantine-probe-s", type=float, default=EngineConfig.quarantine_probe_s,
                    help=f"a quarantined expert is tried again after this long (doubling after each failed try); 0: only an operator lifts a quarantine (default {EngineConfig.quarantine_probe_s:g})")
+    p.add_argument("--replicas", type=int, default=0,
+                   help="serve with N engine replicas on Ray Serve behind one ingress (same API; docs/replicas.md); 0: one engine in this process (default 0)")
+    p.add_argument("--ray-address", default=None,
+                   help="with --replicas: join this Ray cluster ('auto': the one `ray start` made here) instead of starting a local Ray")
     add_engine_options(p, backlog=False)
     add_plan_option(p)
     add_trust_option(p)
@@ -73,24 +83,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from coserve.engine.engine import Engine
     from coserve.errors import ConfigError
     from coserve.repository import open_repository
-    from coserve.server.config import TOKEN_ENV, ServerConfig
+    from coserve.server.config import TOKEN_ENV
     from coserve.server.run import bind, serve
 
     token = args.token or os.environ.get(TOKEN_ENV) or None
-    config = ServerConfig(host=args.host, port=args.port, token=token, max_inflight=args.max_inflight,
-                          max_batch_items=args.max_batch_items, max_body_bytes=args.max_body_bytes,
-                          request_timeout_s=args.request_timeout_s,
-                          max_loop_lag_s=args.max_loop_lag_s or None,
-                          read_timeout_s=args.read_timeout_s,
-                          drain_timeout_s=args.drain_timeout_s,
-                          max_request_decode_bytes=args.max_request_decode_bytes,
-                          max_server_decode_bytes=args.max_server_decode_bytes,
-                          num_decode_workers=args.decode_workers,
-                          max_connections=args.max_connections,
-                          allowed_hosts=_hosts(args.allowed_hosts), metrics_token=args.metrics_token)
-    model = open_repository(args.repo, trust_code=args.trust_repo_code)
+    config = _server_config(args, token)
     engine_config, plan = planned_config(args, args.policy, quarantine_after=args.quarantine_after,
                                          quarantine_probe_s=args.quarantine_probe_s or None)
+    if args.replicas:
+        return _serve_replicas(args, config, engine_config, plan)
+    model = open_repository(args.repo, trust_code=args.trust_repo_code)
     engine = Engine(model, engine_config, plan=plan)  # validates the budget before the port is taken
     try:
         sock = bind(config.host, config.port)
@@ -106,6 +108,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
           f"/readyz answers 200 once experts are placed)", flush=True)
     serve(engine, config, sock, log_level="info" if args.verbose else "warning")
     print("coserve: drained and stopped", flush=True)
+    return 0
+
+
+def _server_config(args: argparse.Namespace, token: str | None) -> ServerConfig:
+    from coserve.server.config import ServerConfig
+
+    return ServerConfig(host=args.host, port=args.port, token=token, max_inflight=args.max_inflight,
+                        max_batch_items=args.max_batch_items, max_body_bytes=args.max_body_bytes,
+                        request_timeout_s=args.request_timeout_s,
+                        max_loop_lag_s=args.max_loop_lag_s or None,
+                        read_timeout_s=args.read_timeout_s,
+                        drain_timeout_s=args.drain_timeout_s,
+                        max_request_decode_bytes=args.max_request_decode_bytes,
+                        max_server_decode_bytes=args.max_server_decode_bytes,
+                        num_decode_workers=args.decode_workers,
+                        max_connections=args.max_connections,
+                        allowed_hosts=_hosts(args.allowed_hosts), metrics_token=args.metrics_token)
+
+
+def _serve_replicas(args: argparse.Namespace, config: ServerConfig, engine_config: EngineConfig,
+                    plan: Plan | None) -> int:
+    """`--replicas N`: N engines on Ray Serve behind one ingress (docs/replicas.md)."""
+    from coserve.errors import ConfigError
+    from coserve.server.replicas.config import ReplicaSetup
+    from coserve.server.replicas.run import serve_replicas
+
+    if args.replicas < 0:
+        raise ConfigError(f"--replicas must be 0 (one engine here) or a positive count, got {args.replicas}")
+    # Locally the replicas share this machine's cores; on a cluster each gets one.
+    num_cpus = 1.0 if args.ray_address else (os.cpu_count() or 1) / args.replicas
+    setup = ReplicaSetup(args.repo.resolve(), args.replicas, engine_config=engine_config,
+                         server_config=config, plan=plan, trust_code=args.trust_repo_code,
+                         replica_num_cpus=num_cpus)
+    serve_replicas(setup, ray_address=args.ray_address)
+    print("coserve: Serve shut down", flush=True)
     return 0
 
 
