@@ -79,9 +79,10 @@ def free_port(host: str) -> int:
 def serve_replicas(setup: ReplicaSetup, ray_address: str | None = None) -> None:
     """Deploy, print the URL, serve until SIGTERM/SIGINT, shut Serve down."""
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     with ray_running(ray_address, num_cpus=None):
+        # After ray.init, which installs its own SIGTERM handler (it aborts the driver).
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
         try:
             url = deploy(setup)
             print(f"coserve: serving {setup.repo.name} on {url} with {setup.num_replicas} "
