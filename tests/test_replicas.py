@@ -28,9 +28,13 @@ from coserve.server.replicas.routing import (
     Loads,
     NoReplicaError,
     call_with_retries,
+    choose_random,
     choose_replica,
     is_replica_failure,
 )
+from coserve.server.replicas.stats import summed_stats
+from coserve.stats import StatsRecorder
+from coserve.types import LoadPath, Result
 
 POLL_S = 0.02
 WAIT_S = 60.0
@@ -110,6 +114,91 @@ def test_each_replica_favours_its_own_experts_and_setup_is_checked():
     with pytest.raises(Exception, match="num_replicas"):
         ReplicaSetup(Path("x"), 0)
     assert ReplicaSetup(Path("x"), 2).attempts == 3
+
+
+def test_random_routing_picks_up_replicas_not_yet_tried():
+    import random
+
+    rng = random.Random(0)
+    picks = [choose_random(rng, 3, down={2}, tried=[]) for _ in range(200)]
+    assert set(picks) == {0, 1}
+    assert choose_random(rng, 3, down={2}, tried=[0]) == 1
+    assert choose_random(rng, 3, down={0, 1, 2}, tried=[0, 1]) == 2
+
+
+def engine_stats(num_switches: int, num_executors: int = 1, bytes_each: int = 100):
+    recorder = StatsRecorder(num_executors)
+    recorder.reset(0.0)
+    for _ in range(num_switches):
+        recorder.switch(0, LoadPath.to_executor("cpu"), bytes_each, 0.01)
+        recorder.pool_lookup(hit=False)
+    recorder.batch(0, 2, 0.1)
+    return recorder.snapshot(1.0, bytes_read=num_switches * bytes_each, latencies=False,
+                             policy="coserve", budget_bytes=1000, total_expert_bytes=5000,
+                             storage="none", cost_source="test")
+
+
+def test_replica_stats_are_summed_counters_and_joined_executors():
+    total = summed_stats([engine_stats(2), engine_stats(3, num_executors=2)], retired=[engine_stats(4)])
+    assert total.num_switches == 9 and total.bytes_read == 900
+    assert sum(total.switches_by_path.values()) == 9
+    assert total.num_batches == 3 and total.budget_bytes == 2000
+    assert len(total.busy_s_per_executor) == 3  # the current engines' executors only
+    assert summed_stats([]) is None
+
+
+class FakeCall:
+    def __init__(self, fn: Callable) -> None:
+        self.remote = fn
+
+
+class FakeReplica:
+    """A replica handle without Ray: status answers at once, infer records the request."""
+
+    def __init__(self, index: int, model) -> None:
+        from coserve.server.replicas.deployment import ReplicaStatus
+
+        self.requests: list[str] = []
+        self._status = ReplicaStatus(
+            index=index, running=True, problems=(), executor_specs=("cpu",), queue_depths=(0,),
+            pool_bytes=(0,), pool_budgets=(None,), resident=(frozenset(),),
+            in_host_cache=frozenset(), usage=dict(model.usage), quarantine={},
+            stats=engine_stats(index), incarnation="one")
+        self.status = FakeCall(lambda: self)
+        self.infer = FakeCall(self._infer)
+
+    def result(self, timeout_s: float):
+        return self._status
+
+    async def _infer(self, request) -> Result:
+        self.requests.append(request.request_id)
+        return Result(request_id=request.request_id, ok=True, steps=(), submitted_s=0.0, completed_s=0.0)
+
+
+def test_random_routing_spreads_one_component_type_over_both_replicas(tiny_zoo, by_type):
+    from coserve import open_repository
+    from coserve.server.replicas.facade import ReplicaSet
+
+    model = open_repository(tiny_zoo[0])
+    request = by_type[SLOW_TYPE]
+    setup = ReplicaSetup(tiny_zoo[0], 2, routing="random", routing_seed=1)
+    fakes = [FakeReplica(i, model) for i in range(2)]
+    owner = {e: 0 for e in model.experts}  # partitioned would send every request to 0
+    replicas = ReplicaSet(model, setup, owner, fakes).start()
+
+    async def send(num: int) -> None:
+        futures = [replicas.submit(request) for _ in range(num)]
+        await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+
+    try:
+        run(send(40))
+        assert replicas.stats().num_switches == 1  # replica 0's 0 + replica 1's 1
+    finally:
+        replicas.close()
+    assert len(fakes[0].requests) + len(fakes[1].requests) == 40
+    assert min(len(f.requests) for f in fakes) >= 10
+    with pytest.raises(Exception, match="unknown replica routing"):
+        ReplicaSetup(tiny_zoo[0], 2, routing="round-robin")
 
 
 # -- on a local Ray -----------------------------------------------------------------------------
@@ -275,6 +364,35 @@ def test_a_replica_killed_mid_run_loses_no_request(cluster, by_type, repo):
     assert metric(client, "coserve_replicas_ready") == 2
     after = client.post("/v1/inspect", json=body)
     assert after.status_code == 200
+
+
+@pytest.mark.slow
+@RAY_WARNINGS
+def test_metrics_sum_the_replicas_engine_counters(cluster, by_type):
+    client, _ = cluster
+    sent = [c for c in sorted(by_type) if c != SLOW_TYPE]
+    for component in sent:
+        answer = client.post("/v1/inspect", json=tensor_body(by_type[component].input, component))
+        assert answer.status_code == 200, answer.text
+
+    def scrape() -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for family in text_string_to_metric_families(client.get("/metrics").text):
+            for sample in family.samples:
+                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+        return totals
+
+    def summed() -> bool:  # the replicas' counters arrive with their next status poll
+        m = scrape()
+        return (m.get("coserve_replica_engine_requests_total", 0) >= len(sent)
+                and m.get("coserve_expert_switches_total") == m["coserve_replica_switches_total"]
+                and m.get("coserve_storage_read_bytes_total")
+                == m["coserve_replica_storage_read_bytes_total"])
+
+    wait_until(summed, "the summed engine counters on /metrics")
+    m = scrape()
+    assert m["coserve_batches_total"] >= 1 and m["coserve_pool_hits_total"] >= 1
+    print("switches", m["coserve_replica_switches_total"])
 
 
 def replica_actor(index: int):

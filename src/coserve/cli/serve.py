@@ -73,6 +73,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="serve with N engine replicas on Ray Serve behind one ingress (same API; docs/replicas.md); 0: one engine in this process (default 0)")
     p.add_argument("--ray-address", default=None,
                    help="with --replicas: join this Ray cluster ('auto': the one `ray start` made here) instead of starting a local Ray")
+    p.add_argument("--replica-routing", choices=("partitioned", "random"), default="partitioned",
+                   help="with --replicas: send each image to the replica owning its first expert (partitioned), or to a seeded random replica that is up (random: a baseline for comparison only) (default partitioned)")
     add_engine_options(p, backlog=False)
     add_plan_option(p)
     add_trust_option(p)
@@ -140,7 +142,7 @@ def _serve_replicas(args: argparse.Namespace, config: ServerConfig, engine_confi
     num_cpus = 1.0 if args.ray_address else (os.cpu_count() or 1) / args.replicas
     setup = ReplicaSetup(args.repo.resolve(), args.replicas, engine_config=engine_config,
                          server_config=config, plan=plan, trust_code=args.trust_repo_code,
-                         replica_num_cpus=num_cpus)
+                         replica_num_cpus=num_cpus, routing=args.replica_routing)
     serve_replicas(setup, ray_address=args.ray_address)
     print("coserve: Serve shut down", flush=True)
     return 0

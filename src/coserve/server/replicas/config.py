@@ -15,6 +15,10 @@ from coserve.server.config import ServerConfig
 APP_NAME = "coserve"
 INGRESS_NAME = "ingress"
 REPLICA_PREFIX = "replica-"  # replica i is the deployment "replica-<i>"
+# How the ingress picks a request's replica: "partitioned" (the owner of its first expert,
+# spilled by queued work) or "random" (seeded uniform over the replicas that are up: a
+# baseline for comparing switches, not for production).
+ROUTINGS = ("partitioned", "random")
 # How often the ingress asks each replica for its status (readiness, queue depths,
 # resident experts); a replica that does not answer within the timeout counts as down.
 STATUS_INTERVAL_S = 0.5
@@ -44,6 +48,8 @@ class ReplicaSetup:
     max_attempts: int | None = None
     # CPUs Ray reserves for each replica (its engine's executors use them).
     replica_num_cpus: float = 1.0
+    routing: str = "partitioned"  # one of ROUTINGS
+    routing_seed: int = 0  # of "random"
 
     def __post_init__(self) -> None:
         if self.num_replicas < 1:
@@ -53,6 +59,9 @@ class ReplicaSetup:
                               f"got {self.max_attempts}")
         if self.replica_num_cpus < 0:
             raise ConfigError(f"replica_num_cpus must be >= 0, got {self.replica_num_cpus}")
+        if self.routing not in ROUTINGS:
+            raise ConfigError(f"unknown replica routing {self.routing!r}: choose one of "
+                              f"{', '.join(ROUTINGS)}")
 
     @property
     def attempts(self) -> int:

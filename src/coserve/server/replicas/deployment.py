@@ -6,17 +6,25 @@ Each replica starts with its own partition's experts favoured: its engine's usag
 is the model's (or the plan's) with every expert another replica owns scaled down by
 FOREIGN_USAGE_SCALE, so initial placement loads what this replica will be asked for.
 A request for an expert it does not own (spilled, or re-homed from a replica that is
-down) is served all the same: the engine loads what it lacks."""
+down) is served all the same: the engine loads what it lacks. With random routing
+(`--replica-routing random`) every replica is asked for every expert alike, so each
+starts from the plain prior.
+
+The status carries the engine's counters (`engine.stats(latencies=False)`: switches and
+bytes by path, pool hits, batches; microseconds) and the engine's incarnation, so the
+ingress can sum them and tell a restarted replica's fresh counters from a reset."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from coserve.server.replicas.config import ReplicaSetup
+from coserve.stats import EngineStats
 from coserve.types import Request, Result
 
 log = logging.getLogger(__name__)
@@ -42,6 +50,8 @@ class ReplicaStatus:
     in_host_cache: frozenset[str]
     usage: Mapping[str, float]
     quarantine: Mapping[str, Any]  # expert -> QuarantineRecord
+    stats: EngineStats  # its engine's counters, without latencies
+    incarnation: str  # new each time the replica's engine is constructed
 
 
 def owned_usage(prior: Mapping[str, float], owner: Mapping[str, int], index: int) -> dict[str, float]:
@@ -58,11 +68,12 @@ class EngineReplica:
         from coserve.repository import open_repository
 
         self.index = index
+        self.incarnation = uuid.uuid4().hex
         self._drain_timeout_s = setup.server_config.drain_timeout_s
         model = open_repository(setup.repo, trust_code=setup.trust_code)
         prior = setup.plan.usage if setup.plan is not None else model.usage
-        self.engine = Engine(model, setup.engine_config, plan=setup.plan,
-                             usage=owned_usage(prior, owner, index))
+        usage = owned_usage(prior, owner, index) if setup.routing == "partitioned" else dict(prior)
+        self.engine = Engine(model, setup.engine_config, plan=setup.plan, usage=usage)
         self.engine.start()  # Serve marks the replica running once this returns
         log.info("replica %d ready: %d expert(s) placed", index,
                  sum(len(r) for r in self.engine.resident()))
@@ -80,7 +91,12 @@ class EngineReplica:
             pool_bytes=tuple(engine.pool_bytes()), pool_budgets=tuple(engine.pool_budgets()),
             resident=tuple(frozenset(r) for r in engine.resident()),
             in_host_cache=frozenset(e for e in engine.model.experts if engine.in_host_cache(e)),
-            usage=engine.usage(), quarantine=engine.quarantine.records())
+            usage=engine.usage(), quarantine=engine.quarantine.records(),
+            stats=engine.stats(latencies=False), incarnation=self.incarnation)
+
+    def stats(self, latencies: bool = False) -> EngineStats:
+        """Its engine's statistics (the status poll carries the counters already)."""
+        return self.engine.stats(latencies=latencies)
 
     def release(self, expert: str) -> bool:
         return self.engine.quarantine.release(expert)

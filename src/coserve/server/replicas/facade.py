@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -27,7 +28,9 @@ from coserve.repository import CoEModel
 from coserve.repository.inputs import check_input
 from coserve.server.replicas.config import STATUS_INTERVAL_S, STATUS_TIMEOUT_S, ReplicaSetup
 from coserve.server.replicas.deployment import ReplicaStatus
-from coserve.server.replicas.routing import Loads, call_with_retries, choose_replica
+from coserve.server.replicas.routing import Loads, call_with_retries, choose_random, choose_replica
+from coserve.server.replicas.stats import summed_stats
+from coserve.stats import EngineStats
 from coserve.types import Request, Result
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,10 @@ class ReplicaSet:
         self.num_answered = [0] * setup.num_replicas
         self.handles = list(handles)
         self._max_attempts = setup.attempts
+        self.routing = setup.routing
+        self._rng = random.Random(setup.routing_seed)
+        # The last polled counters of each replica's engines that have since been replaced.
+        self._retired: list[list[EngineStats]] = [[] for _ in range(setup.num_replicas)]
         self._lock = threading.Lock()
         self._statuses: list[ReplicaStatus | None] = [None] * setup.num_replicas
         self._down: dict[int, str] = {i: "not answered yet" for i in range(setup.num_replicas)}
@@ -99,6 +106,9 @@ class ReplicaSet:
                 self._mark_down(i, f"no status within {STATUS_TIMEOUT_S:g} s ({type(exc).__name__})")
                 continue
             with self._lock:
+                old = self._statuses[i]
+                if old is not None and old.incarnation != status.incarnation:
+                    self._retired[i].append(old.stats)  # restarted: keep what it counted
                 self._statuses[i] = status
                 if status.running and not status.problems:
                     self._down.pop(i, None)
@@ -153,6 +163,9 @@ class ReplicaSet:
         if tried:
             with self._lock:
                 self.num_retries += 1
+        if self.routing == "random":
+            with self._lock:
+                return choose_random(self._rng, self.num_replicas, self._down, tried)
         return choose_replica(self.partition, first, self.loads.seconds(), self.down_replicas(), tried)
 
     async def _call(self, replica: int, request: Request) -> Result:
@@ -175,10 +188,26 @@ class ReplicaSet:
         return replace(result, steps=steps)
 
     # -- the engine's per-executor views, over all replicas ---------------------------------
-    def stats(self, latencies: bool = True) -> None:
-        """No engine statistics at the ingress (each replica has its own); the replica
-        metrics say what the ingress knows."""
-        return None
+    def stats(self, latencies: bool = True) -> EngineStats | None:
+        """The replicas' engine counters summed (`replicas.stats.summed_stats`), as of
+        their last status poll (at most STATUS_INTERVAL_S old); latencies are zeros
+        whatever `latencies` says (the ingress's histograms have them)."""
+        with self._lock:
+            current = [s.stats for s in self._statuses if s is not None]
+            retired = [r for per_replica in self._retired for r in per_replica]
+        return summed_stats(current, retired)
+
+    def replica_counters(self) -> list[tuple[int, int, int]]:
+        """(requests finished, switches, bytes read) per replica, restarts included, as of
+        the last status poll."""
+        counters = []
+        with self._lock:
+            for status, retired in zip(self._statuses, self._retired, strict=True):
+                every = [*retired, *([status.stats] if status is not None else [])]
+                counters.append((sum(s.num_requests for s in every),
+                                 sum(s.num_switches for s in every),
+                                 sum(s.bytes_read for s in every)))
+        return counters
 
     def known_statuses(self) -> list[ReplicaStatus]:
         with self._lock:

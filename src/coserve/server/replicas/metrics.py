@@ -1,5 +1,8 @@
 """The ingress's replica metrics, read at scrape time from the ReplicaSet (the server's
-own metrics, from coserve.server.metrics, are there too: accepted, answered, latency)."""
+own metrics, from coserve.server.metrics, are there too: accepted, answered, latency, and
+the replicas' engine counters summed, as `coserve serve` exports one engine's). The
+per-replica engine counters are as of the last status poll (at most 0.5 s old), not
+cached further."""
 
 from __future__ import annotations
 
@@ -37,6 +40,22 @@ class ReplicaCollector(Collector):
             in_flight.add_metric([str(i)], replicas.loads.in_flight[i])
             answered.add_metric([str(i)], replicas.num_answered[i])
         yield from (up, in_flight, answered)
+        yield from _engine_counters(replicas)
+
+
+def _engine_counters(replicas: ReplicaSet) -> Iterator[Metric]:
+    labels = ["replica"]
+    requests = CounterMetricFamily("coserve_replica_engine_requests", "Requests the replica's "
+                                   "engines finished (restarts included)", labels=labels)
+    switches = CounterMetricFamily("coserve_replica_switches", "Expert loads into the replica's "
+                                   "executing tiers (restarts included)", labels=labels)
+    read = CounterMetricFamily("coserve_replica_storage_read_bytes", "Bytes the replica read "
+                               "from storage (restarts included)", labels=labels)
+    for i, (num_requests, num_switches, bytes_read) in enumerate(replicas.replica_counters()):
+        requests.add_metric([str(i)], num_requests)
+        switches.add_metric([str(i)], num_switches)
+        read.add_metric([str(i)], bytes_read)
+    yield from (requests, switches, read)
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

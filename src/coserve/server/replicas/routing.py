@@ -4,6 +4,8 @@ Ray, no torch; the ingress wires these to its handles.
 - **Owner first:** a request goes to the replica owning its first expert
   (`Partition.spill_order`: the owner unless its queued work is well above the least
   loaded replica's, then the least loaded).
+- **Or random** (`--replica-routing random`, the baseline of the local comparison):
+  seeded uniform over the replicas that are up and not yet tried.
 - **Down replicas last:** a replica whose call failed, or that did not answer its status
   poll, is tried only when every replica is down (one may have restarted since).
 - **Bounded retries:** a call that failed because the *replica* failed (its actor died or
@@ -15,6 +17,7 @@ Ray, no torch; the ingress wires these to its handles.
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import TYPE_CHECKING, TypeVar
@@ -57,6 +60,15 @@ def choose_replica(partition: Partition, first: Sequence[str], loads_s: Sequence
     down, and within each, those tried fewer times first."""
     order = partition.spill_order(first, loads_s)
     return min(order, key=lambda r: (r in down, tried.count(r), order.index(r)))
+
+
+def choose_random(rng: random.Random, num_replicas: int, down: Collection[int],
+                  tried: Sequence[int]) -> int:
+    """Uniform over the replicas that are up and not tried yet; else over those tried
+    fewest times, up ones first (the random baseline's retry order)."""
+    order = sorted(range(num_replicas), key=lambda r: (r in down, tried.count(r)))
+    best = (order[0] in down, tried.count(order[0]))
+    return rng.choice([r for r in order if (r in down, tried.count(r)) == best])
 
 
 async def call_with_retries(call: Callable[[int], Awaitable[T]], choose: Callable[[list[int]], int],

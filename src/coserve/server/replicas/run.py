@@ -94,7 +94,8 @@ def serve_replicas(setup: ReplicaSetup, ray_address: str | None = None) -> None:
 
 def app_builder(args: dict[str, Any]) -> Any:
     """For `serve run coserve.server.replicas:app_builder repo=DIR replicas=N
-    [budget_fraction=F] [executors=cpu:1] [storage=P] [no_measure=1] [trust_repo_code=1]`."""
+    [budget_fraction=F] [executors=cpu:1] [storage=P] [no_measure=1] [trust_repo_code=1]
+    [routing=random]`."""
     from pathlib import Path
 
     from coserve.config import EngineConfig
@@ -112,7 +113,8 @@ def app_builder(args: dict[str, Any]) -> Any:
         kwargs["storage"] = args["storage"]
     setup = ReplicaSetup(Path(args["repo"]), int(args.get("replicas", 2)),
                          engine_config=EngineConfig(**kwargs),
-                         trust_code=_flag(args.get("trust_repo_code")))
+                         trust_code=_flag(args.get("trust_repo_code")),
+                         routing=args.get("routing", "partitioned"))
     return build_app(setup, partition_of(setup))
 
 
