@@ -199,3 +199,84 @@ def test_random_routing_is_seeded_and_tiling_keeps_offsets(synth_tiny):
     assert spilled == 0
     assert all(part.replica_for(model.router.first(r.fields)) == i
                for i, share in enumerate(owned) for r in share)
+
+
+def test_spill_order_goes_to_the_least_loaded_holder_and_counts_switches():
+    part = Partition(3, {"a": 0, "b": 1, "c": 2}, {"a": frozenset({0, 2})})
+    assert part.holders_of("a") == {0, 2} and part.experts_held(2) == {"a", "c"}
+    assert part.experts_of(2) == {"c"} and part.replica_for(["a"]) == 0
+    assert part.spill_order(["a"], [1.0, 0.0, 0.5], margin_s=2.0) == [2, 1, 0]
+    # Replica 1 is idle but would have to load a: 3 s of switching keeps a at home.
+    assert part.spill_order(["a"], [2.5, 0.0, 2.5], margin_s=1.0, switch_s=[0, 3, 0])[0] == 0
+    assert part.spill_order(["a"], [2.5, 0.0, 2.5], margin_s=1.0)[0] == 1
+    with pytest.raises(ValueError, match="owned by no replica"):
+        Partition(2, {"a": 0}, {"a": frozenset({5})})
+
+
+def test_a_hot_preliminary_expert_gets_copies_and_each_replica_a_prior():
+    from coserve.cluster.partition import replica_traffic, replica_usage
+
+    model = _model({"hot": 0.7, "b": 0.1, "c": 0.1, "d": 0.1},
+                   {"hot": {"pass": ["det"]}, "b": {"pass": ["det"]}})
+    single = partition_experts(model, 2)
+    assert all(len(single.holders_of(e)) == 1 for e in model.experts)
+    part = partition_experts(model, 2, max_copies=2)
+    assert part.holders_of("hot") == {0, 1}
+    traffic = replica_traffic(model, part)
+    assert traffic[0]["hot"] == pytest.approx(0.35) == traffic[1]["hot"]
+    prior = replica_usage(model, part, part.owner["c"])
+    assert prior["c"] > 0.1 and prior[min({"b", "c", "d"} - part.experts_held(part.owner["c"]))] < 0.01
+    with pytest.raises(ValueError, match="max_copies"):
+        partition_experts(model, 2, max_copies=0)
+
+
+def test_the_fluid_view_charges_loads_a_pool_lacks_until_it_holds_them():
+    from coserve.cluster.simulate import FluidReplicas, reach_probabilities
+
+    model = _two_families()
+    part = Partition(2, {"a": 0, "b": 0, "det-ab": 0, "c": 1, "d": 1, "det-cd": 1})
+    assert reach_probabilities(model, ["a"]) == {"a": 1.0, "det-ab": 0.5}
+    traffic = [{e: 1.0 for e in part.experts_held(r)} for r in range(2)]
+    fluid = FluidReplicas(model, part, traffic, lambda e: 1.0, budget_bytes=30 * MB)
+    assert fluid.switch_s(["a"]) == [0.0, 1.5]
+    fluid.add(1, ["a"], work_s=0.1, switch_s=1.5)
+    assert fluid.switch_s(["a"]) == [0.0, 0.5] and fluid.queued_s == [0.0, 1.6]
+    fluid.add(1, ["a"], work_s=0.1, switch_s=0.5)  # det-ab's expected visits reach one
+    assert fluid.switch_s(["a"]) == [0.0, 0.0]
+    fluid.drain(1.0)
+    assert fluid.queued_s == [0.0, pytest.approx(1.2)]
+
+
+def test_overlay_and_rate_scale_raise_the_arrival_rate(synth_tiny):
+    from coserve.cluster.simulate import overlay, scale_rate
+    from coserve.errors import ConfigError
+    from coserve.trace import read_trace
+
+    requests = read_trace(synth_tiny[1])
+    doubled = overlay(requests, 2)
+    assert len(doubled) == 2 * len(requests) and len({r.request_id for r in doubled}) == len(doubled)
+    assert sorted(r.arrival_s for r in doubled) == [r.arrival_s for r in doubled]
+    assert max(r.arrival_s for r in doubled) == max(r.arrival_s for r in requests)
+    fast = scale_rate(requests, 4.0)
+    assert [r.arrival_s * 4 for r in fast] == pytest.approx([r.arrival_s for r in requests])
+    with pytest.raises(ConfigError, match="rate scale"):
+        scale_rate(requests, 0)
+
+
+def test_cluster_simulate_scales_the_load_with_replicas(synth_tiny, tmp_path):
+    import json
+
+    from coserve.cli import main
+
+    model, trace = synth_tiny
+    plan = _plan_for(model).save(tmp_path / "plan.json")
+    out = tmp_path / "rows.json"
+    argv = ["cluster", "simulate", str(model.root), str(trace), "--plan", str(plan),
+            "--replicas", "1,2", "--routing", "partitioned", "--budget-fraction", "0.3",
+            "--storage", "sata-530", "--executors", "cpu:2", "--rate-scale", "2",
+            "--scale-load", "--replicate", "--spill-switches", "--json", str(out)]
+    assert main(argv) == 0
+    doc = json.loads(out.read_text())
+    assert doc["rate_scale"] == 2 and doc["scale_load"] and doc["replicate"]
+    assert [r["num_requests"] for r in doc["rows"]] == [360, 720]
+    assert all(r["num_failed"] == 0 for r in doc["rows"])

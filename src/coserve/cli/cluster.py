@@ -46,6 +46,18 @@ def add_cluster_parser(sub: argparse._SubParsersAction) -> None:
                         "seconds longer than the shortest (default 0.5)")
     s.add_argument("--repeat", type=int, default=1,
                    help="the trace K times back to back at its own offsets (default 1)")
+    s.add_argument("--rate-scale", type=float, default=1.0,
+                   help="arrival offsets divided by S: S times the trace's arrival rate "
+                        "(default 1)")
+    s.add_argument("--scale-load", action="store_true",
+                   help="N replicas get N copies of the trace overlaid (N times the "
+                        "requests and the arrival rate): weak scaling")
+    s.add_argument("--replicate", action="store_true",
+                   help="partitioned: hot and widely shared experts held by several replicas "
+                        "(within each replica's budget)")
+    s.add_argument("--spill-switches", action="store_true",
+                   help="partitioned: the spill estimate adds the predicted switch seconds "
+                        "of replicas whose pool lacks the request's experts")
     s.add_argument("--seed", type=int, default=0, help="random routing's seed (default 0)")
     s.add_argument("--json", type=Path, default=None, dest="json_out",
                    help="write {\"rows\": [...]} to this file")
@@ -57,7 +69,7 @@ def add_cluster_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_cluster_simulate(args: argparse.Namespace) -> int:
     from coserve.cluster.partition import SPILL_MARGIN_S
-    from coserve.cluster.simulate import ClusterSetup, simulate_cluster, tile
+    from coserve.cluster.simulate import ClusterSetup, scale_rate, simulate_cluster, tile
     from coserve.errors import ConfigError
     from coserve.repository import open_repository
     from coserve.trace import read_trace
@@ -65,23 +77,28 @@ def cmd_cluster_simulate(args: argparse.Namespace) -> int:
     model = open_repository(args.repo, trust_code=args.trust_repo_code)
     config, plan = planned_config(args, args.policy)
     assert plan is not None  # --plan is required
-    requests = tile(read_trace(args.trace), args.repeat)
+    requests = scale_rate(tile(read_trace(args.trace), args.repeat), args.rate_scale)
     routings = [r.strip() for r in args.routing.split(",") if r.strip()]
     if not routings:
         raise ConfigError("--routing names no routing: give partitioned, random or both")
     margin_s = SPILL_MARGIN_S if args.spill_margin_s is None else args.spill_margin_s
     setup = ClusterSetup(model, config, plan, backlog=args.backlog, margin_s=margin_s,
-                         seed=args.seed)
+                         seed=args.seed, replicate=args.replicate,
+                         spill_switches=args.spill_switches,
+                         scale_load=args.scale_load)
     bar, progress = progress_bar("simulating replicas")
     with bar:
         rows = simulate_cluster(setup, requests, int_list(args.replicas, "--replicas"), routings,
                                 progress=progress)
     print_cluster_table(rows)
-    print(f"{len(requests)} requests{' at once' if args.backlog else ' at their offsets'}; "
+    arrivals = " at once" if args.backlog else f" at their offsets / {args.rate_scale:g}"
+    per = " x N replicas (overlaid)" if args.scale_load else ""
+    print(f"{len(requests)} requests{per}{arrivals}; "
           f"policy {config.policy}; per-replica budget as for one machine; simulated")
     if args.json_out is not None:
         doc = {"repo": str(args.repo), "trace": str(args.trace), "repeat": args.repeat,
-               "backlog": args.backlog, "policy": config.policy,
+               "rate_scale": args.rate_scale, "scale_load": args.scale_load,
+               "replicate": args.replicate, "spill_switches": args.spill_switches, "backlog": args.backlog, "policy": config.policy,
                "rows": [r.to_dict() for r in rows]}
         args.json_out.write_text(json.dumps(doc, indent=2) + "\n")
     return 0 if all(r.num_failed == 0 for r in rows) else 1

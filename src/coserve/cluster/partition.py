@@ -14,7 +14,8 @@ that sends it most traffic, unless that replica's bytes would pass the tolerance
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import math
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -34,28 +35,49 @@ SPILL_MARGIN_S = 0.5
 
 @dataclass(frozen=True)
 class Partition:
-    """Who owns which expert. `owner` maps every expert to a replica in [0, num_replicas)."""
+    """Who owns which expert. `owner` maps every expert to a replica in [0, num_replicas);
+    `holders` optionally names more replicas holding an expert (a hot preliminary expert
+    served by several replicas, a shared subsequent expert kept where much of its traffic
+    is); the owner always holds its expert."""
 
     num_replicas: int
     owner: Mapping[str, int]
+    holders: Mapping[str, frozenset[int]] = field(default_factory=dict)
     _members: tuple[frozenset[str], ...] = field(init=False, repr=False, compare=False)
+    _held: tuple[frozenset[str], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.num_replicas < 1:
             raise ValueError(f"num_replicas must be at least 1, got {self.num_replicas}")
         bad = sorted(e for e, r in self.owner.items() if not 0 <= r < self.num_replicas)
+        bad += sorted(e for e, rs in self.holders.items()
+                      if e not in self.owner or any(not 0 <= r < self.num_replicas for r in rs))
         if bad:
             raise ValueError(f"experts {bad[:5]} are owned by no replica in "
                              f"[0, {self.num_replicas}): give each an owner below num_replicas")
+        holders = {e: frozenset(self.holders.get(e, ())) | {r} for e, r in self.owner.items()}
         members: list[set[str]] = [set() for _ in range(self.num_replicas)]
+        held: list[set[str]] = [set() for _ in range(self.num_replicas)]
         for expert, replica in self.owner.items():
             members[replica].add(expert)
+            for r in holders[expert]:
+                held[r].add(expert)
         object.__setattr__(self, "owner", MappingProxyType(dict(self.owner)))
+        object.__setattr__(self, "holders", MappingProxyType(holders))
         object.__setattr__(self, "_members", tuple(frozenset(m) for m in members))
+        object.__setattr__(self, "_held", tuple(frozenset(h) for h in held))
 
     def experts_of(self, replica: int) -> frozenset[str]:
         """The experts `replica` owns."""
         return self._members[replica]
+
+    def experts_held(self, replica: int) -> frozenset[str]:
+        """The experts `replica` owns or holds a copy of."""
+        return self._held[replica]
+
+    def holders_of(self, expert: str) -> frozenset[int]:
+        """The replicas holding `expert` (its owner among them)."""
+        return self.holders[expert]
 
     def replica_for(self, first: Sequence[str]) -> int:
         """The replica owning a request's first expert (the first one's, on a fan-out)."""
@@ -64,19 +86,25 @@ class Partition:
         return self.owner[first[0]]
 
     def spill_order(self, first: Sequence[str], loads: Sequence[float],
-                    margin_s: float = SPILL_MARGIN_S) -> list[int]:
-        """Replicas in preference order for a request: its owner first unless the owner's
-        queued work (`loads`, seconds per replica) is more than `margin_s` above the least
-        loaded replica's; then the others by the min-max rule (least queued work first,
-        ties to the lower index)."""
-        if len(loads) != self.num_replicas:
-            raise ValueError(f"loads has {len(loads)} entries for {self.num_replicas} replicas: "
+                    margin_s: float = SPILL_MARGIN_S,
+                    switch_s: Sequence[float] | None = None) -> list[int]:
+        """Replicas in preference order for a request. Home is the least loaded replica
+        holding its first expert (the owner on ties); each replica's cost is its queued
+        work (`loads`, seconds) plus, when given, `switch_s`: the seconds of loads the
+        request would cost it. Home comes first unless its cost is more than `margin_s`
+        above the cheapest replica's; then the others by the min-max rule (least cost
+        first, ties to the lower index)."""
+        n = self.num_replicas
+        if len(loads) != n or (switch_s is not None and len(switch_s) != n):
+            raise ValueError(f"loads has {len(loads)} entries for {n} replicas: "
                              "give each replica's queued work in seconds")
         owner = self.replica_for(first)
-        by_load = sorted(range(self.num_replicas), key=lambda r: (loads[r], r))
-        if loads[owner] - loads[by_load[0]] > margin_s:
-            return by_load
-        return [owner] + [r for r in by_load if r != owner]
+        home = min(self.holders[first[0]], key=lambda r: (loads[r], r != owner, r))
+        cost = [loads[r] + (switch_s[r] if switch_s is not None else 0.0) for r in range(n)]
+        by_cost = sorted(range(n), key=lambda r: (cost[r], r))
+        if cost[home] - cost[by_cost[0]] > margin_s:
+            return by_cost
+        return [home] + [r for r in by_cost if r != home]
 
 
 @dataclass(frozen=True)
@@ -97,6 +125,7 @@ class _Graph:
         self.experts = sorted(model.experts)
         self.num_bytes = {e: float(model.experts[e].num_bytes) for e in self.experts}
         self.work = {e: float(weight(e)) for e in self.experts}
+        self.usage = {e: float(usage.get(e, 0.0)) for e in self.experts}
         self.children: dict[str, dict[str, float]] = {e: {} for e in self.experts}
         self.parents: dict[str, dict[str, float]] = {e: {} for e in self.experts}
         for parent in self.experts:
@@ -179,11 +208,21 @@ def partition_experts(
     num_replicas: int,
     usage: Mapping[str, float] | None = None,
     weight: Callable[[str], float] | None = None,
+    *,
+    max_copies: int = 1,
+    budget_bytes: int | None = None,
 ) -> Partition:
     """A dependency-aware partition of `model`'s experts over `num_replicas` replicas.
     `usage` defaults to the model's prior; `weight(expert)` (the work an expert brings a
-    replica) defaults to usage x num_bytes. Deterministic."""
-    return _place(model, num_replicas, usage, weight, previous=None)
+    replica) defaults to usage x num_bytes. With `max_copies` > 1 replication is on: a
+    preliminary expert with more than an even share of the work is held by up to that
+    many replicas, and a subsequent expert by every replica that sends it at least 1/N
+    of its traffic and has room for it among its hottest experts within `budget_bytes`
+    (one replica's pool; None: no limit). Deterministic."""
+    if max_copies < 1:
+        raise ValueError(f"max_copies must be at least 1, got {max_copies}")
+    return _place(model, num_replicas, usage, weight, previous=None,
+                  max_copies=max_copies, budget_bytes=budget_bytes)
 
 
 def repartition(
@@ -196,7 +235,8 @@ def repartition(
     """The same goal as `partition_experts` for new `usage`, moving as few experts as
     possible: each family stays where it was unless moving it brings the most loaded
     replica back within the tolerance. `num_replicas` (default: the old count) may shrink
-    or grow the cluster; experts of a replica that is gone are re-homed."""
+    or grow the cluster; experts of a replica that is gone are re-homed. One owner per
+    expert: copies are not carried over."""
     return _place(model, old.num_replicas if num_replicas is None else num_replicas,
                   usage, weight, previous=old)
 
@@ -207,6 +247,8 @@ def _place(
     usage: Mapping[str, float] | None,
     weight: Callable[[str], float] | None,
     previous: Partition | None,
+    max_copies: int = 1,
+    budget_bytes: int | None = None,
 ) -> Partition:
     if num_replicas < 1:
         raise ValueError(f"num_replicas must be at least 1, got {num_replicas}")
@@ -217,18 +259,99 @@ def _place(
     owner: dict[str, int] = {}
     kept = _keep_families(families, previous, num_replicas, owner, loads)
     fresh = [f for f in families if f.root not in kept]
-    _place_families(fresh, [f for f in families if f.root in kept], owner, loads)
+    holders = _place_families(fresh, [f for f in families if f.root in kept], owner, loads,
+                              max_copies)
     if previous is not None:
         _rebalance(families, owner, loads)
     _place_subsequent(graph, owner, loads, previous)
-    return Partition(num_replicas, owner)
+    if max_copies > 1:
+        holders = {root: rs for root, rs in holders.items() if len(rs) > 1}
+        holders.update(_replicate_subsequent(graph, owner, holders, num_replicas, budget_bytes))
+    return Partition(num_replicas, owner, {e: frozenset(rs) for e, rs in holders.items()})
+
+
+def replica_traffic(model: CoEModel, partition: Partition,
+                    usage: Mapping[str, float] | None = None) -> list[dict[str, float]]:
+    """traffic[r][expert]: P(a request visits `expert` on replica r), when each request
+    runs whole on a holder of its first expert (split evenly among the holders)."""
+    usage = model.usage if usage is None else usage
+    graph = _Graph(model, usage, lambda e: 0.0)
+    holders = {root: partition.holders_of(root) for root in graph.roots}
+    return _traffic(graph, holders, partition.num_replicas)
+
+
+def replica_usage(model: CoEModel, partition: Partition, replica: int,
+                  usage: Mapping[str, float] | None = None,
+                  foreign_scale: float = 0.01) -> dict[str, float]:
+    """A usage prior for one replica's engine: P(a request routed to it visits each
+    expert), and every expert it sees no traffic for at `foreign_scale` of its model
+    usage (small but not zero, so eviction still orders them)."""
+    usage = model.usage if usage is None else usage
+    mine = replica_traffic(model, partition, usage)[replica]
+    total = sum(p for e, p in mine.items() if not model.predecessors(e))
+    return {e: (mine[e] / total if mine.get(e, 0.0) > 0 and total > 0
+                else usage.get(e, 0.0) * foreign_scale) for e in model.experts}
+
+
+def _traffic(graph: _Graph, holders: Mapping[str, Collection[int]],
+             num_replicas: int) -> list[dict[str, float]]:
+    """Per replica, each expert's traffic: its roots' usage split among their holders,
+    carried down the graph by label probability (a replica runs whole requests)."""
+    traffic: list[dict[str, float]] = [{} for _ in range(num_replicas)]
+    for root, rs in holders.items():
+        for r in rs:
+            traffic[r][root] = graph.usage[root] / len(rs)
+    for expert in _topological(graph, graph.experts):
+        base = graph.usage[expert]
+        for here in traffic:
+            if here.get(expert, 0.0) <= 0 or base <= 0:
+                continue
+            for child, flow in graph.children[expert].items():
+                here[child] = here.get(child, 0.0) + here[expert] * flow / base
+    return traffic
+
+
+def _replicate_subsequent(graph: _Graph, owner: Mapping[str, int],
+                          root_holders: Mapping[str, set[int]], num_replicas: int,
+                          budget_bytes: int | None) -> dict[str, set[int]]:
+    """Copies of subsequent experts: on each replica sending one at least 1/N of its
+    traffic, when it fits among that replica's hottest experts within the budget."""
+    holders = {root: root_holders.get(root, {r}) for root, r in owner.items()
+               if root in graph.roots}
+    traffic = _traffic(graph, holders, num_replicas)
+    copies: dict[str, set[int]] = {}
+    for r in range(num_replicas):
+        used = 0.0
+        for expert in sorted(traffic[r], key=lambda e: (-traffic[r][e], e)):
+            used += graph.num_bytes[expert]
+            if budget_bytes is not None and used > budget_bytes:
+                break
+            total = sum(t.get(expert, 0.0) for t in traffic)
+            if (expert not in graph.roots and owner[expert] != r
+                    and traffic[r][expert] >= total / num_replicas - 1e-12):
+                copies.setdefault(expert, {owner[expert]}).add(r)
+    return copies
+
+
+def _copies(family: _Family, loads: _Loads, max_copies: int) -> list[_Family]:
+    """A family carrying more than an even share of the work (within the tolerance) split
+    into that many copies, up to `max_copies`, each with its part of the work and all of
+    the bytes (every holder needs the weights)."""
+    share = family.work / loads._work_unit / (1 + BALANCE_TOLERANCE)
+    k = max(1, min(max_copies, len(loads.work), math.ceil(share - 1e-9)))
+    if k == 1:
+        return [family]
+    reach = MappingProxyType({c: f / k for c, f in family.reach.items()})
+    return [_Family(family.root, family.work / k, family.num_bytes, reach)] * k
 
 
 def _place_families(fresh: Sequence[_Family], placed: Sequence[_Family],
-                    owner: dict[str, int], loads: _Loads) -> None:
+                    owner: dict[str, int], loads: _Loads, max_copies: int = 1
+                    ) -> dict[str, set[int]]:
     """Largest first: among the replicas that stay within the tolerance, the one already
     holding most of this family's subsequent traffic (so families sharing a detector meet
-    there), ties to the least loaded; when none has room, the least loaded."""
+    there), ties to the least loaded; when none has room, the least loaded. A copy goes to
+    a replica not holding the family yet. Returns each fresh root's holders."""
     num_replicas = len(loads.work)
     # nearby[r][child]: the fraction of child's traffic that families on r already send.
     nearby: list[dict[str, float]] = [{} for _ in range(num_replicas)]
@@ -236,21 +359,25 @@ def _place_families(fresh: Sequence[_Family], placed: Sequence[_Family],
         for child, fraction in family.reach.items():
             near = nearby[owner[family.root]]
             near[child] = near.get(child, 0.0) + fraction
-    for family in sorted(fresh, key=lambda f: (-loads.size(f.work, f.num_bytes), f.root)):
-        cap = max(1 + BALANCE_TOLERANCE, min(loads.cost(r, family.work, family.num_bytes)
-                                             for r in range(num_replicas)))
+    units = [c for f in fresh for c in _copies(f, loads, max_copies)]
+    holders: dict[str, set[int]] = {}
+    for family in sorted(units, key=lambda f: (-loads.size(f.work, f.num_bytes), f.root)):
+        free = [r for r in range(num_replicas) if r not in holders.get(family.root, ())]
+        cap = max(1 + BALANCE_TOLERANCE,
+                  min(loads.cost(r, family.work, family.num_bytes) for r in free))
 
         def score(r: int, f: _Family = family) -> tuple[float, float, int]:
             affinity = sum(frac * nearby[r].get(c, 0.0) for c, frac in f.reach.items())
             return (-affinity, loads.cost(r, f.work, f.num_bytes), r)
 
-        roomy = [r for r in range(num_replicas)
-                 if loads.cost(r, family.work, family.num_bytes) <= cap + 1e-12]
+        roomy = [r for r in free if loads.cost(r, family.work, family.num_bytes) <= cap + 1e-12]
         replica = min(roomy, key=score)
-        owner[family.root] = replica
+        owner.setdefault(family.root, replica)
+        holders.setdefault(family.root, set()).add(replica)
         loads.add(replica, family.work, family.num_bytes)
         for child, fraction in family.reach.items():
             nearby[replica][child] = nearby[replica].get(child, 0.0) + fraction
+    return holders
 
 
 def _keep_families(families: Sequence[_Family], previous: Partition | None,

@@ -20,11 +20,18 @@ Routing:
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from coserve.cluster.partition import SPILL_MARGIN_S, Partition, partition_experts
+from coserve.cluster.partition import (
+    SPILL_MARGIN_S,
+    Partition,
+    partition_experts,
+    replica_traffic,
+    replica_usage,
+)
 from coserve.errors import ConfigError
 from coserve.stats import percentile
 
@@ -90,6 +97,77 @@ def expected_cost(model: CoEModel, costs: CostModel, processor: str) -> Callable
     return cost
 
 
+class FluidReplicas:
+    """The partitioned router's view of the replicas: each one's queued executor seconds
+    (drained `num_executors` seconds per second of arrival time) and which experts its
+    pool holds (at first its held experts, hottest first, up to `budget_bytes`; then
+    least recently used out as it loads more). A request's predicted switch seconds on a
+    replica: `load_s` of each expert on its expected path that the pool lacks, weighted by
+    P(reaching it); once a replica's expected visits of an expert reach one, it holds it."""
+
+    def __init__(self, model: CoEModel, partition: Partition, traffic: Sequence[Mapping[str, float]],
+                 load_s: Callable[[str], float], budget_bytes: int | None) -> None:
+        self._model, self._load_s, self._budget = model, load_s, budget_bytes
+        self._bytes = {e: s.num_bytes for e, s in model.experts.items()}
+        self._reach: dict[str, dict[str, float]] = {}
+        self.queued_s = [0.0] * partition.num_replicas
+        self._visits: list[dict[str, float]] = [{} for _ in range(partition.num_replicas)]
+        self.pools: list[OrderedDict[str, None]] = []
+        for r in range(partition.num_replicas):
+            held = sorted(partition.experts_held(r), key=lambda e: (-traffic[r].get(e, 0.0), e))
+            self.pools.append(OrderedDict())
+            for expert in reversed(held):  # the hottest last: most recently used
+                self._hold(r, expert)
+
+    def drain(self, seconds: float) -> None:
+        self.queued_s = [max(0.0, q - seconds) for q in self.queued_s]
+
+    def switch_s(self, first: Sequence[str]) -> list[float]:
+        path = self._path(first)
+        return [sum(p * self._load_s(e) for e, p in path.items() if e not in pool)
+                for pool in self.pools]
+
+    def add(self, replica: int, first: Sequence[str], work_s: float, switch_s: float) -> None:
+        self.queued_s[replica] += work_s + switch_s
+        visits = self._visits[replica]
+        for expert, p in self._path(first).items():
+            visits[expert] = visits.get(expert, 0.0) + p
+            if expert in self.pools[replica]:
+                self.pools[replica].move_to_end(expert)
+            elif visits[expert] >= 1.0 - 1e-9:
+                visits[expert] = 0.0
+                self._hold(replica, expert)
+
+    def _hold(self, replica: int, expert: str) -> None:
+        pool = self.pools[replica]
+        pool[expert] = None
+        used = sum(self._bytes[e] for e in pool)
+        while self._budget is not None and used > self._budget and len(pool) > 1:
+            evicted, _ = pool.popitem(last=False)
+            used -= self._bytes[evicted]
+
+    def _path(self, first: Sequence[str]) -> dict[str, float]:
+        key = "\0".join(first)
+        if key not in self._reach:
+            self._reach[key] = reach_probabilities(self._model, first)
+        return self._reach[key]
+
+
+def reach_probabilities(model: CoEModel, first: Sequence[str]) -> dict[str, float]:
+    """P(a request starting at `first` runs each expert) (an expert reached twice: summed,
+    capped at one)."""
+    reach: dict[str, float] = {}
+    frontier = [(e, 1.0) for e in first]
+    while frontier:
+        expert, p = frontier.pop()
+        reach[expert] = min(1.0, reach.get(expert, 0.0) + p)
+        probs = model.label_probs.get(expert, {})
+        for label, targets in model.router.next_table.get(expert, {}).items():
+            frontier.extend((t, p * probs.get(label, 0.0)) for t in targets
+                            if p * probs.get(label, 0.0) > 1e-6)
+    return reach
+
+
 def route_requests(
     model: CoEModel,
     requests: Sequence[Request],
@@ -101,8 +179,11 @@ def route_requests(
     backlog: bool,
     margin_s: float = SPILL_MARGIN_S,
     seed: int = 0,
+    load_s: Callable[[str], float] | None = None,
+    budget_bytes: int | None = None,
 ) -> tuple[list[list[Request]], int]:
-    """Each replica's sub-trace (arrival offsets kept) and the number spilled."""
+    """Each replica's sub-trace (arrival offsets kept) and the number spilled. With
+    `load_s`, partitioned routing adds predicted switch seconds (`FluidReplicas`)."""
     n = partition.num_replicas
     shares: list[list[Request]] = [[] for _ in range(n)]
     if routing == "random":
@@ -112,24 +193,30 @@ def route_requests(
         return shares, 0
     if routing != "partitioned":
         raise ConfigError(f"unknown routing {routing!r}: choose from {', '.join(ROUTINGS)}")
-    queued_s = [0.0] * n
+    traffic = replica_traffic(model, partition)
+    fluid = FluidReplicas(model, partition, traffic, load_s or (lambda e: 0.0), budget_bytes)
     last_s, num_spilled = 0.0, 0
     for request in sorted(requests, key=lambda r: (0.0 if backlog else r.arrival_s)):
         now = 0.0 if backlog else request.arrival_s
-        drained = (now - last_s) * num_executors
-        queued_s = [max(0.0, q - drained) for q in queued_s]
+        fluid.drain((now - last_s) * num_executors)
         last_s = now
         first = model.router.first(request.fields)
-        replica = partition.spill_order(first, queued_s, margin_s)[0]
-        num_spilled += replica != partition.replica_for(first)
-        queued_s[replica] += sum(cost(e) for e in first)
+        switch_s = fluid.switch_s(first) if load_s is not None else None
+        replica = partition.spill_order(first, fluid.queued_s, margin_s, switch_s)[0]
+        num_spilled += replica not in partition.holders_of(first[0])
+        fluid.add(replica, first, sum(cost(e) for e in first),
+                  switch_s[replica] if switch_s is not None else 0.0)
         shares[replica].append(request)
     return shares, num_spilled
 
 
 @dataclass(frozen=True)
 class ClusterSetup:
-    """What every replica shares: the model, its engine config and plan, arrivals."""
+    """What every replica shares: the model, its engine config and plan, arrivals.
+    `replicate`: partitioned routing may hold a hot or shared expert on several replicas.
+    `spill_switches`: its spill estimate counts predicted switches (`FluidReplicas`).
+    Both off by default: measured worse on board A and synth (README).
+    `scale_load`: N replicas get N copies of the trace overlaid (weak scaling)."""
 
     model: CoEModel
     config: EngineConfig
@@ -137,6 +224,25 @@ class ClusterSetup:
     backlog: bool = False
     margin_s: float = SPILL_MARGIN_S
     seed: int = 0
+    replicate: bool = False
+    spill_switches: bool = False
+    scale_load: bool = False
+
+
+def overlay(requests: Sequence[Request], copies: int) -> list[Request]:
+    """`copies` copies of the trace at the same offsets (ids suffixed with @k), in arrival
+    order: `copies` times the arrival rate with the same mix."""
+    if copies <= 1:
+        return list(requests)
+    tiled = [replace(r, request_id=f"{r.request_id}@{k}") for k in range(copies) for r in requests]
+    return sorted(tiled, key=lambda r: r.arrival_s)
+
+
+def scale_rate(requests: Sequence[Request], factor: float) -> list[Request]:
+    """Arrival offsets divided by `factor`: `factor` times the arrival rate."""
+    if factor <= 0:
+        raise ConfigError(f"rate scale must be positive, got {factor}")
+    return [replace(r, arrival_s=r.arrival_s / factor) for r in requests]
 
 
 def simulate_cluster(
@@ -148,51 +254,87 @@ def simulate_cluster(
 ) -> list[ClusterRow]:
     """One row per (replicas, routing); scaling efficiency against the one-replica row of
     the same routing (simulated even when 1 is not in `replicas`)."""
-    from coserve.plan import executors_per_kind
-
     for routing in routings:
         if routing not in ROUTINGS:
             raise ConfigError(f"unknown routing {routing!r}: choose from {', '.join(ROUTINGS)}")
     if not replicas or min(replicas) < 1:
         raise ConfigError(f"replicas must be counts of at least 1, got {list(replicas)}")
-    processors = [e.processor for e in setup.config.executors]
-    costs = setup.plan.cost_model(setup.model, executors_per_kind=executors_per_kind(processors))
-    cost = expected_cost(setup.model, costs, processors[0])
-    weight = _work_weight(setup.model, cost)
+    plan = _RoutingPlan.of(setup)
     counts = sorted(set(replicas) | {1})
     rows: dict[tuple[int, str], ClusterRow] = {}
     jobs = [(n, r) for r in routings for n in counts]
     for done, (n, routing) in enumerate(jobs):
         if progress:
             progress(f"{n} replica(s), {routing}", done, len(jobs))
-        partition = partition_experts(setup.model, n, weight=weight)
+        partition = plan.partition(n)
+        offered = overlay(requests, n) if setup.scale_load else list(requests)
         shares, spilled = route_requests(
-            setup.model, requests, routing, partition, cost=cost, num_executors=len(processors),
-            backlog=setup.backlog, margin_s=setup.margin_s, seed=setup.seed + n)
-        rows[n, routing] = _run_replicas(setup, n, routing, shares, spilled,
+            setup.model, offered, routing, partition, cost=plan.cost,
+            num_executors=plan.num_executors, backlog=setup.backlog, margin_s=setup.margin_s,
+            seed=setup.seed + n, load_s=plan.load_s if setup.spill_switches else None,
+            budget_bytes=plan.budget_bytes)
+        priors = ([replica_usage(setup.model, partition, r, plan.usage) for r in range(n)]
+                  if routing == "partitioned" and n > 1 else [None] * n)
+        rows[n, routing] = _run_replicas(setup, n, routing, shares, spilled, priors,
                                          rows.get((1, routing)))
     return [rows[n, r] for r in routings for n in sorted(set(replicas))]
 
 
-def _work_weight(model: CoEModel, cost: Callable[[str], float]) -> Callable[[str], float]:
+@dataclass(frozen=True)
+class _RoutingPlan:
+    """What the partitioned router predicts with, from the plan as the simulator reads
+    it (the storage's pace included): executor seconds of a request starting at an
+    expert, seconds to load one, one replica's pool budget, the repository's usage prior
+    (what the partition has always balanced by)."""
+
+    setup: ClusterSetup
+    cost: Callable[[str], float]
+    load_s: Callable[[str], float]
+    num_executors: int
+    budget_bytes: int | None
+    usage: Mapping[str, float]
+
+    @classmethod
+    def of(cls, setup: ClusterSetup) -> _RoutingPlan:
+        from coserve.assembly import Assembly
+
+        assembly = Assembly.of(setup.model, setup.config, plan=setup.plan)
+        costs = assembly.costs
+        assert costs is not None  # the plan gives them
+        processor = assembly.processors[0]
+        return cls(setup, expected_cost(setup.model, costs, processor),
+                   lambda e: costs.load_s(e, processor, from_host=False),
+                   len(assembly.processors), assembly.budget_bytes, setup.model.usage)
+
+    def partition(self, num_replicas: int) -> Partition:
+        return partition_experts(
+            self.setup.model, num_replicas, usage=self.usage,
+            weight=_work_weight(self.setup.model, self.cost, self.usage),
+            max_copies=num_replicas if self.setup.replicate else 1,
+            budget_bytes=self.budget_bytes)
+
+
+def _work_weight(model: CoEModel, cost: Callable[[str], float],
+                 usage: Mapping[str, float]) -> Callable[[str], float]:
     """A preliminary expert's work: P(it starts a request) x the request's expected
     executor seconds (its subsequent experts' cost included, so they weigh nothing more)."""
     def weight(expert: str) -> float:
-        return 0.0 if model.predecessors(expert) else model.usage.get(expert, 0.0) * cost(expert)
+        return 0.0 if model.predecessors(expert) else usage.get(expert, 0.0) * cost(expert)
 
     return weight
 
 
 def _run_replicas(setup: ClusterSetup, n: int, routing: str, shares: Sequence[Sequence[Request]],
-                  spilled: int, single: ClusterRow | None) -> ClusterRow:
+                  spilled: int, priors: Sequence[Mapping[str, float] | None],
+                  single: ClusterRow | None) -> ClusterRow:
     from coserve.simulator import simulate
 
     stats, latencies = [], []
-    for share in shares:
+    for share, prior in zip(shares, priors, strict=True):
         if not share:
             continue
         s, results = simulate(setup.model, share, setup.config, backlog=setup.backlog,
-                              plan=setup.plan)
+                              plan=setup.plan, usage=prior)
         stats.append(s)
         latencies.extend(r.latency_s for r in results if r.ok)
     num_requests = sum(len(s) for s in shares)
