@@ -7,8 +7,10 @@ owns its first expert, and a replica killed with requests in flight loses none o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -22,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from coserve.cluster.partition import Partition
 from coserve.errors import EngineClosedError
-from coserve.server.replicas.config import ReplicaSetup
+from coserve.server.replicas.config import ReplicaSetup, replica_name
 from coserve.server.replicas.deployment import owned_usage
 from coserve.server.replicas.routing import (
     Loads,
@@ -159,6 +161,7 @@ class FakeReplica:
         from coserve.server.replicas.deployment import ReplicaStatus
 
         self.requests: list[str] = []
+        self.dead = False  # status raises, infer never answers (a SIGKILLed actor's calls)
         self._status = ReplicaStatus(
             index=index, running=True, problems=(), executor_specs=("cpu",), queue_depths=(0,),
             pool_bytes=(0,), pool_budgets=(None,), resident=(frozenset(),),
@@ -168,10 +171,14 @@ class FakeReplica:
         self.infer = FakeCall(self._infer)
 
     def result(self, timeout_s: float):
+        if self.dead:
+            raise ActorDiedError("killed")
         return self._status
 
     async def _infer(self, request) -> Result:
         self.requests.append(request.request_id)
+        if self.dead:
+            await asyncio.Event().wait()  # until cancelled
         return Result(request_id=request.request_id, ok=True, steps=(), submitted_s=0.0, completed_s=0.0)
 
 
@@ -199,6 +206,30 @@ def test_random_routing_spreads_one_component_type_over_both_replicas(tiny_zoo, 
     assert min(len(f.requests) for f in fakes) >= 10
     with pytest.raises(Exception, match="unknown replica routing"):
         ReplicaSetup(tiny_zoo[0], 2, routing="round-robin")
+
+
+def test_the_poll_fails_over_calls_in_flight_to_a_dead_replica(tiny_zoo, by_type):
+    from coserve import open_repository
+    from coserve.server.replicas.facade import ReplicaSet
+
+    model = open_repository(tiny_zoo[0])
+    fakes = [FakeReplica(i, model) for i in range(2)]
+    replicas = ReplicaSet(model, ReplicaSetup(tiny_zoo[0], 2), {e: 0 for e in model.experts}, fakes)
+    replicas.poll()  # both up; every request goes to replica 0, the owner
+    fakes[0].dead = True
+    num_requests = 5
+
+    async def send() -> list[Result]:
+        futures = [asyncio.wrap_future(replicas.submit(by_type[SLOW_TYPE])) for _ in range(num_requests)]
+        while replicas.in_flight.num_waiting(0) < num_requests:
+            await asyncio.sleep(0)  # yield until every call reached replica 0
+        replicas.poll()  # its status call fails: down, and its calls fail over
+        return await asyncio.gather(*futures)
+
+    results = run(send())
+    assert all(r.ok for r in results) and len(fakes[1].requests) == num_requests
+    assert replicas.num_retries == num_requests and replicas.num_answered == [0, num_requests]
+    assert replicas.down_replicas() == {0} and replicas.in_flight.num_waiting(0) == 0
 
 
 # -- on a local Ray -----------------------------------------------------------------------------
@@ -368,6 +399,39 @@ def test_a_replica_killed_mid_run_loses_no_request(cluster, by_type, repo):
 
 @pytest.mark.slow
 @RAY_WARNINGS
+def test_a_replica_process_sigkilled_fails_over_at_once(cluster, by_type, repo):
+    """A SIGKILLed actor process (unlike ray.kill) leaves its calls waiting in Serve until
+    the replica restarts: the status poll must fail them over to the other replica."""
+    from coserve import open_repository
+
+    client, owner = cluster
+    wait_until(lambda: client.get("/readyz").status_code == 200, "both replicas up")
+    model = open_repository(repo, trust_code=True)
+    victim = owner[model.router.first({"component_type": SLOW_TYPE})[0]]
+    num_requests = 8
+    body = tensor_body(by_type[SLOW_TYPE].input, SLOW_TYPE)
+    retries_before = metric(client, "coserve_replica_retries_total")
+
+    def timed_post() -> tuple[int, float]:
+        sent_s = time.monotonic()
+        status = client.post("/v1/inspect", json=body).status_code
+        return status, time.monotonic() - sent_s
+
+    with ThreadPoolExecutor(num_requests) as pool:
+        futures = [pool.submit(timed_post) for _ in range(num_requests)]
+        wait_until(lambda: metric(client, "coserve_replica_in_flight", replica=str(victim)) >= 2,
+                   "requests in flight on the victim")
+        os.kill(replica_pid(victim), signal.SIGKILL)
+        answers = [f.result(WAIT_S) for f in futures]
+    assert [status for status, _ in answers] == [200] * num_requests
+    assert metric(client, "coserve_replica_retries_total") >= retries_before + 1
+    # Failed over by the status poll, not held until Serve restarted the replica.
+    assert max(latency_s for _, latency_s in answers) < 5.0, answers
+    wait_until(lambda: client.get("/readyz").status_code == 200, "the replica back")
+
+
+@pytest.mark.slow
+@RAY_WARNINGS
 def test_metrics_sum_the_replicas_engine_counters(cluster, by_type):
     client, _ = cluster
     sent = [c for c in sorted(by_type) if c != SLOW_TYPE]
@@ -393,6 +457,23 @@ def test_metrics_sum_the_replicas_engine_counters(cluster, by_type):
     m = scrape()
     assert m["coserve_batches_total"] >= 1 and m["coserve_pool_hits_total"] >= 1
     print("switches", m["coserve_replica_switches_total"])
+
+
+def replica_pid(index: int) -> int:
+    """The pid of replica `index`'s actor process (Ray's workers descend from this one)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(stat.parent.name))
+    todo = [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        with contextlib.suppress(OSError):
+            if f"ServeReplica:coserve:{replica_name(index)}" in Path(f"/proc/{pid}/cmdline").read_text():
+                return pid
+    raise AssertionError(f"no actor process for replica {index}")
 
 
 def replica_actor(index: int):

@@ -20,9 +20,12 @@ REPLICA_PREFIX = "replica-"  # replica i is the deployment "replica-<i>"
 # baseline for comparing switches, not for production).
 ROUTINGS = ("partitioned", "random")
 # How often the ingress asks each replica for its status (readiness, queue depths,
-# resident experts); a replica that does not answer within the timeout counts as down.
+# resident experts); a replica that does not answer within the timeout counts as down,
+# and its calls in flight are failed over. A SIGKILLed replica's status call does not
+# fail, it waits in Serve like its other calls: this timeout is how soon those are
+# retried elsewhere (a status answers in milliseconds, even from a busy replica).
 STATUS_INTERVAL_S = 0.5
-STATUS_TIMEOUT_S = 5.0
+STATUS_TIMEOUT_S = 2.0
 # The object store carries only images and results (kilobytes each); Ray's default (30%
 # of RAM) would reserve gigabytes of shared memory on a shared machine.
 RAY_OBJECT_STORE_BYTES = 256 * 1024 * 1024

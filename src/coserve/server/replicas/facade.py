@@ -8,7 +8,9 @@ replica (`routing`: owner first, spill by queued work, retry on a replica failur
 its Result comes back; step executors are renumbered into one list over all replicas
 (replica r's executors follow replica r-1's), the list /v1/experts shows. The replicas'
 status is polled every STATUS_INTERVAL_S in a thread; a replica that fails a call or
-does not answer the poll is down until it answers again."""
+does not answer the poll is down until it answers again. When the poll finds a replica
+dead (its status call fails or times out) or restarted (a new incarnation), the calls in
+flight to it are failed over (`failover`): cancelled and retried on the next replica."""
 
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from coserve.repository import CoEModel
 from coserve.repository.inputs import check_input
 from coserve.server.replicas.config import STATUS_INTERVAL_S, STATUS_TIMEOUT_S, ReplicaSetup
 from coserve.server.replicas.deployment import ReplicaStatus
+from coserve.server.replicas.failover import InFlight
 from coserve.server.replicas.routing import Loads, call_with_retries, choose_random, choose_replica
 from coserve.server.replicas.stats import summed_stats
 from coserve.stats import EngineStats
@@ -44,6 +47,7 @@ class ReplicaSet:
         self.num_replicas = setup.num_replicas
         self.partition = Partition(setup.num_replicas, owner)
         self.loads = Loads(setup.num_replicas)
+        self.in_flight = InFlight(setup.num_replicas)
         self.quarantine = MergedQuarantine(self)
         self.num_retries = 0
         self.num_answered = [0] * setup.num_replicas
@@ -103,17 +107,22 @@ class ReplicaSet:
             try:
                 status = call.result(timeout_s=max(0.0, deadline_s - time.monotonic()))
             except Exception as exc:  # dead, restarting or stuck: down until it answers
-                self._mark_down(i, f"no status within {STATUS_TIMEOUT_S:g} s ({type(exc).__name__})")
+                reason = f"no status within {STATUS_TIMEOUT_S:g} s ({type(exc).__name__})"
+                self._mark_down(i, reason)
+                self._fail_over(i, reason)
                 continue
             with self._lock:
                 old = self._statuses[i]
-                if old is not None and old.incarnation != status.incarnation:
-                    self._retired[i].append(old.stats)  # restarted: keep what it counted
+                restarted = old is not None and old.incarnation != status.incarnation
+                if restarted:
+                    self._retired[i].append(old.stats)  # keep what the old engine counted
                 self._statuses[i] = status
                 if status.running and not status.problems:
                     self._down.pop(i, None)
                 else:
                     self._down[i] = "; ".join(status.problems) or "its engine is not running"
+            if restarted:  # what the old engine held is lost (calls sent since: a spare retry)
+                self._fail_over(i, "it restarted")
 
     def _poll_forever(self) -> None:
         while not self._closed.wait(STATUS_INTERVAL_S):
@@ -121,6 +130,11 @@ class ReplicaSet:
                 self.poll()
             except Exception:  # never let the poller die: readiness depends on it
                 log.exception("polling the replicas failed")
+
+    def _fail_over(self, replica: int, reason: str) -> None:
+        num_lost = self.in_flight.fail_over(replica, reason)
+        if num_lost:
+            log.warning("replica %d: failing over %d call(s) in flight (%s)", replica, num_lost, reason)
 
     def _mark_down(self, replica: int, reason: str) -> None:
         with self._lock:
@@ -172,7 +186,7 @@ class ReplicaSet:
         num_in_flight = self.loads.sent(replica)
         sent_s = time.perf_counter()
         try:
-            result = await self.handles[replica].infer.remote(request)
+            result = await self.in_flight.wait(replica, self.handles[replica].infer.remote(request))
         except BaseException:
             self.loads.done(replica, None, num_in_flight)
             raise

@@ -9,7 +9,8 @@ Ray, no torch; the ingress wires these to its handles.
 - **Down replicas last:** a replica whose call failed, or that did not answer its status
   poll, is tried only when every replica is down (one may have restarted since).
 - **Bounded retries:** a call that failed because the *replica* failed (its actor died or
-  is restarting, Serve has no replica for it, its engine is shutting down) is retried on
+  is restarting, Serve has no replica for it, its engine is shutting down, or the status
+  poll found it dead or restarted while the call was in flight: `failover`) is retried on
   the next replica, at most `max_attempts` calls in all; then `NoReplicaError` (503).
   A request that failed on its own merits (a failed expert, a bad input) comes back as a
   failed Result and is never retried.
@@ -39,6 +40,7 @@ REPLICA_FAILURES = frozenset({
     "DeploymentUnavailableError",  # Serve has no running replica for the deployment
     "BackPressureError",  # the replica's queue is full (max_ongoing/max_queued)
     "EngineClosedError",  # the replica's engine is draining (the replica is being replaced)
+    "ReplicaLostError",  # the status poll found the replica dead or restarted (failover)
 })
 # Before the first answer: the seconds of work one request is assumed to bring a replica.
 DEFAULT_REQUEST_WORK_S = 0.05
