@@ -257,7 +257,9 @@ def test_the_decode_budget_per_request_and_per_server():
     from coserve.server.errors import BodyTooLargeError, OverloadedError
     from coserve.server.limits import DecodeBudget
 
-    budget = DecodeBudget(max_request_bytes=100, max_server_bytes=150, retry_after_s=1)
+    refused: list[None] = []
+    budget = DecodeBudget(max_request_bytes=100, max_server_bytes=150, retry_after_s=1,
+                          on_refused=lambda: refused.append(None))
     first = budget.reservation()
     first.add(80, "items[0]")
     with pytest.raises(BodyTooLargeError, match="per request; send fewer or smaller"):
@@ -265,7 +267,7 @@ def test_the_decode_budget_per_request_and_per_server():
     second = budget.reservation()
     with pytest.raises(OverloadedError, match="retry after 1 s"):
         second.add(80, "items[0]")
-    assert budget.num_bytes == 80
+    assert budget.num_bytes == 80 and len(refused) == 1  # the per-request 413 is not a refusal
     first.close()
     second.add(80, "items[0]")
     second.close()

@@ -62,7 +62,8 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
     app.include_router(build_router(BearerAuth(config.token), BearerAuth(config.metrics_token)))
     errors.install(app)
     budget = DecodeBudget(config.max_request_decode_bytes, config.max_server_decode_bytes,
-                          config.retry_after_s)
+                          config.retry_after_s,
+                          on_refused=metrics.rejected.labels("decode_budget").inc)
     app.state.decode_budget = budget
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes,
                        read_timeout_s=config.read_timeout_s, budget=budget)

@@ -150,9 +150,13 @@ class DecodeBudget:
     + Retry-After). A request reserves before it holds: a body as it arrives, a JSON
     parse by the body's size, an image by its header's size, before decoding."""
 
-    def __init__(self, max_request_bytes: int, max_server_bytes: int, retry_after_s: int) -> None:
+    def __init__(self, max_request_bytes: int, max_server_bytes: int, retry_after_s: int,
+                 on_refused: Callable[[], None] = lambda: None) -> None:
+        """`on_refused`: called for each refusal because the server-wide budget is taken
+        (a body's bytes or an image's, the metrics count them)."""
         self.max_request_bytes = max_request_bytes
         self.max_server_bytes = max_server_bytes
+        self._on_refused = on_refused
         self._retry_after = {"Retry-After": str(retry_after_s)}
         self._lock = threading.Lock()
         self._num_bytes = 0
@@ -167,6 +171,7 @@ class DecodeBudget:
     def _take(self, n: int, what: str) -> None:
         with self._lock:
             if self._num_bytes + n > self.max_server_bytes:
+                self._on_refused()
                 raise OverloadedError(
                     f"the server holds {self._num_bytes} of at most {self.max_server_bytes} bytes "
                     f"for requests being read and decoded and cannot take {what} ({n} bytes) "

@@ -45,7 +45,7 @@ class ServerMetrics:
             ["endpoint", "outcome"], registry=self.registry)
         self.rejected = Counter(
             "coserve_requests_rejected",
-            "Requests refused before admission, by reason (overload, draining, not_ready)",
+            "Requests refused before admission, by reason (overload, decode_budget, draining, not_ready)",
             ["reason"], registry=self.registry)
         self.accepted = Counter(
             "coserve_requests_accepted", "Images admitted into the engine (each is answered)",

@@ -112,9 +112,8 @@ class InspectionService:
         submit, and wait up to the timeout."""
         opened = await self.pool.run(self._route_and_check, parsed.items, batch)
         for x in opened:
-            if isinstance(x, OpenedImage):
-                with self._counting_rejections():
-                    reservation.add(x.decode_bytes, f"{x.where} ({x.shape[2]}x{x.shape[1]} pixels)")
+            if isinstance(x, OpenedImage):  # a refusal is counted by the budget itself
+                reservation.add(x.decode_bytes, f"{x.where} ({x.shape[2]}x{x.shape[1]} pixels)")
         ticket = Ticket(self.admission)
         try:
             with self._counting_rejections():
