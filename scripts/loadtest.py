@@ -219,6 +219,32 @@ async def scrape(client: httpx.AsyncClient, name: str, **labels: str) -> float:
     return 0.0
 
 
+async def buckets(client: httpx.AsyncClient, name: str, **labels: str) -> dict[float, float]:
+    """A histogram's cumulative bucket counts now: upper bound (s) -> count."""
+    text = (await client.get("/metrics")).text
+    found: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == f"{name}_bucket" and all(
+                    sample.labels.get(k) == v for k, v in labels.items()):
+                found[float(sample.labels["le"])] = sample.value
+    return found
+
+
+def bucket_percentile_s(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """The q-th percentile of what a histogram observed between two scrapes, as the upper
+    bound of the bucket it falls in (inf: beyond the last bound; nan: nothing observed)."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return math.nan
+    return next(b for b, c in zip(bounds, counts, strict=True) if c >= q / 100 * counts[-1])
+
+
+SERVER_HISTOGRAMS = (("handler", "coserve_request_duration_seconds", {"endpoint": "inspect"}),
+                     ("engine", "coserve_engine_latency_seconds", {}))
+
+
 @dataclass
 class ServerSide:
     """What the server's /metrics say about one phase."""
@@ -423,12 +449,18 @@ async def soak(control: httpx.AsyncClient, clients: Clients, bodies: list[bytes]
     pid = args.server_pid or find_listener_pid(urlsplit(args.url).port or 80)
     rss: list[tuple[float, int]] = []
     sampler = asyncio.create_task(sample_rss(pid, rss)) if pid else None
+    before = [await buckets(control, name, **labels) for _, name, labels in SERVER_HISTOGRAMS]
     tally, ok = await phase(control, f"soak, open loop at {rate:.0f} requests/s (2x capacity) for "
                                      f"{args.soak_s:g} s, at most {args.max_outstanding} open",
                             open_loop(clients, bodies, rate, args.soak_s))
     if sampler is not None:
         sampler.cancel()
         rss.append((time.perf_counter(), rss_bytes(pid)))
+    for (what, name, labels), old in zip(SERVER_HISTOGRAMS, before, strict=True):
+        new = await buckets(control, name, **labels)
+        p50, p99 = (bucket_percentile_s(old, new, q) for q in (50, 99))
+        print(f"server side, {what} latency (its histogram, bucket bounds): p50 <= {p50:g} s, "
+              f"p99 <= {p99:g} s (the client's latencies above include its own queue)")
     return report_soak(tally, args.soak_s, rss) and ok
 
 
