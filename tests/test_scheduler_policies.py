@@ -8,6 +8,7 @@ import pytest
 from coserve.errors import ConfigError
 from coserve.plan import ArchCost, CostModel
 from coserve.scheduler import (
+    AffinityMinMaxAssign,
     FifoArrange,
     GroupBehindLast,
     GroupByExpert,
@@ -311,3 +312,65 @@ def test_a_group_held_back_past_the_starvation_bound_goes_first():
     assert unbounded.order([fresh, held["c"]], ctx, 2) == ["a", "c"]
     with pytest.raises(ConfigError):
         DeadlineAwareSelect(risk_s=1.0, starvation_s=-1.0)
+
+
+# -- coserve's assignment: a second copy of an expert must be worth it ----------------------
+def test_affinity_keeps_an_expert_on_the_executor_that_holds_it():
+    # The paper's rule copies "a" to the idle executor (a load of 0.1 s beats waiting
+    # 0.3 s); coserve charges the copy 10 loads (capped at 0.5 s) and waits instead.
+    queues = [view(backlog_s=0.3, resident={"a"}), view()]
+    assert MinMaxLatencyAssign().assign("a", queues, costs(), False) == 1
+    assert AffinityMinMaxAssign(copy_loads=10, copy_wait_s=0.5).assign(
+        "a", queues, costs(), False) == 0
+    # Queued (not yet resident) counts as held too.
+    queues = [view(backlog_s=0.3, queued={"a": 1}), view()]
+    assert AffinityMinMaxAssign(10, 0.5).assign("a", queues, costs(), False) == 0
+
+
+def test_affinity_copies_once_the_holder_is_far_enough_behind():
+    queues = [view(backlog_s=0.65, resident={"a"}), view()]
+    # The charge is capped at copy_wait_s: 0.5 s + the load (0.1) + K + B < 0.65 + K + B.
+    assert AffinityMinMaxAssign(10, 0.5).assign("a", queues, costs(), False) == 1
+    # Charged in loads when that is less: 2 loads (0.2 s) + 0.16 < 0.45 + 0.06 on q0.
+    queues = [view(backlog_s=0.45, resident={"a"}), view()]
+    assert AffinityMinMaxAssign(2, 0.5).assign("a", queues, costs(), False) == 1
+    assert AffinityMinMaxAssign(10, 0.5).assign("a", queues, costs(), False) == 0
+
+
+def test_affinity_is_the_paper_rule_when_no_executor_or_every_executor_holds_it():
+    minmax, affinity = MinMaxLatencyAssign(), AffinityMinMaxAssign(10, 0.5)
+    for queues in ([view(backlog_s=0.3), view(backlog_s=0.1)],
+                   [view(backlog_s=0.3, resident={"a"}), view(backlog_s=0.1, resident={"a"})]):
+        assert affinity.assign("a", queues, costs(), False) == minmax.assign(
+            "a", queues, costs(), False)
+    with pytest.raises(ConfigError, match="copy_loads"):
+        AffinityMinMaxAssign(-1, 0.5)
+
+
+def test_the_predicted_backlog_follows_pushes_takes_and_residency():
+    """The scheduler predicts each queue's backlog incrementally (a push or a take
+    re-predicts one group, a residency change the groups of that expert); it must equal
+    predicting every queued group from scratch."""
+    resident: set[str] = set()
+    s = grouped_scheduler(resident=resident, max_batch=4)
+    c = costs(max_batch=4)
+
+    def from_scratch() -> float:
+        counts = {e: n for e, n in s._queues[0].counts.items()}  # noqa: SLF001 (reference)
+        return sum(c.exec_s(e, "cpu", n) + (0.0 if e in resident else c.load_s(e, "cpu", False))
+                   for e, n in counts.items())
+
+    for i, e in enumerate("aabcabca"):
+        s.enqueue(Task(request_id=f"r{i}", expert=e, enqueued_s=0.0, deadline_s=10.0 + i))
+    assert s.backlog_s(0) == pytest.approx(from_scratch())
+    resident.add("b")  # a prefetch made "b" resident: its group no longer needs a switch
+    s.residency_changed(0, "b")
+    assert s.backlog_s(0) == pytest.approx(from_scratch())
+    batch = s.take_batch(0)
+    running_s = c.exec_s(batch.expert, "cpu", len(batch.tasks)) + (
+        0.0 if batch.expert in resident else c.load_s(batch.expert, "cpu", False))
+    assert s.backlog_s(0) == pytest.approx(from_scratch() + running_s)
+    s.batch_done(0)
+    while s.take_batch(0) is not None:
+        s.batch_done(0)
+    assert s.backlog_s(0) == 0.0

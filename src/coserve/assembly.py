@@ -140,6 +140,7 @@ class Assembly:
             clock=clock,
             predecessors=self.model.predecessors,
         )
+        residency.watch(scheduler.residency_changed)
         return Parts(usage, residency, scheduler)
 
 

@@ -10,6 +10,7 @@ Pure Python (no torch) so that the policies, the engine and the simulator share 
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -82,10 +83,18 @@ class CostModel:
         default=ArchCost(DEFAULT_K_S, DEFAULT_B_S, DEFAULT_MAX_BATCH, DEFAULT_ITEM_BYTES),
         repr=False,
     )
+    # (expert, processor) -> ArchCost: selection looks every queued group up on every
+    # take, and the two-level lookup was a third of the scheduler's time.
+    _arch_cache: dict[tuple[str, str], ArchCost] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def arch_cost(self, expert: str, processor: str) -> ArchCost:
-        key = (self.arch_of[expert], processor_kind(processor))
-        return self.arch_costs.get(key, self._fallback)
+        cached = self._arch_cache.get((expert, processor))
+        if cached is None:
+            key = (self.arch_of[expert], processor_kind(processor))
+            cached = self._arch_cache[expert, processor] = self.arch_costs.get(key, self._fallback)
+        return cached
 
     def exec_s(self, expert: str, processor: str, num_items: int) -> float:
         return self.arch_cost(expert, processor).exec_s(num_items)
@@ -107,6 +116,7 @@ class CostModel:
         return self.storage_fixed_s + self.expert_bytes[expert] / self.storage_bytes_per_s
 
 
+@functools.cache
 def processor_kind(processor: str) -> str:
     return processor.split(":", 1)[0]
 

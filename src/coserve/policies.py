@@ -20,6 +20,7 @@ from coserve.manager.eviction import (
 from coserve.manager.placement import PlacementPolicy, ReplicateAll, RoundRobinByUsage
 from coserve.scheduler.arrange import ArrangePolicy, FifoArrange, GroupBehindLast, GroupByExpert
 from coserve.scheduler.assign import (
+    AffinityMinMaxAssign,
     AssignPolicy,
     MinMaxLatencyAssign,
     RoundRobinAssign,
@@ -34,6 +35,15 @@ DEADLINE_RISK_SHARE = 0.25
 # coserve: a group whose deadline is this many latency targets before the chosen group's
 # goes first (the starvation bound; simulated steady state best near 3 on both shapes).
 STARVATION_SHARE = 3.0
+# coserve: a second copy of an expert on another executor is charged COPY_LOADS loads
+# (what its eviction costs later), at most COPY_WAIT_SHARE of the latency target (0.5 s
+# by default). Simulated, 20% budget, sata-530, 2 executors, charging 0 / 0.02 / 0.05 /
+# 0.1 / 0.2 targets: board A trace 155 / 172 / 175 / 174 / 171 img/s, 288 / 101 / 93 /
+# 94 / 99 switches; synth trace 152 / 165 / 173 / 179 / 175, synth backlog 399 / 390 /
+# 438 / 513 / 514 img/s; board A backlog 264 -> 275-285 throughout. The load-scaled
+# charge (10 loads) keeps copies of cheap experts cheap (tiny CoE at light load).
+COPY_LOADS = 10.0
+COPY_WAIT_SHARE = 0.1
 
 
 # -- executor layouts ----------------------------------------------------------------------
@@ -131,6 +141,7 @@ def _coserve(name: str, tuning: Tuning) -> PolicySet:
     """The best we have: a group per expert, selection by deadline, residency and yield."""
     risk_s = DEADLINE_RISK_SHARE * tuning.latency_target_s
     return replace(_coserve_paper(name, tuning), arrange=GroupByExpert(),
+                   assign=AffinityMinMaxAssign(COPY_LOADS, COPY_WAIT_SHARE * tuning.latency_target_s),
                    select=DeadlineAwareSelect(risk_s, STARVATION_SHARE * tuning.latency_target_s))
 
 

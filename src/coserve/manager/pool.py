@@ -30,6 +30,9 @@ class ModelPool:
         self.budget_bytes = budget_bytes  # None = unlimited
         self.entries: dict[str, Resident] = {}
         self.used_bytes = 0
+        # Told the expert whenever one enters or leaves (the scheduler re-predicts the
+        # switch time of its queued group).
+        self.on_change: Callable[[str], None] = lambda expert: None
 
     def free_bytes(self) -> float:
         return math.inf if self.budget_bytes is None else self.budget_bytes - self.used_bytes
@@ -38,10 +41,12 @@ class ModelPool:
         assert entry.expert not in self.entries, entry.expert
         self.entries[entry.expert] = entry
         self.used_bytes += entry.num_bytes
+        self.on_change(entry.expert)
 
     def remove(self, expert: str) -> Resident:
         entry = self.entries.pop(expert)
         self.used_bytes -= entry.num_bytes
+        self.on_change(expert)
         return entry
 
     def evictable(self, is_subsequent: Callable[[str], bool], protected: Set[str]) -> list[PoolEntry]:

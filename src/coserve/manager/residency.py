@@ -5,6 +5,7 @@ charges the plan's load times. One copy of the logic for both."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence, Set
 
 from coserve.manager.eviction import EvictionContext, EvictionPolicy
@@ -40,6 +41,13 @@ class Residency:
         self.usage = usage
         self._clock = clock
         self._queued = queued
+
+    def watch(self, changed: Callable[[int | None, str], None]) -> None:
+        """Call `changed(executor, expert)` whenever an expert enters or leaves executor
+        `executor`'s pool, or the host cache (executor None)."""
+        for i, pool in enumerate(self.pools):
+            pool.on_change = functools.partial(changed, i)
+        self.host.on_change = functools.partial(changed, None)
 
     # -- what the scheduler reads --------------------------------------------------------
     def resident(self, executor: int) -> Set[str]:

@@ -3,6 +3,7 @@ and batch splitting. Pure policies; no torch."""
 
 from coserve.scheduler.arrange import ArrangePolicy, FifoArrange, GroupBehindLast, GroupByExpert
 from coserve.scheduler.assign import (
+    AffinityMinMaxAssign,
     AssignPolicy,
     MinMaxLatencyAssign,
     QueueView,
@@ -14,6 +15,7 @@ from coserve.scheduler.split import split_batch
 from coserve.scheduler.task import Task
 
 __all__ = [
+    "AffinityMinMaxAssign",
     "ArrangePolicy",
     "AssignPolicy",
     "FifoArrange",

@@ -46,6 +46,10 @@ class TaskQueue(Protocol):
         """(expert, tasks) of every group that will load its expert once, in queue order."""
         ...
 
+    def run_sizes(self, expert: str) -> list[int]:
+        """The sizes of `expert`'s groups that will each load it once (none: [])."""
+        ...
+
     def take_all(self) -> list[Task]:
         """Empty the queue (its executor is stuck, or the engine stops): every task."""
         ...
@@ -56,24 +60,30 @@ class TaskQueue(Protocol):
 class GroupedQueue:
     def __init__(self) -> None:
         self._groups: dict[str, list[tuple[float, int, Task]]] = {}  # heaps by deadline
+        # What selection reads, kept per group as it changes: building every view on every
+        # take was the largest cost of a take with hundreds of groups queued.
+        self._views: dict[str, GroupView] = {}
         self._seq = itertools.count()  # ties by arrival
         self.counts: Counter[str] = Counter()
         self._len = 0
 
     def push(self, task: Task, added_s: float) -> None:
-        heapq.heappush(self._groups.setdefault(task.expert, []),
-                       (task.deadline_s, next(self._seq), task))
+        heap = self._groups.setdefault(task.expert, [])
+        heapq.heappush(heap, (task.deadline_s, next(self._seq), task))
+        self._views[task.expert] = GroupView(task.expert, len(heap), heap[0][0])
         self.counts[task.expert] += 1
         self._len += 1
 
     def groups(self) -> list[GroupView]:
-        return [GroupView(e, len(h), h[0][0]) for e, h in self._groups.items()]
+        return list(self._views.values())
 
     def pop(self, expert: str, num_tasks: int) -> tuple[Task, ...]:
         heap = self._groups[expert]
         tasks = tuple(heapq.heappop(heap)[2] for _ in range(min(num_tasks, len(heap))))
-        if not heap:
-            del self._groups[expert]
+        if heap:
+            self._views[expert] = GroupView(expert, len(heap), heap[0][0])
+        else:
+            del self._groups[expert], self._views[expert]
         self.counts[expert] -= len(tasks)
         if not self.counts[expert]:
             del self.counts[expert]
@@ -83,9 +93,14 @@ class GroupedQueue:
     def runs(self) -> Iterable[tuple[str, int]]:
         return ((e, len(h)) for e, h in self._groups.items())
 
+    def run_sizes(self, expert: str) -> list[int]:
+        heap = self._groups.get(expert)
+        return [len(heap)] if heap else []
+
     def take_all(self) -> list[Task]:
         tasks = [t for heap in self._groups.values() for _, _, t in sorted(heap)]
         self._groups.clear()
+        self._views.clear()
         self.counts.clear()
         self._len = 0
         return tasks
@@ -138,6 +153,10 @@ class ListQueue:
     def runs(self) -> Iterable[tuple[str, int]]:
         for expert, run in itertools.groupby(self._tasks, key=lambda t: t.expert):
             yield expert, sum(1 for _ in run)
+
+    def run_sizes(self, expert: str) -> list[int]:
+        # O(queue), as every operation of the list queue already is.
+        return [n for e, n in self.runs() if e == expert]
 
     def __len__(self) -> int:
         return len(self._tasks)

@@ -67,6 +67,9 @@ class Scheduler:
         self._clock = clock
         self._queues: list[TaskQueue] = [arrange.new_queue() for _ in processors]
         self._backlog_s = [0.0] * len(processors)
+        # Each queued group's share of its queue's backlog, as last predicted: a push or a
+        # take re-predicts only the group it touches (O(1), not O(groups) per call).
+        self._group_backlog_s: list[dict[str, float]] = [{} for _ in processors]
         self._running_s = [0.0] * len(processors)
         self._lock = threading.RLock()  # next_batch holds it around take_batch
         # One condition per executor: a task queued for one executor wakes only that one.
@@ -89,22 +92,35 @@ class Scheduler:
             i = active[k]
             added_s = added_latency_s(task.expert, views[k], self._costs, in_host)
             self._queues[i].push(task, added_s)
-            # Incremental: a full re-prediction per enqueue would be O(queue) each time.
-            self._backlog_s[i] += added_s
+            self._repredict(i, task.expert)
             self._ready[i].notify()
             return i
 
     def _view(self, i: int) -> QueueView:
         return QueueView(
             processor=self.processors[i],
-            backlog_s=self._backlog_s[i] + self._running_s[i],
+            backlog_s=self._backlog_s[i] + self._running_s[i],  # as backlog_s(i)
             queued=self._queues[i].counts,
             resident=self._resident_of(i),
         )
 
-    def _predict_backlog_s(self, i: int) -> float:
-        """Execution plus switch time of every group now in queue i."""
-        return sum(self._group_s(i, expert, n) for expert, n in self._queues[i].runs())
+    def _repredict(self, i: int, expert: str) -> None:
+        """Predict again the execution and switch time of `expert`'s group(s) in queue i."""
+        shares = self._group_backlog_s[i]
+        group_s = sum(self._group_s(i, expert, n) for n in self._queues[i].run_sizes(expert))
+        self._backlog_s[i] += group_s - shares.pop(expert, 0.0)
+        if group_s:
+            shares[expert] = group_s
+        if not shares:
+            self._backlog_s[i] = 0.0  # no float residue once the queue is empty
+
+    def residency_changed(self, executor: int | None, expert: str) -> None:
+        """`expert` entered or left executor `executor`'s pool (None: the host cache, which
+        every executor's switch reads): its queued group's switch time changed."""
+        with self._lock:
+            for i in range(len(self._queues)) if executor is None else (executor,):
+                if expert in self._group_backlog_s[i]:
+                    self._repredict(i, expert)
 
     def _group_s(self, i: int, expert: str, num_tasks: int) -> float:
         """Execution of `num_tasks` of `expert` on executor i, plus its switch if needed."""
@@ -126,7 +142,7 @@ class Scheduler:
             tasks = self._queues[executor].pop(expert, n)
             # The batch's own switch counts too: a queue whose executor is loading is busy.
             self._running_s[executor] = self._group_s(executor, expert, n)
-            self._backlog_s[executor] = self._predict_backlog_s(executor)
+            self._repredict(executor, expert)
             return Batch(executor, expert, tasks, self._clock())
 
     def _selected(self, executor: int) -> GroupView | None:
@@ -179,6 +195,7 @@ class Scheduler:
         with self._lock:
             self._retired.add(executor)
             self._backlog_s[executor] = 0.0
+            self._group_backlog_s[executor].clear()
             return self._queues[executor].take_all()
 
     def reinstate(self, executor: int) -> None:
@@ -210,6 +227,12 @@ class Scheduler:
                     loads.append((expert, frozenset(nearer)))
                 nearer.add(expert)
             return loads
+
+    def backlog_s(self, executor: int) -> float:
+        """Predicted time until `executor` drains its queue, its running batch included
+        (what assignment compares)."""
+        with self._lock:
+            return self._backlog_s[executor] + self._running_s[executor]
 
     def queued_experts(self) -> set[str]:
         """Experts with a task queued on any executor."""

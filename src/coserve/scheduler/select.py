@@ -74,8 +74,15 @@ class DeadlineAwareSelect:
         self.starvation_s = starvation_s
 
     def order(self, groups: Sequence[GroupView], ctx: SelectContext, limit: int) -> list[str]:
-        key = {g.expert: (*self._rank(g, ctx), -g.deadline_s) for g in groups}
-        ranked = heapq.nlargest(limit, groups, key=lambda g: key[g.expert])
+        # This runs on every take over every queued group: resident groups are scored,
+        # the others only ordered by deadline, and `fed` is asked only until enough are
+        # found (the same order as ranking every group by `_key`).
+        resident = [g for g in groups if g.expert in ctx.resident]
+        ranked = heapq.nlargest(limit, resident, key=lambda g: self._key(g, ctx))
+        if len(ranked) < limit:
+            others = sorted((g for g in groups if g.expert not in ctx.resident),
+                            key=lambda g: g.deadline_s)
+            ranked += _unfed_first(others, ctx, limit - len(ranked))
         if self.starvation_s is not None:
             # In a backlog every deadline is within the submission time of the others:
             # nothing is starved and grouping holds. Streaming, a starved group's
@@ -83,39 +90,51 @@ class DeadlineAwareSelect:
             bound_s = ranked[0].deadline_s - self.starvation_s
             starved = [g for g in groups if g.deadline_s < bound_s]
             if starved:
-                first = heapq.nlargest(limit, starved, key=lambda g: key[g.expert])
+                first = heapq.nlargest(limit, starved, key=lambda g: self._key(g, ctx))
                 chosen = {g.expert for g in first}
                 ranked = first + [g for g in ranked if g.expert not in chosen]
         return [g.expert for g in ranked[:limit]]
 
-    def _rank(self, g: GroupView, ctx: SelectContext) -> tuple[int, float]:
-        """(level, score), highest first. Level 2, resident here: the most tasks per
-        second, raised by urgency as its deadline nears. Level 1, needs a switch: the
+    def _key(self, g: GroupView, ctx: SelectContext) -> tuple[int, float, float]:
+        """(level, score, -deadline), highest first. Level 2, resident here: the most tasks
+        per second, raised by urgency as its deadline nears. Level 1, needs a switch: the
         oldest (earliest deadline) first. Level 0, needs a switch and is fed by queued
-        predecessors: last. Each cost is looked up once: this runs for every group on
-        every take."""
-        resident = g.expert in ctx.resident
-        switch_s = 0.0 if resident else ctx.costs.load_s(g.expert, ctx.processor,
-                                                        ctx.in_host(g.expert))
+        predecessors: last."""
+        if g.expert not in ctx.resident:
+            # Expert dependency: a group that needs a switch while the experts feeding it
+            # still have tasks queued will grow; it waits for them unless nothing else
+            # can run (even when late: measured, letting late fed groups go first cost
+            # board A a fifth of its backlog throughput). Otherwise the oldest goes
+            # first: it has grown the longest, and its deadline is the nearest.
+            return (0 if ctx.fed(g.expert) else 1), -g.deadline_s, -g.deadline_s
+        return 2, self._rate(g, ctx), -g.deadline_s
+
+    def _rate(self, g: GroupView, ctx: SelectContext) -> float:
+        """Tasks per second of execution over the whole resident group, by urgency."""
         batch = ctx.batch_size(g.expert, g.num_tasks)
         batch_s = ctx.costs.exec_s(g.expert, ctx.processor, batch)
-        overdue_s = ctx.now_s + switch_s + batch_s + self.risk_s - g.deadline_s
+        overdue_s = ctx.now_s + batch_s + self.risk_s - g.deadline_s
         # At most twice as urgent: once everything is late (a long backlog), a tiny group
         # that is only a little later must not win over a big one (board A, 20,000
         # queued, simulated: 261 switches uncapped, 201 capped at 2x).
         urgency = 1.0 + min(max(0.0, overdue_s) / max(self.risk_s, 1e-9), 1.0)
-        # Tasks the whole group serves per second of its switch and all its batches: once
-        # an expert is loaded its group is finished, so a switch is spent on all of it.
+        # Tasks the whole group serves per second of all its batches: once an expert is
+        # chosen its group is finished.
         full, rest = divmod(g.num_tasks, batch)
-        group_s = switch_s + full * batch_s
+        group_s = full * batch_s
         if rest:
             group_s += ctx.costs.exec_s(g.expert, ctx.processor, rest)
-        rate = g.num_tasks / max(group_s, 1e-9) * urgency
-        if resident:
-            return 2, rate
-        # Expert dependency: a group that needs a switch while the experts feeding it
-        # still have tasks queued will grow; it waits for them unless nothing else can
-        # run (even when late: measured, letting late fed groups go first cost board A a
-        # fifth of its backlog throughput). Otherwise the oldest goes first: it has grown
-        # the longest, and its deadline is the nearest.
-        return (0 if ctx.fed(g.expert) else 1), -g.deadline_s
+        return g.num_tasks / max(group_s, 1e-9) * urgency
+
+
+def _unfed_first(by_deadline: Sequence[GroupView], ctx: SelectContext,
+                 limit: int) -> list[GroupView]:
+    """The first `limit` groups needing a switch: earliest deadline first, those not fed
+    by queued predecessors before those that are."""
+    unfed: list[GroupView] = []
+    fed: list[GroupView] = []
+    for g in by_deadline:
+        (fed if ctx.fed(g.expert) else unfed).append(g)
+        if len(unfed) == limit:
+            break
+    return (unfed + fed)[:limit]
