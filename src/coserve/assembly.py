@@ -15,6 +15,7 @@ from coserve.errors import ConfigError
 from coserve.executors.budgets import (
     DeviceMemory,
     DevicePool,
+    TorchDevices,
     budget_for,
     check_fits,
     group_devices,
@@ -184,16 +185,25 @@ def _device_pools(model: CoEModel, config: EngineConfig, executors: Sequence[Exe
         if own is not None and own.budget_bytes is not None:
             budget = own.budget_bytes
         elif own is not None and own.memory_fraction is not None:
-            if devices is None:
-                raise ConfigError(f"the {device} budget is a fraction of its memory, which is "
-                                  f"unknown here (a simulated machine): give it in bytes")
-            budget = int(own.memory_fraction * devices.memory_bytes(device)[1])
+            budget = int(own.memory_fraction * _total_memory_bytes(device, devices))
         activation = own.activation_bytes if own and own.activation_bytes else config.activation_bytes
         pool = DevicePool(device, indices, policies.budget.budget_bytes(budget), activation)
         if devices is not None and device != "cpu":
             check_fits(pool, devices, total)
         pools.append(pool)
     return pools
+
+
+def _total_memory_bytes(device: str, devices: DeviceMemory | None) -> int:
+    """A GPU's memory; without `devices` (a simulator), this machine's GPU of that name."""
+    if devices is not None:
+        return devices.memory_bytes(device)[1]
+    try:
+        return TorchDevices().memory_bytes(device)[1]
+    except ConfigError:
+        raise ConfigError(f"the {device} budget is a fraction of its memory, which this machine "
+                          f"cannot tell (it has no such GPU): give it in bytes to simulate "
+                          f"another machine") from None
 
 
 def _host_cache_bytes(model: CoEModel, config: EngineConfig, pools: Sequence[DevicePool],

@@ -112,10 +112,7 @@ class Executor:
         skeleton = self._skeletons[architecture]
         with torch.inference_mode(), self._binders[architecture].bound(tensors):
             x = torch.stack(list(inputs))  # [N, C, H, W]
-            if self._cuda is None:
-                out = skeleton(x)
-            else:
-                out = self._on_stream(skeleton, x)
+            out = skeleton(x) if self._cuda is None else self._on_stream(skeleton, x)
             return skeleton.decode(out)
 
     def _on_stream(self, skeleton: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
