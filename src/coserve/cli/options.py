@@ -137,7 +137,8 @@ def planned_config(args: argparse.Namespace, policy: str, **overrides: Any) -> t
     plan = load_plan(args.plan)
     for warning in recommendation_warnings(config, plan):
         print(f"warning: {warning}", file=sys.stderr)
-    budget_given = args.budget_bytes is not None or args.budget_fraction is not None
+    budget_given = (args.budget_bytes is not None or args.budget_fraction is not None
+                    or bool(getattr(args, "gpu_budget_bytes", None)))
     return apply_recommendation(config, plan, keep_executors=bool(args.executors),
                                 keep_budget=budget_given), plan
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from coserve.config import EngineConfig
 from coserve.errors import ConfigError
+from coserve.executors.budgets import DeviceBudget
 from coserve.executors.spec import parse_executors
 from coserve.planfile import Plan
 
@@ -31,8 +32,8 @@ def recommendation_warnings(config: EngineConfig, plan: Plan) -> list[str]:
 
 def apply_recommendation(config: EngineConfig, plan: Plan | None, *, keep_executors: bool,
                          keep_budget: bool) -> EngineConfig:
-    """The plan's recommended executors, and its expert budget with activation memory,
-    each unless the caller keeps its own."""
+    """The plan's recommended executors, and its expert budget with activation memory
+    (each device's, when it planned several), each unless the caller keeps its own."""
     rec = plan.recommended if plan else None
     if rec is None:
         return config
@@ -40,7 +41,14 @@ def apply_recommendation(config: EngineConfig, plan: Plan | None, *, keep_execut
     if not keep_executors:
         changes["executors"] = parse_executors(rec.executors)
     if not keep_budget:
-        changes.update(budget_bytes=rec.budget_bytes, activation_bytes=rec.activation_bytes)
+        cpu = next((p for p in rec.pools if p.device == "cpu"), None)
+        changes.update(budget_bytes=cpu.budget_bytes if cpu else rec.budget_bytes,
+                       budget_fraction=None,
+                       activation_bytes=cpu.activation_bytes if cpu else rec.activation_bytes,
+                       device_budgets=tuple(
+                           DeviceBudget(p.device, budget_bytes=p.budget_bytes,
+                                        activation_bytes=p.activation_bytes)
+                           for p in rec.pools if p.device != "cpu"))
     return replace(config, **changes)
 
 
