@@ -93,7 +93,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from coserve.config import EngineConfig
     from coserve.loader.storage import storage_profile
     from coserve.planner.planner import confirm, default_executor_options
-    from coserve.planner.recommend import choose_memory, plot_capacity
+    from coserve.planner.recommend import choose_memory, gpu_memory_bytes, plot_capacity
     from coserve.repository import open_repository
     from coserve.trace import read_trace
 
@@ -103,6 +103,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     storage_profile(args.storage)  # a bad name fails here, before any work
     base = EngineConfig(storage=args.storage)
     gpu_memory = gpu_memory_bytes(args.gpu_memory_bytes)
+    if gpu_memory and any("cuda" in o for o in options_text(args)):
+        print("GPU memory for experts plus activations (the same at every size below): "
+              + ", ".join(f"{d} {b / 1e6:.0f} MB" for d, b in gpu_memory.items()))
     options = (executor_options(args.executors_options, gpu_memory) if args.executors_options
                else _known_options(default_executor_options(plan), gpu_memory))
     curve = _capacity_curve(model, plan, requests, base, options, gpu_memory, args)
@@ -177,26 +180,9 @@ def recommended_options(rec: Recommendation) -> str:
         f" --gpu-budget-bytes {gpus}" if gpus else "")
 
 
-def gpu_memory_bytes(text: str | None) -> dict[str, int]:
-    """--gpu-memory-bytes as {device or 'cuda': bytes}; by default this machine's GPUs'
-    free memory less the CUDA reserve (none without a GPU)."""
-    from coserve.executors.budgets import CUDA_RESERVE_BYTES, TorchDevices, parse_gpu_budgets
-
-    devices = TorchDevices()
-    if text is None:
-        import torch
-
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        return {f"cuda:{i}": devices.memory_bytes(f"cuda:{i}")[0] - CUDA_RESERVE_BYTES
-                for i in range(count)}
-    memory = {}
-    for b in parse_gpu_budgets(text):
-        if b.budget_bytes is not None:
-            memory[b.device] = b.budget_bytes
-        else:
-            device = b.device if ":" in b.device else "cuda:0"
-            memory[b.device] = int((b.memory_fraction or 0) * devices.memory_bytes(device)[1])
-    return memory
+def options_text(args: argparse.Namespace) -> list[str]:
+    """The executor options asked for by name (empty: the defaults)."""
+    return [o for o in (args.executors_options or "").split(";") if o.strip()]
 
 
 def _known_options(options: Sequence[str], gpu_memory: dict[str, int]) -> list[str]:
