@@ -125,3 +125,26 @@ def test_cuda_executors_have_their_own_streams_and_reuse_pinned_staging():
     assert a._cuda._buffers["in"] is staged
     again = b.execute("det", weights, _inputs(4))
     assert [d.label_index for d in again] == [d.label_index for d in first]
+
+
+class _Tied(torch.nn.Module):
+    """Two layers sharing one weight, as a file saved without duplicates stores it once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(4, 4, bias=False)
+        self.b = torch.nn.Linear(4, 4, bias=False)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+def test_a_tied_weight_is_bound_from_its_first_name():
+    torch.manual_seed(0)
+    real = _Tied()
+    with torch.device("meta"):
+        skeleton = _Tied()
+    x = torch.randn(2, 4)
+    with torch.inference_mode(), Binder(skeleton).bound({"a.weight": real.a.weight.detach()}):
+        assert torch.equal(skeleton(x), real(x))

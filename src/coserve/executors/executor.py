@@ -31,11 +31,12 @@ class Binder:
     def __init__(self, skeleton: torch.nn.Module) -> None:
         # (the owning module's slot dict, name in it, key in the expert's tensors, original)
         self._slots: list[tuple[dict[str, Any], str, str, Any]] = []
-        for prefix, module in skeleton.named_modules(remove_duplicate=False):
+        first_key: dict[int, str] = {}  # a tied tensor is read under its first name
+        for prefix, module in skeleton.named_modules():
             for slots in (module._parameters, module._buffers):
                 for name, original in slots.items():
                     if original is not None:
-                        key = f"{prefix}.{name}" if prefix else name
+                        key = first_key.setdefault(id(original), f"{prefix}.{name}" if prefix else name)
                         self._slots.append((slots, name, key, original))
 
     @contextmanager
