@@ -192,3 +192,10 @@ def test_the_simulator_runs_a_per_device_config(model, tiny_zoo):
 
 
 ITEMS_OF_32 = 32 * (2 << 20)  # a full GPU batch of the plan's item bytes
+
+
+def test_simulating_gpu_executors_needs_a_plan_with_cuda_profiles(model, tiny_zoo):
+    requests = read_trace(tiny_zoo[1])[:20]
+    config = EngineConfig(executors=parse_executors("cuda:0:1"), budget_fraction=0.5)
+    with pytest.raises(ConfigError, match="no cuda profile for the executors on cuda:0"):
+        simulate(model, requests, config, backlog=True, plan=plan_with_cuda(model, cpu_only=True))

@@ -76,6 +76,7 @@ class Assembly:
                                                      latency_target_s=config.latency_target_s))
         executors = policies.layout.executors(config.executors)
         if costs is None and plan is not None:
+            _check_profiled(plan, executors)
             pace_bytes_per_s = storage_profile(config.storage).read_bytes_per_s
             costs = plan.cost_model(model, pace_bytes_per_s,
                                     executors_per_kind([s.processor for s in executors]))
@@ -192,6 +193,15 @@ def _device_pools(model: CoEModel, config: EngineConfig, executors: Sequence[Exe
             check_fits(pool, devices, total)
         pools.append(pool)
     return pools
+
+
+def _check_profiled(plan: Plan, executors: Sequence[ExecutorSpec]) -> None:
+    """A plan's costs for a processor kind it never profiled would be made-up defaults."""
+    missing = sorted(s.processor for s in executors if s.processor != "cpu")
+    if missing and "cuda" not in plan.processors:
+        raise ConfigError(f"the plan has no cuda profile for the executors on {missing[0]}: "
+                          f"profile on a machine with the GPU (coserve profile) or use cpu "
+                          f"executors")
 
 
 def _total_memory_bytes(device: str, devices: DeviceMemory | None) -> int:
