@@ -199,3 +199,27 @@ def test_simulating_gpu_executors_needs_a_plan_with_cuda_profiles(model, tiny_zo
     config = EngineConfig(executors=parse_executors("cuda:0:1"), budget_fraction=0.5)
     with pytest.raises(ConfigError, match="no cuda profile for the executors on cuda:0"):
         simulate(model, requests, config, backlog=True, plan=plan_with_cuda(model, cpu_only=True))
+
+
+def test_the_scheduler_splits_by_each_executors_activation_memory():
+    from coserve.plan import ArchCost, CostModel
+    from coserve.scheduler.arrange import FifoArrange
+    from coserve.scheduler.assign import MinMaxLatencyAssign
+    from coserve.scheduler.queues import Scheduler
+    from coserve.scheduler.select import HeadSelect
+    from coserve.scheduler.task import Task
+
+    cost = ArchCost(0.01, 0.001, 16, 1)  # one byte per batch item
+    costs = CostModel(arch_of={"a": "x", "b": "x"}, expert_bytes={"a": 1, "b": 1},
+                      arch_costs={("x", "cpu"): cost, ("x", "cuda"): cost},
+                      storage_bytes_per_s=1e9, storage_fixed_s=0.0)
+    clock = iter(range(1000)).__next__
+    s = Scheduler(processors=["cpu", "cuda:0"], assign=MinMaxLatencyAssign(), arrange=FifoArrange(),
+                  select=HeadSelect(), costs=costs, activation_bytes=[3, 7],
+                  resident_of=lambda i: frozenset(), in_host=lambda e: False,
+                  clock=lambda: float(clock()))
+    queued = [0, 0]
+    for i, expert in enumerate("ab" * 6):
+        queued[s.enqueue(Task(request_id=f"r{i}", expert=expert, enqueued_s=0.0))] += 1
+    assert queued == [6, 6]  # one expert per executor
+    assert [len(s.take_batch(i).tasks) for i in (0, 1)] == [3, 6]  # 3 fit the CPU's, all the GPU's
