@@ -6,12 +6,20 @@ loads and forwards, or the plan's costs on a virtual clock)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Set
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from coserve.config import EngineConfig
+from coserve.config import DEFAULT_HOST_CACHE_FRACTION, DEFAULT_HOST_CACHE_RAM_SHARE, EngineConfig
 from coserve.errors import ConfigError
+from coserve.executors.budgets import (
+    DeviceMemory,
+    DevicePool,
+    TorchDevices,
+    budget_for,
+    check_fits,
+    group_devices,
+)
 from coserve.executors.spec import ExecutorSpec
 from coserve.loader.storage import storage_profile
 from coserve.manager.residency import Residency
@@ -43,7 +51,8 @@ class Assembly:
     config: EngineConfig
     policies: PolicySet
     executors: tuple[ExecutorSpec, ...]
-    budget_bytes: int | None  # all executing pools together; None = unlimited
+    pools: tuple[DevicePool, ...]  # one per device, in order of first executor
+    host_cache_bytes: int  # the host-RAM cache in front of GPU pools (0: none)
     prior_usage: Mapping[str, float]
     costs: CostModel | None  # None until measured (the engine measures at start)
 
@@ -56,22 +65,27 @@ class Assembly:
         plan: Plan | None = None,
         costs: CostModel | None = None,
         usage: Mapping[str, float] | None = None,
+        devices: DeviceMemory | None = None,
     ) -> Assembly:
         """`costs`, else the plan's for this layout and storage, else None. `usage`, else
-        the plan's, else the repository's prior. ConfigError for a budget too small for
-        the layout or usage of unknown experts."""
+        the plan's, else the repository's prior. `devices`: what each GPU has (the engine:
+        this machine's; None: GPU budgets are taken as given, unchecked, as a simulator of
+        another machine does). ConfigError for a budget too small for the layout, a GPU
+        budget the device cannot hold, or usage of unknown experts."""
         policies = policy_set(config.policy, Tuning(max_defer_s=config.max_defer_s,
                                                      latency_target_s=config.latency_target_s))
         executors = policies.layout.executors(config.executors)
         if costs is None and plan is not None:
+            _check_profiled(plan, executors)
             pace_bytes_per_s = storage_profile(config.storage).read_bytes_per_s
             costs = plan.cost_model(model, pace_bytes_per_s,
                                     executors_per_kind([s.processor for s in executors]))
         if usage is None and plan is not None:
             usage = plan.usage
-        budget = policies.budget.budget_bytes(config.resolve_budget(model.total_expert_bytes))
+        pools = tuple(_checked_budget(model, p) for p in _device_pools(
+            model, config, executors, policies, devices))
         return cls(model=model, config=config, policies=policies, executors=executors,
-                   budget_bytes=_checked_budget(model, budget, len(executors)),
+                   pools=pools, host_cache_bytes=_host_cache_bytes(model, config, pools, devices),
                    prior_usage=_checked_usage(model, usage), costs=_checked_costs(model, costs))
 
     # -- what it decided -----------------------------------------------------------------
@@ -80,11 +94,27 @@ class Assembly:
         return [s.processor for s in self.executors]
 
     @property
+    def budget_bytes(self) -> int | None:
+        """Expert weights all executing pools may hold together; None = unlimited."""
+        budgets = [p.budget_bytes for p in self.pools]
+        return None if None in budgets else sum(b for b in budgets if b is not None)
+
+    @property
     def pool_budgets(self) -> list[int | None]:
-        """Each executor's pool budget: the total split evenly (None = unlimited)."""
-        if self.budget_bytes is None:
-            return [None] * len(self.executors)
-        return [self.budget_bytes // len(self.executors)] * len(self.executors)
+        """Each executor's pool budget: its device's split evenly (None = unlimited)."""
+        return self._per_executor(lambda p: p.executor_budget_bytes)
+
+    @property
+    def activation_bytes(self) -> list[int]:
+        """Each executor's activation memory (its device's, from the plan or the config)."""
+        return self._per_executor(lambda p: p.activation_bytes)
+
+    def _per_executor(self, value: Callable[[DevicePool], Any]) -> list[Any]:
+        values: list[Any] = [None] * len(self.executors)
+        for pool in self.pools:
+            for i in pool.executors:
+                values[i] = value(pool)
+        return values
 
     def with_costs(self, costs: CostModel) -> Assembly:
         return replace(self, costs=_checked_costs(self.model, costs))
@@ -125,7 +155,7 @@ class Assembly:
             evict=self.policies.evict,
             usage=usage,
             clock=clock,
-            host_cache_bytes=self.config.host_cache_bytes,
+            host_cache_bytes=self.host_cache_bytes,
             queued=queued,
         )
         scheduler = Scheduler(
@@ -134,7 +164,7 @@ class Assembly:
             arrange=self.policies.arrange,
             select=self.policies.select,
             costs=scheduling_costs or self.costs,
-            activation_bytes=self.config.activation_bytes,
+            activation_bytes=self.activation_bytes,
             resident_of=residency.resident,
             in_host=residency.in_host,
             clock=clock,
@@ -144,21 +174,79 @@ class Assembly:
         return Parts(usage, residency, scheduler)
 
 
-def _checked_budget(model: CoEModel, budget_bytes: int | None, num_executors: int) -> int | None:
+def _device_pools(model: CoEModel, config: EngineConfig, executors: Sequence[ExecutorSpec],
+                  policies: PolicySet, devices: DeviceMemory | None) -> list[DevicePool]:
+    """Each device's pool: its own budget (bytes, or a fraction of its memory), else the
+    config's; the policy's budget rule applies to every device alike (all-resident:
+    unlimited). GPU pools are checked against the device when `devices` is given."""
+    total = model.total_expert_bytes
+    pools = []
+    for device, indices in group_devices([s.processor for s in executors]).items():
+        own = budget_for(device, config.device_budgets)
+        budget = config.resolve_budget(total)
+        if own is not None and own.budget_bytes is not None:
+            budget = own.budget_bytes
+        elif own is not None and own.memory_fraction is not None:
+            budget = int(own.memory_fraction * _total_memory_bytes(device, devices))
+        activation = own.activation_bytes if own and own.activation_bytes else config.activation_bytes
+        pool = DevicePool(device, indices, policies.budget.budget_bytes(budget), activation)
+        if devices is not None and device != "cpu":
+            check_fits(pool, devices, total)
+        pools.append(pool)
+    return pools
+
+
+def _check_profiled(plan: Plan, executors: Sequence[ExecutorSpec]) -> None:
+    """A plan's costs for a processor kind it never profiled would be made-up defaults."""
+    missing = sorted(s.processor for s in executors if s.processor != "cpu")
+    if missing and "cuda" not in plan.processors:
+        raise ConfigError(f"the plan has no cuda profile for the executors on {missing[0]}: "
+                          f"profile on a machine with the GPU (coserve profile) or use cpu "
+                          f"executors")
+
+
+def _total_memory_bytes(device: str, devices: DeviceMemory | None) -> int:
+    """A GPU's memory; without `devices` (a simulator), this machine's GPU of that name."""
+    if devices is not None:
+        return devices.memory_bytes(device)[1]
+    try:
+        return TorchDevices().memory_bytes(device)[1]
+    except ConfigError:
+        raise ConfigError(f"the {device} budget is a fraction of its memory, which this machine "
+                          f"cannot tell (it has no such GPU): give it in bytes to simulate "
+                          f"another machine") from None
+
+
+def _host_cache_bytes(model: CoEModel, config: EngineConfig, pools: Sequence[DevicePool],
+                      devices: DeviceMemory | None) -> int:
+    """The configured host cache, else none without a GPU pool, else the default share
+    of expert bytes, at most its share of the host's RAM when that is known."""
+    if config.host_cache_bytes is not None:
+        return config.host_cache_bytes
+    if all(p.device == "cpu" for p in pools):
+        return 0
+    size = int(DEFAULT_HOST_CACHE_FRACTION * model.total_expert_bytes)
+    host = devices.host_memory_bytes() if devices is not None else None
+    return min(size, int(DEFAULT_HOST_CACHE_RAM_SHARE * host)) if host else size
+
+
+def _checked_budget(model: CoEModel, pool: DevicePool) -> DevicePool:
     """ConfigError, with the minimum, when a pool could not hold the largest expert."""
-    if budget_bytes is None:
-        return None
+    if pool.budget_bytes is None:
+        return pool
     total = model.total_expert_bytes
     largest = max(e.num_bytes for e in model.experts.values())
+    num_executors = len(pool.executors)
     minimum = largest * num_executors
-    if budget_bytes < minimum:
+    if pool.budget_bytes < minimum:
+        where = "" if pool.device == "cpu" else f"{pool.device}: "
         raise ConfigError(
-            f"budget of {budget_bytes} bytes is too small for {num_executors} "
+            f"{where}budget of {pool.budget_bytes} bytes is too small for {num_executors} "
             f"executor(s): each pool must hold the largest expert ({largest} bytes); "
             f"give at least {minimum} bytes ({minimum / total:.1%} of all experts) "
             f"or fewer executors"
         )
-    return budget_bytes
+    return pool
 
 
 def _checked_usage(model: CoEModel, usage: Mapping[str, float] | None) -> dict[str, float]:

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 from coserve.errors import ConfigError
+from coserve.executors.budgets import DeviceBudget
 from coserve.executors.spec import ExecutorSpec, default_executors
 from coserve.policies import (
     DEFAULT_LATENCY_TARGET_S,
@@ -15,22 +16,33 @@ from coserve.policies import (
 )
 
 DEFAULT_ACTIVATION_BYTES = 256 << 20  # per executor, for batch splitting
+# The host-RAM cache in front of GPU pools, when a GPU executor exists and no size is
+# given: half of all expert bytes (every GPU switch a host hit for the warm half), never
+# more than a quarter of the host's RAM (the CPU executors' pool and the OS need the rest).
+DEFAULT_HOST_CACHE_FRACTION = 0.5
+DEFAULT_HOST_CACHE_RAM_SHARE = 0.25
 
 
 @dataclass(frozen=True)
 class EngineConfig:
     """How to serve a CoE model.
 
-    The budget is the bytes of expert weights the executing pools may hold, all executors
-    together (split evenly between them): give `budget_bytes`, or `budget_fraction` of all
-    expert bytes, or neither for an unlimited budget."""
+    Budgets are bytes of expert weights, per device, each split evenly over that device's
+    executors. `budget_bytes` (or `budget_fraction` of all expert bytes; neither: unlimited)
+    is the CPU executors' pool, and each GPU's unless `device_budgets` gives it its own
+    (bytes, or a fraction of the GPU's memory; `parse_gpu_budgets`). Activation memory is
+    on top, per executor: `activation_bytes`, or a device budget's own. `host_cache_bytes`:
+    the host-RAM cache in front of GPU pools; None: off without a GPU executor, else
+    DEFAULT_HOST_CACHE_FRACTION of expert bytes (at most DEFAULT_HOST_CACHE_RAM_SHARE of
+    the host's RAM)."""
 
     policy: str = DEFAULT_POLICY
     budget_bytes: int | None = None
     budget_fraction: float | None = None
     executors: tuple[ExecutorSpec, ...] = field(default_factory=default_executors)
     activation_bytes: int = DEFAULT_ACTIVATION_BYTES
-    host_cache_bytes: int = 0  # host RAM cache in front of CUDA pools
+    host_cache_bytes: int | None = None  # host RAM cache in front of CUDA pools
+    device_budgets: tuple[DeviceBudget, ...] = ()
     storage: str = "none"
     direct_io: bool = True
     max_defer_s: float = DEFAULT_MAX_DEFER_S  # coserve-paper's overtaking bound
@@ -51,8 +63,11 @@ class EngineConfig:
         self._check_times()
         if not self.executors:
             raise ConfigError("at least one executor is needed, e.g. executors=parse_executors('cpu:1')")
-        if self.activation_bytes <= 0 or self.host_cache_bytes < 0:
-            raise ConfigError("activation_bytes must be > 0 and host_cache_bytes >= 0")
+        if self.activation_bytes <= 0:
+            raise ConfigError(f"activation_bytes must be > 0, got {self.activation_bytes}")
+        if self.host_cache_bytes is not None and self.host_cache_bytes < 0:
+            raise ConfigError(f"host_cache_bytes must be >= 0 (0: no host cache; None: the "
+                              f"default), got {self.host_cache_bytes}")
         if not 0 <= self.usage_blend <= 1:
             raise ConfigError(f"usage_blend must be in [0, 1], got {self.usage_blend}")
         if self.quarantine_after < 0:
@@ -68,6 +83,10 @@ class EngineConfig:
             raise ConfigError(f"budget_bytes must be positive, got {self.budget_bytes}")
         if self.budget_fraction is not None and not 0 < self.budget_fraction <= 1:
             raise ConfigError(f"budget_fraction must be in (0, 1], got {self.budget_fraction}")
+        devices = [b.device for b in self.device_budgets]
+        if len(set(devices)) != len(devices):
+            raise ConfigError(f"device_budgets name a device twice ({devices}): give each one "
+                              f"budget")
 
     def _check_times(self) -> None:
         if not 0 < self.latency_target_s < math.inf:
@@ -82,7 +101,8 @@ class EngineConfig:
                                   f"turn it off), got {value}")
 
     def resolve_budget(self, total_expert_bytes: int) -> int | None:
-        """Total executing-pool budget in bytes; None = unlimited."""
+        """The budget in bytes of a device pool without its own (the CPU executors'
+        pool); None = unlimited."""
         if self.budget_fraction is not None:
             return int(self.budget_fraction * total_expert_bytes)
         return self.budget_bytes

@@ -66,8 +66,21 @@ class LoadProfile:
 
 
 @dataclass(frozen=True)
+class PoolRecommendation:
+    """One device's pool in a recommendation over several devices."""
+
+    device: str  # 'cpu' or 'cuda:N'
+    num_executors: int
+    memory_bytes: int  # the device's memory for experts plus activations
+    budget_bytes: int  # expert weights, all its executors together
+    activation_bytes: int  # per executor
+
+
+@dataclass(frozen=True)
 class Recommendation:
-    """The planner's choice for one memory size: executors and the memory split."""
+    """The planner's choice for one memory size: executors and the memory split. Over
+    several devices, `pools` holds each one's split (the totals are their sums, the
+    activation bytes the first pool's); on one device it is empty."""
 
     executors: str  # as `--executors` takes it, e.g. "cpu:1"
     memory_bytes: int  # what the split divides: expert weights plus activations
@@ -76,6 +89,7 @@ class Recommendation:
     storage: str  # the storage profile the prediction assumed
     predicted_items_per_s: float  # simulated throughput (requests per second)
     confirmed_items_per_s: float | None = None  # measured on the engine, when confirmed
+    pools: tuple[PoolRecommendation, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -176,7 +190,7 @@ class Plan:
                       "label_probs": {e: dict(p) for e, p in self.label_probs.items()}},
             "task_overhead_s": {str(n): s for n, s in sorted(self.task_overhead_s.items())},
             "submit_s": self.submit_s,
-            "recommended": None if self.recommended is None else vars(self.recommended).copy(),
+            "recommended": None if self.recommended is None else _recommendation_json(self.recommended),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -291,6 +305,30 @@ def _read_per_count(r: _Reader, doc: Any, where: str,
     return values
 
 
+def _recommendation_json(rec: Recommendation) -> dict[str, Any]:
+    doc = vars(rec).copy()
+    doc["pools"] = [vars(p).copy() for p in rec.pools]
+    return doc
+
+
+def _read_pools(r: _Reader, doc: Any) -> tuple[PoolRecommendation, ...]:
+    if not isinstance(doc, list):
+        r.fail("recommended.pools", f"is {_shown(doc)}; it must be a list of pools")
+    pools = []
+    for i, p in enumerate(doc):
+        where = f"recommended.pools.{i}"
+        r.mapping(p, where)
+        device = r.text(p, "device", where)
+        kind, _, index = device.partition(":")
+        if not (device == "cpu" or (kind == "cuda" and index.isascii() and index.isdigit())):
+            r.fail(f"{where}.device", f"is {_shown(device)}; a device is 'cpu' or 'cuda:N'")
+        pools.append(PoolRecommendation(
+            device, int(r.positive(p, "num_executors", where)),
+            int(r.positive(p, "memory_bytes", where)), int(r.positive(p, "budget_bytes", where)),
+            int(r.positive(p, "activation_bytes", where))))
+    return tuple(pools)
+
+
 def _read_recommendation(r: _Reader, doc: Any) -> Recommendation | None:
     if doc is None:
         return None
@@ -305,6 +343,7 @@ def _read_recommendation(r: _Reader, doc: Any) -> Recommendation | None:
         predicted_items_per_s=r.non_negative(doc, "predicted_items_per_s", "recommended"),
         confirmed_items_per_s=None if confirmed is None
         else r.non_negative(doc, "confirmed_items_per_s", "recommended"),
+        pools=_read_pools(r, doc.get("pools", [])),
     )
 
 

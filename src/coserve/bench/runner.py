@@ -255,8 +255,10 @@ def bench_memory_bytes(model: CoEModel, config: EngineConfig) -> int:
 def plan_for_bench(model: CoEModel, requests: Sequence[Request], config: EngineConfig,
                    plan: Plan, backlog: bool):
     from coserve.planner.planner import Planner, default_executor_options
+    from coserve.planner.recommend import gpu_memory_bytes
 
-    planner = Planner(model, plan, requests, config, backlog)
+    # GPU layouts are planned with this machine's free GPU memory (none without a GPU).
+    planner = Planner(model, plan, requests, config, backlog, gpu_memory_bytes=gpu_memory_bytes(None))
     return planner.plan_memory(bench_memory_bytes(model, config),
                                default_executor_options(plan)).best
 

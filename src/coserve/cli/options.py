@@ -34,8 +34,10 @@ def add_engine_options(p: argparse.ArgumentParser, *, backlog: bool) -> None:
     """The engine's budget, executors, storage pacing and starvation bound; `--backlog`
     only where a trace is replayed at its arrival offsets by default."""
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--budget-bytes", type=int, help="bytes of expert weights the executing pools may hold (all executors together)")
+    budget.add_argument("--budget-bytes", type=int, help="bytes of expert weights the CPU executors' pool may hold (all of them together), and each GPU's unless --gpu-budget-bytes says")
     budget.add_argument("--budget-fraction", type=float, help="the budget as a fraction of all expert bytes, e.g. 0.3")
+    p.add_argument("--gpu-budget-bytes", default=None, help="expert weights per GPU, split over its executors: bytes (12e9), a fraction of its memory (0.8), or per GPU (cuda:0=12e9,cuda:1=0.8); checked against its free memory less 1 GiB (default: as --budget-bytes)")
+    p.add_argument("--host-cache-bytes", type=int, default=None, help="host-RAM cache in front of GPU pools; 0: none (default: none without a GPU executor, else half of all expert bytes, at most a quarter of RAM)")
     p.add_argument("--executors", default=None, help="executors, e.g. 'cpu:2' or 'cpu:1,cuda:0:2' (default: cpu:min(2, cores))")
     p.add_argument("--storage", default="none", help="storage profile pacing expert reads: none, sata-530, nvme-3000 (default: none)")
     p.add_argument("--max-defer-s", type=float, default=None, help="coserve-paper's starvation bound: how long a queued task may be overtaken (default 5)")
@@ -76,6 +78,7 @@ def engine_config(args: argparse.Namespace, policy: str = DEFAULT_POLICY, *,
                   default_budget_fraction: float | None = None) -> EngineConfig:
     """The engine options as a config; `default_budget_fraction` where no budget is given."""
     from coserve.config import EngineConfig
+    from coserve.executors.budgets import parse_gpu_budgets
     from coserve.executors.spec import parse_executors
 
     budget_fraction = args.budget_fraction
@@ -90,6 +93,10 @@ def engine_config(args: argparse.Namespace, policy: str = DEFAULT_POLICY, *,
     }
     if args.executors:
         kwargs["executors"] = parse_executors(args.executors)
+    if getattr(args, "gpu_budget_bytes", None):
+        kwargs["device_budgets"] = parse_gpu_budgets(args.gpu_budget_bytes)
+    if getattr(args, "host_cache_bytes", None) is not None:
+        kwargs["host_cache_bytes"] = args.host_cache_bytes
     if args.max_defer_s is not None:
         kwargs["max_defer_s"] = args.max_defer_s
     if args.latency_target_s is not None:
@@ -130,7 +137,8 @@ def planned_config(args: argparse.Namespace, policy: str, **overrides: Any) -> t
     plan = load_plan(args.plan)
     for warning in recommendation_warnings(config, plan):
         print(f"warning: {warning}", file=sys.stderr)
-    budget_given = args.budget_bytes is not None or args.budget_fraction is not None
+    budget_given = (args.budget_bytes is not None or args.budget_fraction is not None
+                    or bool(getattr(args, "gpu_budget_bytes", None)))
     return apply_recommendation(config, plan, keep_executors=bool(args.executors),
                                 keep_budget=budget_given), plan
 

@@ -21,7 +21,7 @@ from coserve.cli.run import print_stats
 from coserve.planner.recommend import PLOT_NAME
 
 if TYPE_CHECKING:
-    from coserve.planfile import Plan
+    from coserve.planfile import Plan, Recommendation
     from coserve.planner.planner import Candidate, MemoryPlan
 
 
@@ -73,6 +73,11 @@ def add_plan_parser(sub: argparse._SubParsersAction) -> None:
                    help="executor layouts to try, ';'-separated, e.g. 'cpu:1;cpu:2' (default: 1 to "
                         "the cores, at most 4, plus CUDA mixes when the plan has a GPU)")
     p.add_argument("--storage", default="none", help="storage profile: none, sata-530, nvme-3000")
+    p.add_argument("--gpu-memory-bytes", default=None,
+                   help="each GPU's memory for experts plus activations, for options with GPU "
+                        "executors: bytes (12e9), a fraction of its memory (0.8), or per GPU "
+                        "(cuda:0=12e9,cuda:1=0.8) (default: this machine's GPUs' free memory "
+                        "less 1 GiB; without a GPU, GPU options are left out)")
     p.add_argument("--points", type=int, default=8, help="memory sizes swept for a target (default 8)")
     p.add_argument("--confirm", type=int, default=2,
                    help="run the best N candidates on the real engine and keep the best measured "
@@ -88,7 +93,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from coserve.config import EngineConfig
     from coserve.loader.storage import storage_profile
     from coserve.planner.planner import confirm, default_executor_options
-    from coserve.planner.recommend import choose_memory, plot_capacity
+    from coserve.planner.recommend import choose_memory, gpu_memory_bytes, plot_capacity
     from coserve.repository import open_repository
     from coserve.trace import read_trace
 
@@ -97,9 +102,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     requests = read_trace(args.trace)[: args.limit or None]
     storage_profile(args.storage)  # a bad name fails here, before any work
     base = EngineConfig(storage=args.storage)
-    options = (executor_options(args.executors_options) if args.executors_options
-               else default_executor_options(plan))
-    curve = _capacity_curve(model, plan, requests, base, options, args)
+    gpu_memory = gpu_memory_bytes(args.gpu_memory_bytes)
+    if gpu_memory and any("cuda" in o for o in options_text(args)):
+        print("GPU memory for experts plus activations (the same at every size below): "
+              + ", ".join(f"{d} {b / 1e6:.0f} MB" for d, b in gpu_memory.items()))
+    options = (executor_options(args.executors_options, gpu_memory) if args.executors_options
+               else _known_options(default_executor_options(plan), gpu_memory))
+    curve = _capacity_curve(model, plan, requests, base, options, gpu_memory, args)
     print_curve(curve, options)
     chosen = choose_memory(curve, budget_bytes=args.budget_bytes,
                            target_throughput=args.target_throughput)
@@ -120,7 +129,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _capacity_curve(model, plan: Plan, requests, base, options: Sequence[str],
-                    args: argparse.Namespace) -> list[MemoryPlan]:
+                    gpu_memory: dict[str, int], args: argparse.Namespace) -> list[MemoryPlan]:
     """The best split of each memory size the question asks about, with a status line."""
     from rich.console import Console
 
@@ -129,7 +138,7 @@ def _capacity_curve(model, plan: Plan, requests, base, options: Sequence[str],
 
     with Console(stderr=True).status("planning") as status:
         planner = Planner(model, plan, requests, base, progress=lambda what, done, _: status.update(
-            f"simulated {done} configurations; now {what}"))
+            f"simulated {done} configurations; now {what}"), gpu_memory_bytes=gpu_memory)
         memories = memory_sizes(planner, budget_bytes=args.budget_bytes,
                                 target_throughput=args.target_throughput, num_points=args.points)
         return planner.capacity_curve(memories, options)
@@ -148,20 +157,64 @@ def _write_recommendation(plan: Plan, best: Candidate, confirmed: float | None,
     rec = best.recommendation(args.storage, confirmed)
     out = args.out or args.plan
     plan.with_recommendation(rec).save(out)
-    print(f"recommended for {rec.memory_bytes / 1e6:.0f} MB: executors {rec.executors}, "
-          f"experts {rec.budget_bytes / 1e6:.0f} MB, activations {rec.activation_bytes / 1e6:.0f} MB "
-          f"per executor; predicted {rec.predicted_items_per_s:.1f} requests/s"
+    if rec.pools:
+        split = "; ".join(f"{p.device} x{p.num_executors}: experts {p.budget_bytes / 1e6:.0f} MB, "
+                          f"activations {p.activation_bytes / 1e6:.0f} MB per executor"
+                          for p in rec.pools)
+    else:
+        split = (f"experts {rec.budget_bytes / 1e6:.0f} MB, activations "
+                 f"{rec.activation_bytes / 1e6:.0f} MB per executor")
+    print(f"recommended for {rec.memory_bytes / 1e6:.0f} MB: executors {rec.executors}, {split}; "
+          f"predicted {rec.predicted_items_per_s:.1f} requests/s"
           + (f", measured {confirmed:.1f}" if confirmed is not None else "")
           + f"; written to {out}")
+    print(f"  as options: {recommended_options(rec)}")
 
 
-def executor_options(text: str) -> list[str]:
-    """'cpu:1;cpu:2' as executor layouts, each checked (ConfigError names a bad one)."""
-    from coserve.executors.spec import parse_executors
+def recommended_options(rec: Recommendation) -> str:
+    """The recommendation as the engine's command-line options."""
+    cpu = next((p for p in rec.pools if p.device == "cpu"), None)
+    gpus = ",".join(f"{p.device}={p.budget_bytes}" for p in rec.pools if p.device != "cpu")
+    budget = cpu.budget_bytes if cpu else rec.budget_bytes
+    return f"--executors {rec.executors} --budget-bytes {budget}" + (
+        f" --gpu-budget-bytes {gpus}" if gpus else "")
+
+
+def options_text(args: argparse.Namespace) -> list[str]:
+    """The executor options asked for by name (empty: the defaults)."""
+    return [o for o in (args.executors_options or "").split(";") if o.strip()]
+
+
+def _known_options(options: Sequence[str], gpu_memory: dict[str, int]) -> list[str]:
+    """The default options whose GPUs have a known memory."""
+    import sys
+
+    known = [o for o in options if all(d == "cpu" or d in gpu_memory or "cuda" in gpu_memory
+                                       for d in _devices(o))]
+    if len(known) < len(options):
+        print("note: GPU options left out: no GPU memory known (give --gpu-memory-bytes)",
+              file=sys.stderr)
+    return known
+
+
+def _devices(option: str) -> list[str]:
+    from coserve.planner.planner import devices_of
+
+    return list(devices_of(option))
+
+
+def executor_options(text: str, gpu_memory: dict[str, int] | None = None) -> list[str]:
+    """'cpu:1;cpu:2' as executor layouts, each checked (ConfigError names a bad one, or
+    a GPU whose memory is not known)."""
+    from coserve.errors import ConfigError
 
     options = [o.strip() for o in text.split(";") if o.strip()]
+    memory = gpu_memory or {}
     for o in options:
-        parse_executors(o)
+        unknown = [d for d in _devices(o) if d != "cpu" and d not in memory and "cuda" not in memory]
+        if unknown:
+            raise ConfigError(f"executor option {o!r} runs on {unknown[0]}, whose memory is not "
+                              f"known here: give --gpu-memory-bytes (e.g. 12e9)")
     return options
 
 
@@ -179,6 +232,8 @@ def print_curve(curve: Sequence[MemoryPlan], options: Sequence[str]) -> None:
                             key=lambda c: c.items_per_s, default=None) for o in options}
         cells = [f"{c.items_per_s:.1f}" if c else "-" for c in by_option.values()]
         b = m.best
-        table.add_row(f"{m.memory_bytes / 1e6:.0f}", *cells,
-                      f"{b.executors}: {b.budget_bytes / 1e6:.0f} / {b.activation_bytes / 1e6:.0f}")
+        splits = [(p.device, p.budget_bytes, p.activation_bytes) for p in b.pools] if len(
+            b.pools) > 1 else [(b.executors, b.budget_bytes, b.activation_bytes)]
+        table.add_row(f"{m.memory_bytes / 1e6:.0f}", *cells, ", ".join(
+            f"{d}: {w / 1e6:.0f} / {a / 1e6:.0f}" for d, w, a in splits))
     Console(width=140).print(table)

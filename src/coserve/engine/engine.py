@@ -29,6 +29,7 @@ from coserve.engine.costs import default_costs, measure_costs
 from coserve.engine.isolate import Fault, Outcome, describe, run_isolating
 from coserve.engine.supervisor import Shift, Supervisor
 from coserve.errors import ConfigError, EngineClosedError, ExpertError, RequestError
+from coserve.executors.budgets import DeviceMemory, TorchDevices
 from coserve.executors.executor import Executor, build_skeletons
 from coserve.executors.spec import ExecutorSpec
 from coserve.loader.expert_loader import ExpertLoader
@@ -60,15 +61,18 @@ class Engine:
         usage: Mapping[str, float] | None = None,
         clock: Callable[[], float] = time.perf_counter,
         plan: Plan | None = None,
+        devices: DeviceMemory | None = None,
     ) -> None:
         """`costs`: a cost model (else the plan's, else measured at start, or defaults).
         `usage`: usage probabilities to start from instead of the plan's or the
         repository's prior, e.g. from `coserve.repository.usage_from_sample`. `plan`: a
-        profiled plan (`Plan.load`): its costs and usage. ConfigError at once for a
-        budget the executors cannot use."""
+        profiled plan (`Plan.load`): its costs and usage. `devices`: what the GPUs have
+        (default: this machine's, from torch). ConfigError at once for a budget the
+        executors or the devices cannot hold, or a GPU this machine lacks."""
         self.model = model
         self.config = config or EngineConfig()
-        self._assembly = Assembly.of(model, self.config, plan=plan, costs=costs, usage=usage)
+        self._assembly = Assembly.of(model, self.config, plan=plan, costs=costs, usage=usage,
+                                     devices=devices or TorchDevices())
         self._clock = clock
         self._storage = Storage(storage_profile(self.config.storage), self.config.direct_io)
         self._stats = StatsRecorder(len(self._assembly.executors))

@@ -11,6 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 from coserve.config import EngineConfig
 from coserve.errors import ConfigError
+from coserve.executors.budgets import (
+    CUDA_RESERVE_BYTES,
+    DeviceBudget,
+    TorchDevices,
+    parse_gpu_budgets,
+)
 from coserve.executors.spec import parse_executors
 from coserve.planfile import Plan
 
@@ -31,8 +37,8 @@ def recommendation_warnings(config: EngineConfig, plan: Plan) -> list[str]:
 
 def apply_recommendation(config: EngineConfig, plan: Plan | None, *, keep_executors: bool,
                          keep_budget: bool) -> EngineConfig:
-    """The plan's recommended executors, and its expert budget with activation memory,
-    each unless the caller keeps its own."""
+    """The plan's recommended executors, and its expert budget with activation memory
+    (each device's, when it planned several), each unless the caller keeps its own."""
     rec = plan.recommended if plan else None
     if rec is None:
         return config
@@ -40,8 +46,35 @@ def apply_recommendation(config: EngineConfig, plan: Plan | None, *, keep_execut
     if not keep_executors:
         changes["executors"] = parse_executors(rec.executors)
     if not keep_budget:
-        changes.update(budget_bytes=rec.budget_bytes, activation_bytes=rec.activation_bytes)
+        cpu = next((p for p in rec.pools if p.device == "cpu"), None)
+        changes.update(budget_bytes=cpu.budget_bytes if cpu else rec.budget_bytes,
+                       budget_fraction=None,
+                       activation_bytes=cpu.activation_bytes if cpu else rec.activation_bytes,
+                       device_budgets=tuple(
+                           DeviceBudget(p.device, budget_bytes=p.budget_bytes,
+                                        activation_bytes=p.activation_bytes)
+                           for p in rec.pools if p.device != "cpu"))
     return replace(config, **changes)
+
+
+def gpu_memory_bytes(text: str | None) -> dict[str, int]:
+    """--gpu-memory-bytes as {device or 'cuda': bytes}; by default this machine's GPUs'
+    free memory less the CUDA reserve (none without a GPU)."""
+    devices = TorchDevices()
+    if text is None:
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return {f"cuda:{i}": devices.memory_bytes(f"cuda:{i}")[0] - CUDA_RESERVE_BYTES
+                for i in range(count)}
+    memory = {}
+    for b in parse_gpu_budgets(text):
+        if b.budget_bytes is not None:
+            memory[b.device] = b.budget_bytes
+        else:
+            device = b.device if ":" in b.device else "cuda:0"
+            memory[b.device] = int((b.memory_fraction or 0) * devices.memory_bytes(device)[1])
+    return memory
 
 
 def memory_sizes(planner: Planner, *, budget_bytes: int | None = None,

@@ -48,20 +48,23 @@ class Scheduler:
         arrange: ArrangePolicy,
         select: SelectPolicy,
         costs: CostModel,
-        activation_bytes: int,
+        activation_bytes: int | Sequence[int],
         resident_of: Callable[[int], Set[str]],
         in_host: Callable[[str], bool],
         clock: Callable[[], float],
         predecessors: Callable[[str], Set[str]] = lambda expert: frozenset(),
     ) -> None:
-        """`predecessors(e)`: experts whose output can route to e (selection lets a group
-        grow while they have tasks queued)."""
+        """`activation_bytes`: each executor's activation memory (one value: the same for
+        all). `predecessors(e)`: experts whose output can route to e (selection lets a
+        group grow while they have tasks queued)."""
         self.processors = list(processors)
         self._predecessors = predecessors
         self._assign = assign
         self._select = select
         self._costs = costs
-        self._activation_bytes = activation_bytes
+        self._activation_bytes = ([activation_bytes] * len(processors)
+                                  if isinstance(activation_bytes, int) else list(activation_bytes))
+        assert len(self._activation_bytes) == len(processors), "one activation size per executor"
         self._resident_of = resident_of
         self._in_host = in_host
         self._clock = clock
@@ -166,7 +169,8 @@ class Scheduler:
 
     def _batch_size(self, executor: int, expert: str, num_queued: int) -> int:
         cost = self._costs.arch_cost(expert, self.processors[executor])
-        return split_batch(num_queued, cost.max_batch, self._activation_bytes, cost.item_bytes)
+        return split_batch(num_queued, cost.max_batch, self._activation_bytes[executor],
+                           cost.item_bytes)
 
     def next_batch(self, executor: int) -> Batch | None:
         """Block until a batch is available; None once closed and drained."""
