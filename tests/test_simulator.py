@@ -78,14 +78,16 @@ def test_replayed_labels_follow_the_engine_paths(tiny, plan):
 
 def test_arrivals_and_rejected_requests(tiny, plan):
     model, requests = tiny
-    spaced = [replace(r, arrival_s=i * 0.05) for i, r in enumerate(requests[:40])]
+    # Spaced at ten times the time a backlog of the same requests takes per request (the plan
+    # is profiled on this machine, loaded or not: a fixed spacing could exceed capacity).
+    backlog, _ = simulate(model, requests[:40], _config(), backlog=True, plan=plan)
+    gap_s = 10 * backlog.wall_s / 40
+    spaced = [replace(r, arrival_s=i * gap_s) for i, r in enumerate(requests[:40])]
     bad = Request("bad", {"component_type": "no-such-type"}, None, 0.0)
     stats, results = simulate(model, [*spaced, bad], _config(), plan=plan)
     assert stats.num_completed == 40 and results[-1].error_kind.value == "rejected"
-    assert stats.wall_s >= 39 * 0.05  # the last request cannot finish before it arrives
-    # Spaced out, requests do not queue behind each other as a backlog of the same ones
-    # does (relative: the plan is profiled on this machine, loaded or not).
-    backlog, _ = simulate(model, requests[:40], _config(), backlog=True, plan=plan)
+    assert stats.wall_s >= 39 * gap_s  # the last request cannot finish before it arrives
+    # Spaced out, requests do not queue behind each other as a backlog of the same ones does.
     assert stats.latency_p99_s < backlog.latency_p99_s / 2
 
 
