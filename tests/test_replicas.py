@@ -22,7 +22,6 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from coserve.cluster.partition import Partition
 from coserve.errors import EngineClosedError
 from coserve.server.replicas.config import ReplicaSetup, replica_name
 from coserve.server.replicas.deployment import owned_usage
@@ -30,8 +29,6 @@ from coserve.server.replicas.routing import (
     Loads,
     NoReplicaError,
     call_with_retries,
-    choose_random,
-    choose_replica,
     is_replica_failure,
 )
 from coserve.server.replicas.stats import summed_stats
@@ -44,25 +41,12 @@ SLOW_TYPE = "R"  # its classifier is server_fixtures.SlowResNet: requests stay i
 
 
 # -- pure: which replica, and retries ---------------------------------------------------------
-PARTITION = Partition(3, {"a": 0, "b": 1, "c": 2, "a2": 0})
-
-
 class RayActorError(Exception):  # the name is what counts: no Ray needed
     pass
 
 
 class ActorDiedError(RayActorError):
     pass
-
-
-def test_a_request_goes_to_its_owner_and_down_replicas_go_last():
-    assert choose_replica(PARTITION, ["b"], [0, 0, 0], down=set(), tried=[]) == 1
-    # Its owner is down: the least loaded of the others.
-    assert choose_replica(PARTITION, ["b"], [0.3, 0, 0.1], down={1}, tried=[]) == 2
-    # Tried once already: the next in spill order, even if it is the owner that came back.
-    assert choose_replica(PARTITION, ["b"], [0, 0, 0], down=set(), tried=[1]) == 0
-    # Every replica down: still one (it may have restarted), fewest tries first.
-    assert choose_replica(PARTITION, ["b"], [0, 0, 0], down={0, 1, 2}, tried=[1]) == 0
 
 
 def test_replica_failures_are_told_from_request_failures():
@@ -116,16 +100,6 @@ def test_each_replica_favours_its_own_experts_and_setup_is_checked():
     with pytest.raises(Exception, match="num_replicas"):
         ReplicaSetup(Path("x"), 0)
     assert ReplicaSetup(Path("x"), 2).attempts == 3
-
-
-def test_random_routing_picks_up_replicas_not_yet_tried():
-    import random
-
-    rng = random.Random(0)
-    picks = [choose_random(rng, 3, down={2}, tried=[]) for _ in range(200)]
-    assert set(picks) == {0, 1}
-    assert choose_random(rng, 3, down={2}, tried=[0]) == 1
-    assert choose_random(rng, 3, down={0, 1, 2}, tried=[0, 1]) == 2
 
 
 def engine_stats(num_switches: int, num_executors: int = 1, bytes_each: int = 100):
