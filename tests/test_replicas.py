@@ -206,6 +206,103 @@ def test_the_poll_fails_over_calls_in_flight_to_a_dead_replica(tiny_zoo, by_type
     assert replicas.down_replicas() == {0} and replicas.in_flight.num_waiting(0) == 0
 
 
+def collected(replicas, name: str, **labels: str) -> float:
+    """A sample of the ingress's replica metrics, read as a scrape would."""
+    from coserve.server.replicas.metrics import ReplicaCollector
+
+    for family in ReplicaCollector(replicas).collect():
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    raise AssertionError(f"no sample {name} {labels}")
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now_s = 0.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def test_a_dead_replica_is_re_homed_and_gets_its_experts_back(tiny_zoo, by_type):
+    from coserve import open_repository
+    from coserve.cluster.partition import partition_experts
+    from coserve.server.replicas.facade import ReplicaSet
+
+    model = open_repository(tiny_zoo[0])
+    start = partition_experts(model, 3)
+    fakes = [FakeReplica(i, model) for i in range(3)]
+    replicas = ReplicaSet(model, ReplicaSetup(tiny_zoo[0], 3), start.owner, fakes, clock=FakeClock())
+    replicas.poll()
+    assert replicas.partition == start and replicas.health() == []
+    lost = start.experts_of(1)
+    fakes[1].dead = True
+    replicas.poll()  # its status call fails: down, and its experts re-homed to 0 and 2
+    assert not replicas.partition.experts_of(1)
+    assert replicas.health() == ["replica 1 is down: no status within 2 s (ActorDiedError); "
+                                 "its experts are re-homed to the others"]
+    assert collected(replicas, "coserve_replicas_alive") == 2
+    assert collected(replicas, "coserve_replica_owned_experts", replica="1") == 0
+    moved = collected(replicas, "coserve_partition_moves_total", reason="replica_down")
+    assert len(lost) <= moved < len(model.experts)
+    assert collected(replicas, "coserve_partition_changes_total", reason="replica_down") == 1
+    # A request for a type replica 1 owned goes to its new owner, not to a random one.
+    component = next(c for c, r in sorted(by_type.items())
+                     if start.owner[model.router.first(r.fields)[0]] == 1)
+    request = by_type[component]
+    new_owner = replicas.partition.owner[model.router.first(request.fields)[0]]
+    async def send() -> Result:
+        return await asyncio.wrap_future(replicas.submit(request))
+
+    assert run(send()).ok
+    assert fakes[new_owner].requests == [request.request_id]
+    fakes[1].dead = False
+    replicas.poll()  # back: its experts go back to it (its engine's prior favours them)
+    assert replicas.partition == start and replicas.health() == []
+    assert collected(replicas, "coserve_replicas_alive") == 3
+    assert collected(replicas, "coserve_partition_moves_total", reason="replica_back") == moved
+
+
+def test_the_ingress_repartitions_when_the_routed_mix_shifts(tiny_zoo, by_type):
+    from coserve import open_repository
+    from coserve.cluster.partition import partition_experts
+    from coserve.cluster.rebalance import RebalanceConfig
+    from coserve.server.replicas.facade import ReplicaSet
+
+    model = open_repository(tiny_zoo[0])
+    start = partition_experts(model, 2)
+    shifted = [c for c, r in sorted(by_type.items())
+               if start.owner[model.router.first(r.fields)[0]] == 1][:2]
+    assert len(shifted) == 2
+    clock = FakeClock()
+    setup = ReplicaSetup(tiny_zoo[0], 2, rebalance=RebalanceConfig(
+        window_s=60.0, min_requests=20, check_interval_s=10.0))
+    fakes = [FakeReplica(i, model) for i in range(2)]
+    replicas = ReplicaSet(model, setup, start.owner, fakes, clock=clock).start()
+    replicas.close()  # polled by hand below, on the fake clock
+
+    async def send(component: str, num: int) -> None:
+        futures = [replicas.submit(by_type[component]) for _ in range(num)]
+        await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+
+    for component in shifted:  # only replica 1's types: it carries all the load
+        run(send(component, 10))
+    assert len(fakes[1].requests) == 20 and not fakes[0].requests
+    clock.now_s = 10.0
+    replicas.poll()
+    assert collected(replicas, "coserve_partition_changes_total", reason="usage") == 1
+    moved = collected(replicas, "coserve_partition_moves_total", reason="usage")
+    assert 1 <= moved < len(model.experts)
+    assert collected(replicas, "coserve_partition_imbalance") < 2.0  # it was 2: all on one
+    # One of the two types now belongs to replica 0, and its requests go there.
+    owners = {replicas.partition.owner[model.router.first(by_type[c].fields)[0]] for c in shifted}
+    assert owners == {0, 1}
+    for component in shifted:
+        run(send(component, 1))
+    assert len(fakes[0].requests) == 1 and len(fakes[1].requests) == 21
+
+
 # -- on a local Ray -----------------------------------------------------------------------------
 def wait_until(predicate: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
     deadline = time.monotonic() + timeout_s
@@ -385,6 +482,8 @@ def test_a_replica_process_sigkilled_fails_over_at_once(cluster, by_type, repo):
     num_requests = 8
     body = tensor_body(by_type[SLOW_TYPE].input, SLOW_TYPE)
     retries_before = metric(client, "coserve_replica_retries_total")
+    rehomed_before = metric(client, "coserve_partition_changes_total", reason="replica_down")
+    back_before = metric(client, "coserve_partition_changes_total", reason="replica_back")
 
     def timed_post() -> tuple[int, float]:
         sent_s = time.monotonic()
@@ -401,7 +500,14 @@ def test_a_replica_process_sigkilled_fails_over_at_once(cluster, by_type, repo):
     assert metric(client, "coserve_replica_retries_total") >= retries_before + 1
     # Failed over by the status poll, not held until Serve restarted the replica.
     assert max(latency_s for _, latency_s in answers) < 5.0, answers
+    # The poll found it dead (no status): its experts were re-homed to the other replica.
+    assert metric(client, "coserve_partition_changes_total", reason="replica_down") > rehomed_before
     wait_until(lambda: client.get("/readyz").status_code == 200, "the replica back")
+    # Back: its experts are its own again.
+    assert metric(client, "coserve_partition_changes_total", reason="replica_back") > back_before
+    owned = sum(1 for r in owner.values() if r == victim)
+    assert metric(client, "coserve_replica_owned_experts", replica=str(victim)) == owned
+    assert metric(client, "coserve_replicas_alive") == 2
 
 
 @pytest.mark.slow

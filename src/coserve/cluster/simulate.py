@@ -56,7 +56,7 @@ class ClusterRow:
     latency_p99_s: float  # over all requests of all replicas
     bytes_read: int
     max_replica_share: float  # requests on the busiest replica / num_requests
-    num_spilled: int  # partitioned: requests not sent to their first expert's owner
+    num_spilled: int  # requests sent to a replica not holding their first expert
     num_failed: int
     scaling_efficiency: float  # throughput / (replicas x the one-replica throughput)
 

@@ -154,8 +154,11 @@ class ReplicaSet:
         self._rebalance()
 
     def _rebalance(self) -> None:
-        """Re-home around the replicas down now; re-partition if the usage shifted."""
-        down, now_s = self.down_replicas(), self._clock()
+        """Re-home around the replicas down now; re-partition if the usage shifted. A
+        replica that never answered yet is starting, not lost: its experts stay."""
+        with self._lock:
+            down = {i for i in self._down if self._statuses[i] is not None}
+        now_s = self._clock()
         with self._partition_lock:
             changes = [self.rebalancer.set_down(down, now_s), self.rebalancer.check(now_s)]
         for change in changes:
