@@ -94,6 +94,18 @@ def test_loads_count_calls_in_flight_in_seconds_of_work():
     assert loads.seconds() == [0, 0] and loads.request_work_s > 0.05
 
 
+def test_serve_run_arguments_make_the_setup():
+    from coserve.server.replicas.run import setup_from_args
+
+    setup = setup_from_args({"repo": "/data/repo", "replicas": "4", "routing": "random",
+                             "repartition": "0", "budget_fraction": "0.3"})
+    assert (setup.num_replicas, setup.routing, setup.rebalance.follow_usage) == (4, "random", False)
+    assert setup.engine_config.budget_fraction == 0.3
+    assert setup_from_args({"repo": "r"}).rebalance.follow_usage
+    with pytest.raises(Exception, match="unknown replica routing"):
+        setup_from_args({"repo": "r", "routing": "round-robin"})
+
+
 def test_each_replica_favours_its_own_experts_and_setup_is_checked():
     usage = owned_usage({"a": 0.5, "b": 0.5}, {"a": 0, "b": 1}, 0)
     assert usage["a"] == 0.5 and 0 < usage["b"] < 0.5
