@@ -403,6 +403,11 @@ def test_a_usage_shift_repartitions_moving_few_experts():
     assert [start.owner[e] for e in moved if not e.startswith("det")] == [0]
     # The same mix at the next check: within the threshold now, nothing more moves.
     assert rebalancer.check(32.0) is None and rebalancer.partition is change.partition
+    # A cost per visit (here equal for all) is weighed by the current usage, not the prior.
+    by_visit = Rebalancer(model, start, config, cost=lambda e: 1.0)
+    _observe(by_visit, mix, 30.0, 0.001)
+    again = by_visit.check(31.0)
+    assert again is not None and again.imbalance_before == pytest.approx(1.5)
 
 
 def test_a_family_too_heavy_to_balance_moves_nothing():

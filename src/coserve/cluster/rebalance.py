@@ -144,8 +144,11 @@ class Rebalancer:
 
     def __init__(self, model: CoEModel, target: Partition, config: RebalanceConfig | None = None,
                  usage: Mapping[str, float] | None = None,
-                 weight: Callable[[str], float] | None = None) -> None:
-        self.model, self.config, self._weight = model, config or RebalanceConfig(), weight
+                 cost: Callable[[str], float] | None = None) -> None:
+        """`cost(e)`: what one request visiting expert e costs its replica (default: e's
+        bytes, the partition's default); an expert's work is its usage x its cost, under
+        whichever usage is current."""
+        self.model, self.config, self._cost = model, config or RebalanceConfig(), cost
         self._prior = dict(model.usage if usage is None else usage)
         self.target = target
         self.partition = target
@@ -172,7 +175,7 @@ class Rebalancer:
             return None
         usage = self.usage(now_s)
         before = self._imbalance(self.partition, usage)
-        new = rehome(self.target, self.model, usage, down, self._weight)
+        new = rehome(self.target, self.model, usage, down, self._weight(usage))
         reason = ChangeReason.REPLICA_DOWN if down - self.down else ChangeReason.REPLICA_BACK
         self.down = down
         return self._adopt(reason, new, usage, before)
@@ -189,8 +192,8 @@ class Rebalancer:
         before = self.imbalance = self._imbalance(self.partition, usage)
         if before <= config.max_imbalance:
             return None
-        target = repartition(self.target, self.model, usage, self._weight)
-        new = rehome(target, self.model, usage, self.down, self._weight)
+        target = repartition(self.target, self.model, usage, self._weight(usage))
+        new = rehome(target, self.model, usage, self.down, self._weight(usage))
         if self._imbalance(new, usage) > before - config.min_gain:
             return None  # moving experts cannot balance it (one family is too heavy)
         self.target = target
@@ -204,7 +207,14 @@ class Rebalancer:
 
     def _imbalance(self, partition: Partition, usage: Mapping[str, float]) -> float:
         up = [r for r in range(partition.num_replicas) if r not in self.down] or None
-        return imbalance(replica_loads(self.model, partition, usage, self._weight), up)
+        return imbalance(replica_loads(self.model, partition, usage, self._weight(usage)), up)
+
+    def _weight(self, usage: Mapping[str, float]) -> Callable[[str], float] | None:
+        """The partition's weight under `usage` (None: its default, usage x bytes)."""
+        cost = self._cost
+        if cost is None:
+            return None
+        return lambda expert: usage.get(expert, 0.0) * cost(expert)
 
     def _reach_of(self, expert: str) -> Mapping[str, float]:
         if expert not in self._reach:

@@ -238,18 +238,39 @@ def simulate_cluster(
     for done, (n, routing) in enumerate(jobs):
         if progress:
             progress(f"{n} replica(s), {routing}", done, len(jobs))
-        partition = plan.partition(n)
         offered = overlay(requests, n) if setup.scale_load else list(requests)
-        policy = replica_routing(routing, margin_s=setup.margin_s, seed=setup.seed + n)
-        shares, spilled = route_requests(
-            setup.model, offered, policy, partition, cost=plan.cost,
-            num_executors=plan.num_executors, backlog=setup.backlog,
-            load_s=plan.load_s if setup.spill_switches else None, budget_bytes=plan.budget_bytes)
-        priors = ([replica_usage(setup.model, partition, r, plan.usage) for r in range(n)]
-                  if policy.uses_partition and n > 1 else [None] * n)
-        rows[n, routing] = _run_replicas(setup, n, routing, shares, spilled, priors,
-                                         rows.get((1, routing)))
+        rows[n, routing] = simulate_partition(setup, offered, plan.partition(n), routing=routing,
+                                              single=rows.get((1, routing)), plan=plan)
     return [rows[n, r] for r in routings for n in sorted(set(replicas))]
+
+
+def simulate_partition(
+    setup: ClusterSetup,
+    requests: Sequence[Request],
+    partition: Partition,
+    *,
+    routing: str = "partitioned",
+    prior_partition: Partition | None = None,
+    single: ClusterRow | None = None,
+    plan: _RoutingPlan | None = None,
+) -> ClusterRow:
+    """One cluster run: `requests` routed by `routing` over `partition`, each replica
+    simulated on its own. With a routing that uses the partition, each replica's engine
+    starts from the prior of `prior_partition` (default `partition`): pass the partition
+    the replicas were started with to model a repartition they were not told about (the
+    ingress's replicas warm the experts they now own by being routed their requests).
+    Efficiency against `single` (the one-replica row), else 1."""
+    plan = plan or _RoutingPlan.of(setup)
+    n = partition.num_replicas
+    policy = replica_routing(routing, margin_s=setup.margin_s, seed=setup.seed + n)
+    shares, spilled = route_requests(
+        setup.model, requests, policy, partition, cost=plan.cost,
+        num_executors=plan.num_executors, backlog=setup.backlog,
+        load_s=plan.load_s if setup.spill_switches else None, budget_bytes=plan.budget_bytes)
+    started = prior_partition or partition
+    priors = ([replica_usage(setup.model, started, r, plan.usage) for r in range(n)]
+              if policy.uses_partition and n > 1 else [None] * n)
+    return _run_replicas(setup, n, routing, shares, spilled, priors, single)
 
 
 @dataclass(frozen=True)
