@@ -512,13 +512,20 @@ def test_a_replica_process_sigkilled_fails_over_at_once(cluster, by_type, repo):
     assert metric(client, "coserve_replica_retries_total") >= retries_before + 1
     # Failed over by the status poll, not held until Serve restarted the replica.
     assert max(latency_s for _, latency_s in answers) < 5.0, answers
-    # The poll found it dead (no status): its experts were re-homed to the other replica.
-    assert metric(client, "coserve_partition_changes_total", reason="replica_down") > rehomed_before
     wait_until(lambda: client.get("/readyz").status_code == 200, "the replica back")
-    # Back: its experts are its own again.
-    assert metric(client, "coserve_partition_changes_total", reason="replica_back") > back_before
+    # If the poll found it dead (no status within 2 s) its experts were re-homed, and given
+    # back once it answered; a replica Serve restarts within the status timeout is seen as
+    # restarted, not down, and keeps them (which one happened is timing): either way, back
+    # up, it owns its experts again and every re-homing was matched by a return.
     owned = sum(1 for r in owner.values() if r == victim)
-    assert metric(client, "coserve_replica_owned_experts", replica=str(victim)) == owned
+
+    def restored() -> bool:  # the poll that saw it back re-partitions right after
+        rehomed = metric(client, "coserve_partition_changes_total", reason="replica_down") - rehomed_before
+        returned = metric(client, "coserve_partition_changes_total", reason="replica_back") - back_before
+        return (rehomed == returned
+                and metric(client, "coserve_replica_owned_experts", replica=str(victim)) == owned)
+
+    wait_until(restored, "its experts its own again")
     assert metric(client, "coserve_replicas_alive") == 2
 
 
