@@ -257,7 +257,9 @@ async def http_run(variant: str, url: str, bodies: list[bytes], args: argparse.N
     delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
     note = f"replica 0 killed after {kill_at} answers" if killed else ""
     if killed:
-        note += f", {delta.get('coserve_replica_retries_total', 0):.0f} retried"
+        note += (f", {delta.get('coserve_replica_retries_total', 0):.0f} retried, "
+                 f"{delta.get('coserve_partition_moves_total', 0):.0f} expert moves "
+                 f"(re-homed, and back if it returned within the run)")
     return Row(variant, len(tally.ok_latencies_s), tally.elapsed_s, delta.get(switches, 0.0),
                delta.get(read, 0.0), tally.ok_latencies_s,
                int(delta.get("coserve_requests_accepted_total", 0)), tally.num_answered,

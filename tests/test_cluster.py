@@ -14,6 +14,7 @@ from coserve.cluster.partition import (
     partition_experts,
     repartition,
 )
+from coserve.cluster.routing import OwnerFirst, ReplicaView, UniformRandom, replica_routing
 from coserve.repository import CoEModel, ExpertSpec, Stage
 from coserve.repository.routing import Router
 
@@ -192,10 +193,10 @@ def test_random_routing_is_seeded_and_tiling_keeps_offsets(synth_tiny):
     assert all(a.arrival_s <= b.arrival_s for a, b in zip(tiled, tiled[1:], strict=False))
     part = partition_experts(model, 4)
     kwargs = dict(cost=lambda e: 0.01, num_executors=2, backlog=True)
-    first, _ = route_requests(model, requests, "random", part, seed=1, **kwargs)
-    again, _ = route_requests(model, requests, "random", part, seed=1, **kwargs)
+    first, _ = route_requests(model, requests, UniformRandom(seed=1), part, **kwargs)
+    again, _ = route_requests(model, requests, UniformRandom(seed=1), part, **kwargs)
     assert first == again and all(first)
-    owned, spilled = route_requests(model, requests, "partitioned", part, margin_s=1e9, **kwargs)
+    owned, spilled = route_requests(model, requests, OwnerFirst(margin_s=1e9), part, **kwargs)
     assert spilled == 0
     assert all(part.replica_for(model.router.first(r.fields)) == i
                for i, share in enumerate(owned) for r in share)
@@ -280,3 +281,173 @@ def test_cluster_simulate_scales_the_load_with_replicas(synth_tiny, tmp_path):
     assert doc["rate_scale"] == 2 and doc["scale_load"] and doc["replicate"]
     assert [r["num_requests"] for r in doc["rows"]] == [360, 720]
     assert all(r["num_failed"] == 0 for r in doc["rows"])
+
+
+# -- replica routing policies (shared by the ingress and the simulator) -------------------
+PARTITION = Partition(3, {"a": 0, "b": 1, "c": 2, "a2": 0})
+
+
+def test_owner_first_goes_to_the_owner_and_puts_down_replicas_last():
+    route = OwnerFirst()
+    assert route.choose(["b"], ReplicaView(PARTITION, [0, 0, 0])) == 1
+    # Its owner is down: the least loaded of the others.
+    assert route.choose(["b"], ReplicaView(PARTITION, [0.3, 0, 0.1], down={1})) == 2
+    # Its owner is far busier than the margin: spilled to the least loaded.
+    assert route.choose(["b"], ReplicaView(PARTITION, [0.3, 9.0, 0.1])) == 2
+    # Tried once already: the next in spill order, even if it is the owner that came back.
+    assert route.choose(["b"], ReplicaView(PARTITION, [0, 0, 0], tried=[1])) == 0
+    # Every replica down: still one (it may have restarted), fewest tries first.
+    assert route.choose(["b"], ReplicaView(PARTITION, [0, 0, 0], down={0, 1, 2}, tried=[1])) == 0
+
+
+def test_uniform_random_picks_replicas_up_and_not_yet_tried():
+    route = UniformRandom(seed=0)
+    picks = [route.choose(["a"], ReplicaView(PARTITION, [0, 0, 0], down={2})) for _ in range(200)]
+    assert set(picks) == {0, 1}
+    assert route.choose(["a"], ReplicaView(PARTITION, [0, 0, 0], down={2}, tried=[0])) == 1
+    assert route.choose(["a"], ReplicaView(PARTITION, [0, 0, 0], down={0, 1, 2}, tried=[0, 1])) == 2
+    again = UniformRandom(seed=0)
+    assert [again.choose(["a"], ReplicaView(PARTITION, [0, 0, 0], down={2})) for _ in range(200)] == picks
+
+
+def test_routings_come_from_one_lookup():
+    from coserve.cluster.routing import ROUTINGS
+    from coserve.errors import ConfigError
+
+    assert ROUTINGS == ("partitioned", "random")
+    assert isinstance(replica_routing("partitioned", margin_s=2.0), OwnerFirst)
+    assert replica_routing("partitioned", margin_s=2.0).margin_s == 2.0
+    assert replica_routing("partitioned").uses_partition and not replica_routing("random").uses_partition
+    with pytest.raises(ConfigError, match="unknown replica routing 'round-robin'.*partitioned, random"):
+        replica_routing("round-robin")
+    with pytest.raises(ConfigError, match="spill margin"):
+        OwnerFirst(-1.0)
+
+
+# -- keeping the partition current: re-homing and repartitioning (fake clock) ---------------
+def _four_families() -> CoEModel:
+    """Four equal families of one preliminary expert and its own detector."""
+    return _model({p: 0.25 for p in "abcd"}, {p: {"pass": [f"det-{p}"], "fail": []} for p in "abcd"})
+
+
+def test_rehome_moves_only_the_experts_of_the_replica_that_is_down():
+    from coserve.cluster.partition import num_moved, rehome
+
+    model = _four_families()
+    target = partition_experts(model, 4)
+    lost = target.experts_of(1)
+    new = rehome(target, model, model.usage, down={1})
+    assert new.num_replicas == 4 and not new.experts_of(1)
+    assert {new.owner[e] for e in lost} <= {0, 2, 3}
+    # Only the lost replica's experts move: the others keep their owners.
+    assert num_moved(target, new) == len(lost) == 2
+    assert rehome(target, model, model.usage, down=set()) is target
+    with pytest.raises(ValueError, match="every replica is down"):
+        rehome(target, model, model.usage, down={0, 1, 2, 3})
+
+
+def test_replica_loads_and_imbalance_follow_the_usage():
+    from coserve.cluster.partition import imbalance, replica_loads
+
+    model = _four_families()
+    part = partition_experts(model, 2)
+    assert imbalance(replica_loads(model, part)) == pytest.approx(1.0)
+    hot = sorted(part.experts_of(0) - {e for e in model.experts if e.startswith("det")})[0]
+    shifted = {e: (0.85 if e.endswith(hot) else 0.05) for e in model.experts}
+    loads = replica_loads(model, part, shifted)
+    assert loads[0] > loads[1] and imbalance(loads) > 1.5
+    assert imbalance(loads, replicas=[1]) == 1.0 and imbalance([0.0, 0.0]) == 1.0
+
+
+def _observe(rebalancer, mix: dict[str, int], start_s: float, step_s: float) -> float:
+    """Feed `mix[e]` requests starting at each expert e, interleaved, one per step."""
+    now_s = start_s
+    pending = dict(mix)
+    while any(pending.values()):
+        for expert in sorted(pending):
+            if pending[expert]:
+                pending[expert] -= 1
+                now_s += step_s
+                rebalancer.observe([expert], now_s)
+    return now_s
+
+
+def test_a_usage_shift_repartitions_moving_few_experts():
+    from coserve.cluster.rebalance import ChangeReason, RebalanceConfig, Rebalancer
+
+    model = _model({p: 0.125 for p in "abcdefgh"},
+                   {p: {"pass": [f"det-{p}"], "fail": []} for p in "abcdefgh"})
+    start = partition_experts(model, 2)
+    config = RebalanceConfig(window_s=10.0, min_requests=100, check_interval_s=1.0)
+    rebalancer = Rebalancer(model, start, config)
+    assert rebalancer.imbalance == pytest.approx(1.0)
+    # An even mix: nothing moves.
+    now_s = _observe(rebalancer, {p: 20 for p in "abcdefgh"}, 0.0, 0.01)
+    assert rebalancer.check(now_s) is None and rebalancer.partition is start
+    # Replica 0's preliminary experts get 3x the traffic; the old window expired.
+    assert rebalancer.check(30.0) is None and rebalancer.window.num_requests(30.0) == 0
+    mine = sorted(e for e in start.experts_of(0) if not e.startswith("det"))
+    mix = {p: 60 if p in mine else 20 for p in "abcdefgh"}
+    now_s = _observe(rebalancer, mix, 30.0, 0.001)
+    assert rebalancer.window.num_requests(now_s) == sum(mix.values())
+    assert rebalancer.check(30.5) is None  # within the check interval
+    change = rebalancer.check(31.0)
+    assert change is not None and change.reason is ChangeReason.USAGE
+    assert change.imbalance_before == pytest.approx(1.5)  # 240 of 320 requests on 4 of 8
+    assert change.imbalance_after == pytest.approx(1.125)  # 180 of 320: the best one move gives
+    # One preliminary expert moved off the busy replica; one detector moved to keep each
+    # replica's bytes within the tolerance (9 of 16 equal experts would pass 110%).
+    assert change.num_moved == 2 and rebalancer.partition is change.partition
+    assert rebalancer.target is change.partition
+    moved = [e for e in model.experts if change.partition.owner[e] != start.owner[e]]
+    assert [start.owner[e] for e in moved if not e.startswith("det")] == [0]
+    # The same mix at the next check: within the threshold now, nothing more moves.
+    assert rebalancer.check(32.0) is None and rebalancer.partition is change.partition
+    # A cost per visit (here equal for all) is weighed by the current usage, not the prior.
+    by_visit = Rebalancer(model, start, config, cost=lambda e: 1.0)
+    _observe(by_visit, mix, 30.0, 0.001)
+    again = by_visit.check(31.0)
+    assert again is not None and again.imbalance_before == pytest.approx(1.5)
+
+
+def test_a_family_too_heavy_to_balance_moves_nothing():
+    from coserve.cluster.rebalance import RebalanceConfig, Rebalancer
+
+    model = _four_families()
+    start = partition_experts(model, 2)
+    rebalancer = Rebalancer(model, start, RebalanceConfig(min_requests=50, check_interval_s=0))
+    now_s = _observe(rebalancer, {"a": 97, "b": 1, "c": 1, "d": 1}, 0.0, 0.01)
+    assert rebalancer.check(now_s) is None and rebalancer.partition is start
+    assert rebalancer.imbalance > 1.8  # measured and exported, but nothing can fix it
+    off = Rebalancer(model, start, RebalanceConfig(min_requests=1, follow_usage=False))
+    off.observe(["a"], 0.0)
+    assert off.check(1.0) is None
+
+
+def test_a_replica_down_is_re_homed_and_gets_its_experts_back():
+    from coserve.cluster.rebalance import ChangeReason, Rebalancer
+
+    model = _four_families()
+    start = partition_experts(model, 4)
+    rebalancer = Rebalancer(model, start)
+    down = rebalancer.set_down({2}, now_s=1.0)
+    assert down is not None and down.reason is ChangeReason.REPLICA_DOWN
+    assert down.num_moved == 2 and not rebalancer.partition.experts_of(2)
+    assert down.down == {2} and rebalancer.target is start
+    assert rebalancer.set_down({2}, now_s=2.0) is None  # nothing new
+    assert rebalancer.set_down({0, 1, 2, 3}, now_s=3.0) is None  # nowhere to re-home to
+    back = rebalancer.set_down(set(), now_s=4.0)
+    assert back is not None and back.reason is ChangeReason.REPLICA_BACK
+    assert back.num_moved == 2 and rebalancer.partition == start and back.down == frozenset()
+
+
+def test_the_rebalance_config_is_checked():
+    from coserve.cluster.rebalance import RebalanceConfig
+    from coserve.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_imbalance must be >= 1"):
+        RebalanceConfig(max_imbalance=0.5)
+    with pytest.raises(ConfigError, match="min_requests"):
+        RebalanceConfig(min_requests=0)
+    with pytest.raises(ConfigError, match="window_s must be > 0"):
+        RebalanceConfig(window_s=0)

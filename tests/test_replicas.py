@@ -22,7 +22,6 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from coserve.cluster.partition import Partition
 from coserve.errors import EngineClosedError
 from coserve.server.replicas.config import ReplicaSetup, replica_name
 from coserve.server.replicas.deployment import owned_usage
@@ -30,8 +29,6 @@ from coserve.server.replicas.routing import (
     Loads,
     NoReplicaError,
     call_with_retries,
-    choose_random,
-    choose_replica,
     is_replica_failure,
 )
 from coserve.server.replicas.stats import summed_stats
@@ -44,25 +41,12 @@ SLOW_TYPE = "R"  # its classifier is server_fixtures.SlowResNet: requests stay i
 
 
 # -- pure: which replica, and retries ---------------------------------------------------------
-PARTITION = Partition(3, {"a": 0, "b": 1, "c": 2, "a2": 0})
-
-
 class RayActorError(Exception):  # the name is what counts: no Ray needed
     pass
 
 
 class ActorDiedError(RayActorError):
     pass
-
-
-def test_a_request_goes_to_its_owner_and_down_replicas_go_last():
-    assert choose_replica(PARTITION, ["b"], [0, 0, 0], down=set(), tried=[]) == 1
-    # Its owner is down: the least loaded of the others.
-    assert choose_replica(PARTITION, ["b"], [0.3, 0, 0.1], down={1}, tried=[]) == 2
-    # Tried once already: the next in spill order, even if it is the owner that came back.
-    assert choose_replica(PARTITION, ["b"], [0, 0, 0], down=set(), tried=[1]) == 0
-    # Every replica down: still one (it may have restarted), fewest tries first.
-    assert choose_replica(PARTITION, ["b"], [0, 0, 0], down={0, 1, 2}, tried=[1]) == 0
 
 
 def test_replica_failures_are_told_from_request_failures():
@@ -110,22 +94,24 @@ def test_loads_count_calls_in_flight_in_seconds_of_work():
     assert loads.seconds() == [0, 0] and loads.request_work_s > 0.05
 
 
+def test_serve_run_arguments_make_the_setup():
+    from coserve.server.replicas.run import setup_from_args
+
+    setup = setup_from_args({"repo": "/data/repo", "replicas": "4", "routing": "random",
+                             "repartition": "0", "budget_fraction": "0.3"})
+    assert (setup.num_replicas, setup.routing, setup.rebalance.follow_usage) == (4, "random", False)
+    assert setup.engine_config.budget_fraction == 0.3
+    assert setup_from_args({"repo": "r"}).rebalance.follow_usage
+    with pytest.raises(Exception, match="unknown replica routing"):
+        setup_from_args({"repo": "r", "routing": "round-robin"})
+
+
 def test_each_replica_favours_its_own_experts_and_setup_is_checked():
     usage = owned_usage({"a": 0.5, "b": 0.5}, {"a": 0, "b": 1}, 0)
     assert usage["a"] == 0.5 and 0 < usage["b"] < 0.5
     with pytest.raises(Exception, match="num_replicas"):
         ReplicaSetup(Path("x"), 0)
     assert ReplicaSetup(Path("x"), 2).attempts == 3
-
-
-def test_random_routing_picks_up_replicas_not_yet_tried():
-    import random
-
-    rng = random.Random(0)
-    picks = [choose_random(rng, 3, down={2}, tried=[]) for _ in range(200)]
-    assert set(picks) == {0, 1}
-    assert choose_random(rng, 3, down={2}, tried=[0]) == 1
-    assert choose_random(rng, 3, down={0, 1, 2}, tried=[0, 1]) == 2
 
 
 def engine_stats(num_switches: int, num_executors: int = 1, bytes_each: int = 100):
@@ -230,6 +216,103 @@ def test_the_poll_fails_over_calls_in_flight_to_a_dead_replica(tiny_zoo, by_type
     assert all(r.ok for r in results) and len(fakes[1].requests) == num_requests
     assert replicas.num_retries == num_requests and replicas.num_answered == [0, num_requests]
     assert replicas.down_replicas() == {0} and replicas.in_flight.num_waiting(0) == 0
+
+
+def collected(replicas, name: str, **labels: str) -> float:
+    """A sample of the ingress's replica metrics, read as a scrape would."""
+    from coserve.server.replicas.metrics import ReplicaCollector
+
+    for family in ReplicaCollector(replicas).collect():
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    raise AssertionError(f"no sample {name} {labels}")
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now_s = 0.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def test_a_dead_replica_is_re_homed_and_gets_its_experts_back(tiny_zoo, by_type):
+    from coserve import open_repository
+    from coserve.cluster.partition import partition_experts
+    from coserve.server.replicas.facade import ReplicaSet
+
+    model = open_repository(tiny_zoo[0])
+    start = partition_experts(model, 3)
+    fakes = [FakeReplica(i, model) for i in range(3)]
+    replicas = ReplicaSet(model, ReplicaSetup(tiny_zoo[0], 3), start.owner, fakes, clock=FakeClock())
+    replicas.poll()
+    assert replicas.partition == start and replicas.health() == []
+    lost = start.experts_of(1)
+    fakes[1].dead = True
+    replicas.poll()  # its status call fails: down, and its experts re-homed to 0 and 2
+    assert not replicas.partition.experts_of(1)
+    assert replicas.health() == ["replica 1 is down: no status within 2 s (ActorDiedError); "
+                                 "its experts are re-homed to the others"]
+    assert collected(replicas, "coserve_replicas_alive") == 2
+    assert collected(replicas, "coserve_replica_owned_experts", replica="1") == 0
+    moved = collected(replicas, "coserve_partition_moves_total", reason="replica_down")
+    assert len(lost) <= moved < len(model.experts)
+    assert collected(replicas, "coserve_partition_changes_total", reason="replica_down") == 1
+    # A request for a type replica 1 owned goes to its new owner, not to a random one.
+    component = next(c for c, r in sorted(by_type.items())
+                     if start.owner[model.router.first(r.fields)[0]] == 1)
+    request = by_type[component]
+    new_owner = replicas.partition.owner[model.router.first(request.fields)[0]]
+    async def send() -> Result:
+        return await asyncio.wrap_future(replicas.submit(request))
+
+    assert run(send()).ok
+    assert fakes[new_owner].requests == [request.request_id]
+    fakes[1].dead = False
+    replicas.poll()  # back: its experts go back to it (its engine's prior favours them)
+    assert replicas.partition == start and replicas.health() == []
+    assert collected(replicas, "coserve_replicas_alive") == 3
+    assert collected(replicas, "coserve_partition_moves_total", reason="replica_back") == moved
+
+
+def test_the_ingress_repartitions_when_the_routed_mix_shifts(tiny_zoo, by_type):
+    from coserve import open_repository
+    from coserve.cluster.partition import partition_experts
+    from coserve.cluster.rebalance import RebalanceConfig
+    from coserve.server.replicas.facade import ReplicaSet
+
+    model = open_repository(tiny_zoo[0])
+    start = partition_experts(model, 2)
+    shifted = [c for c, r in sorted(by_type.items())
+               if start.owner[model.router.first(r.fields)[0]] == 1][:2]
+    assert len(shifted) == 2
+    clock = FakeClock()
+    setup = ReplicaSetup(tiny_zoo[0], 2, rebalance=RebalanceConfig(
+        window_s=60.0, min_requests=20, check_interval_s=10.0))
+    fakes = [FakeReplica(i, model) for i in range(2)]
+    replicas = ReplicaSet(model, setup, start.owner, fakes, clock=clock).start()
+    replicas.close()  # polled by hand below, on the fake clock
+
+    async def send(component: str, num: int) -> None:
+        futures = [replicas.submit(by_type[component]) for _ in range(num)]
+        await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+
+    for component in shifted:  # only replica 1's types: it carries all the load
+        run(send(component, 10))
+    assert len(fakes[1].requests) == 20 and not fakes[0].requests
+    clock.now_s = 10.0
+    replicas.poll()
+    assert collected(replicas, "coserve_partition_changes_total", reason="usage") == 1
+    moved = collected(replicas, "coserve_partition_moves_total", reason="usage")
+    assert 1 <= moved < len(model.experts)
+    assert collected(replicas, "coserve_partition_imbalance") < 2.0  # it was 2: all on one
+    # One of the two types now belongs to replica 0, and its requests go there.
+    owners = {replicas.partition.owner[model.router.first(by_type[c].fields)[0]] for c in shifted}
+    assert owners == {0, 1}
+    for component in shifted:
+        run(send(component, 1))
+    assert len(fakes[0].requests) == 1 and len(fakes[1].requests) == 21
 
 
 # -- on a local Ray -----------------------------------------------------------------------------
@@ -411,6 +494,8 @@ def test_a_replica_process_sigkilled_fails_over_at_once(cluster, by_type, repo):
     num_requests = 8
     body = tensor_body(by_type[SLOW_TYPE].input, SLOW_TYPE)
     retries_before = metric(client, "coserve_replica_retries_total")
+    rehomed_before = metric(client, "coserve_partition_changes_total", reason="replica_down")
+    back_before = metric(client, "coserve_partition_changes_total", reason="replica_back")
 
     def timed_post() -> tuple[int, float]:
         sent_s = time.monotonic()
@@ -428,6 +513,20 @@ def test_a_replica_process_sigkilled_fails_over_at_once(cluster, by_type, repo):
     # Failed over by the status poll, not held until Serve restarted the replica.
     assert max(latency_s for _, latency_s in answers) < 5.0, answers
     wait_until(lambda: client.get("/readyz").status_code == 200, "the replica back")
+    # If the poll found it dead (no status within 2 s) its experts were re-homed, and given
+    # back once it answered; a replica Serve restarts within the status timeout is seen as
+    # restarted, not down, and keeps them (which one happened is timing): either way, back
+    # up, it owns its experts again and every re-homing was matched by a return.
+    owned = sum(1 for r in owner.values() if r == victim)
+
+    def restored() -> bool:  # the poll that saw it back re-partitions right after
+        rehomed = metric(client, "coserve_partition_changes_total", reason="replica_down") - rehomed_before
+        returned = metric(client, "coserve_partition_changes_total", reason="replica_back") - back_before
+        return (rehomed == returned
+                and metric(client, "coserve_replica_owned_experts", replica=str(victim)) == owned)
+
+    wait_until(restored, "its experts its own again")
+    assert metric(client, "coserve_replicas_alive") == 2
 
 
 @pytest.mark.slow

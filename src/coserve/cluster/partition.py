@@ -270,6 +270,70 @@ def _place(
     return Partition(num_replicas, owner, {e: frozenset(rs) for e, rs in holders.items()})
 
 
+def replica_loads(model: CoEModel, partition: Partition,
+                  usage: Mapping[str, float] | None = None,
+                  weight: Callable[[str], float] | None = None) -> list[float]:
+    """The work (`weight`, as `partition_experts` balances it) each replica's families
+    bring it under `usage`: a preliminary expert's with its share of what it routes to,
+    on its holders (split evenly)."""
+    usage = model.usage if usage is None else usage
+    graph = _Graph(model, usage, weight or default_weight(model, usage))
+    loads = [0.0] * partition.num_replicas
+    for family in graph.families():
+        holders = partition.holders_of(family.root)
+        for r in holders:
+            loads[r] += family.work / len(holders)
+    return loads
+
+
+def imbalance(loads: Sequence[float], replicas: Collection[int] | None = None) -> float:
+    """max load over mean load among `replicas` (default all): 1.0 is even; 1.0 also when
+    there is no load at all."""
+    chosen = [loads[r] for r in (range(len(loads)) if replicas is None else sorted(replicas))]
+    if not chosen:
+        raise ValueError("imbalance of no replicas: name at least one")
+    mean = sum(chosen) / len(chosen)
+    return max(chosen) / mean if mean > 0 else 1.0
+
+
+def rehome(target: Partition, model: CoEModel, usage: Mapping[str, float],
+           down: Collection[int], weight: Callable[[str], float] | None = None) -> Partition:
+    """`target` with the experts of the replicas in `down` re-homed to the others, moving
+    as few experts as possible (`repartition` over the replicas that are up); the replicas
+    that are down own nothing. Copies are not carried over (as `repartition`)."""
+    up = [r for r in range(target.num_replicas) if r not in down]
+    if not up:
+        raise ValueError("every replica is down: nothing to re-home the experts to")
+    if len(up) == target.num_replicas:
+        return target
+    compact = {r: i for i, r in enumerate(up)}
+    # In the compact view the replicas that are down are one replica past the last, which
+    # `repartition` drops: their families are placed afresh, the others keep their owner.
+    previous = Partition(len(up) + 1, {e: compact.get(r, len(up)) for e, r in target.owner.items()})
+    placed = repartition(previous, model, usage, weight, num_replicas=len(up))
+    return Partition(target.num_replicas, {e: up[r] for e, r in placed.owner.items()})
+
+
+def num_moved(old: Partition, new: Partition) -> int:
+    """Experts whose owner differs between two partitions of the same model."""
+    return sum(new.owner.get(e) != r for e, r in old.owner.items())
+
+
+def reach_probabilities(model: CoEModel, first: Sequence[str]) -> dict[str, float]:
+    """P(a request starting at `first` runs each expert) (an expert reached twice: summed,
+    capped at one)."""
+    reach: dict[str, float] = {}
+    frontier = [(e, 1.0) for e in first]
+    while frontier:
+        expert, p = frontier.pop()
+        reach[expert] = min(1.0, reach.get(expert, 0.0) + p)
+        probs = model.label_probs.get(expert, {})
+        for label, targets in model.router.next_table.get(expert, {}).items():
+            frontier.extend((t, p * probs.get(label, 0.0)) for t in targets
+                            if p * probs.get(label, 0.0) > 1e-6)
+    return reach
+
+
 def replica_traffic(model: CoEModel, partition: Partition,
                     usage: Mapping[str, float] | None = None) -> list[dict[str, float]]:
     """traffic[r][expert]: P(a request visits `expert` on replica r), when each request
@@ -421,8 +485,9 @@ def _rebalance(families: Sequence[_Family], owner: dict[str, int], loads: _Loads
 def _place_subsequent(graph: _Graph, owner: dict[str, int], loads: _Loads,
                       previous: Partition | None) -> None:
     """Each routed-to expert, largest first, where most of its parents' traffic is, unless
-    that replica's bytes would pass the tolerance; on a repartition it stays with its old
-    owner while that owner still sends it traffic and has room."""
+    that replica's bytes would pass the tolerance; on a repartition those whose old owner
+    still sends them traffic and has room stay there first (`_keep_subsequent`), so one
+    that moves does not push the others off their owners."""
     # Bytes so far counted families' attributed shares; from here on, real ownership.
     loads.bytes = [0.0] * len(loads.bytes)
     for root, replica in owner.items():
@@ -430,19 +495,45 @@ def _place_subsequent(graph: _Graph, owner: dict[str, int], loads: _Loads,
     pending = sorted((e for e in graph.experts if e not in owner),
                      key=lambda e: (-graph.num_bytes[e], e))
     # Parents first, so a chain's middle expert has an owner before its children look.
-    for expert in _topological(graph, pending):
-        traffic = [0.0] * len(loads.bytes)
-        for parent, flow in graph.parents[expert].items():
-            traffic[owner[parent]] += flow + 1e-12  # an unused parent still counts a little
+    ordered = _topological(graph, pending)
+    if previous is not None:
+        _keep_subsequent(graph, ordered, owner, loads, previous)
+    for expert in ordered:
+        if expert in owner:
+            continue
+        traffic = _parent_traffic(graph, owner, expert, len(loads.bytes))
         size = graph.num_bytes[expert]
-        old = previous.owner.get(expert) if previous is not None else None
         order = sorted(range(len(traffic)), key=lambda r: (-traffic[r], loads.bytes_share(r), r))
-        if old is not None and old < len(traffic) and traffic[old] > 0:
-            order = [old] + [r for r in order if r != old]
         fits = [r for r in order if loads.bytes_share(r, size) <= 1 + BALANCE_TOLERANCE]
         replica = fits[0] if fits else min(order, key=lambda r: (loads.bytes_share(r), r))
         owner[expert] = replica
         loads.bytes[replica] += size
+
+
+def _keep_subsequent(graph: _Graph, ordered: Sequence[str], owner: dict[str, int],
+                     loads: _Loads, previous: Partition) -> None:
+    """Routed-to experts whose parents are placed, whose old owner still exists, sends
+    them traffic and has room: they stay."""
+    for expert in ordered:
+        old = previous.owner.get(expert)
+        if old is None or old >= len(loads.bytes):
+            continue
+        if any(parent not in owner for parent in graph.parents[expert]):
+            continue  # a parent is placed in the second pass: decide this one there too
+        traffic = _parent_traffic(graph, owner, expert, len(loads.bytes))
+        size = graph.num_bytes[expert]
+        if traffic[old] > 0 and loads.bytes_share(old, size) <= 1 + BALANCE_TOLERANCE:
+            owner[expert] = old
+            loads.bytes[old] += size
+
+
+def _parent_traffic(graph: _Graph, owner: Mapping[str, int], expert: str,
+                    num_replicas: int) -> list[float]:
+    """Per replica, the traffic its placed parents send `expert`."""
+    traffic = [0.0] * num_replicas
+    for parent, flow in graph.parents[expert].items():
+        traffic[owner[parent]] += flow + 1e-12  # an unused parent still counts a little
+    return traffic
 
 
 def _topological(graph: _Graph, pending: Sequence[str]) -> list[str]:

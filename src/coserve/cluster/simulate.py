@@ -6,20 +6,18 @@ A replica runs whole requests: the one a request is routed to runs every expert 
 path, loading any it lacks. The partition decides where requests go and so which experts
 each replica's pool mostly needs.
 
-Routing:
-- `partitioned`: to the owner of the request's first expert (`Partition.replica_for`),
-  spilled by `Partition.spill_order` when the owner's queue is far longer. The queues
-  are a deterministic fluid approximation, not the simulator's: each request adds its
-  expected executor seconds (the plan's per-item cost of its first expert plus the
-  routing-weighted cost of what follows), and a replica drains `num_executors` seconds
-  of work per second of arrival time. With `backlog` nothing drains, so spill keeps the
-  replicas' predicted work within the margin of each other.
-- `random`: uniform over replicas, seeded.
+Routing is the ingress's own policy objects (`coserve.cluster.routing`): `partitioned`
+sends a request to the owner of its first expert, spilled by `Partition.spill_order` when
+the owner's queue is far longer; `random` is seeded uniform. The queues they see are a
+deterministic fluid approximation, not the simulator's: each request adds its expected
+executor seconds (the plan's per-item cost of its first expert plus the routing-weighted
+cost of what follows), and a replica drains `num_executors` seconds of work per second of
+arrival time. With `backlog` nothing drains, so spill keeps the replicas' predicted work
+within the margin of each other.
 """
 
 from __future__ import annotations
 
-import random
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -29,9 +27,11 @@ from coserve.cluster.partition import (
     SPILL_MARGIN_S,
     Partition,
     partition_experts,
+    reach_probabilities,
     replica_traffic,
     replica_usage,
 )
+from coserve.cluster.routing import ReplicaRouting, ReplicaView, check_routing, replica_routing
 from coserve.errors import ConfigError
 from coserve.stats import percentile
 
@@ -41,9 +41,6 @@ if TYPE_CHECKING:
     from coserve.planfile import Plan
     from coserve.repository import CoEModel
     from coserve.types import Request
-
-ROUTINGS = ("partitioned", "random")
-
 
 @dataclass(frozen=True)
 class ClusterRow:
@@ -59,7 +56,7 @@ class ClusterRow:
     latency_p99_s: float  # over all requests of all replicas
     bytes_read: int
     max_replica_share: float  # requests on the busiest replica / num_requests
-    num_spilled: int  # partitioned: requests not sent to their first expert's owner
+    num_spilled: int  # requests sent to a replica not holding their first expert
     num_failed: int
     scaling_efficiency: float  # throughput / (replicas x the one-replica throughput)
 
@@ -153,46 +150,22 @@ class FluidReplicas:
         return self._reach[key]
 
 
-def reach_probabilities(model: CoEModel, first: Sequence[str]) -> dict[str, float]:
-    """P(a request starting at `first` runs each expert) (an expert reached twice: summed,
-    capped at one)."""
-    reach: dict[str, float] = {}
-    frontier = [(e, 1.0) for e in first]
-    while frontier:
-        expert, p = frontier.pop()
-        reach[expert] = min(1.0, reach.get(expert, 0.0) + p)
-        probs = model.label_probs.get(expert, {})
-        for label, targets in model.router.next_table.get(expert, {}).items():
-            frontier.extend((t, p * probs.get(label, 0.0)) for t in targets
-                            if p * probs.get(label, 0.0) > 1e-6)
-    return reach
-
-
 def route_requests(
     model: CoEModel,
     requests: Sequence[Request],
-    routing: str,
+    routing: ReplicaRouting,
     partition: Partition,
     *,
     cost: Callable[[str], float],
     num_executors: int,
     backlog: bool,
-    margin_s: float = SPILL_MARGIN_S,
-    seed: int = 0,
     load_s: Callable[[str], float] | None = None,
     budget_bytes: int | None = None,
 ) -> tuple[list[list[Request]], int]:
-    """Each replica's sub-trace (arrival offsets kept) and the number spilled. With
-    `load_s`, partitioned routing adds predicted switch seconds (`FluidReplicas`)."""
-    n = partition.num_replicas
-    shares: list[list[Request]] = [[] for _ in range(n)]
-    if routing == "random":
-        rng = random.Random(seed)
-        for request in requests:
-            shares[rng.randrange(n)].append(request)
-        return shares, 0
-    if routing != "partitioned":
-        raise ConfigError(f"unknown routing {routing!r}: choose from {', '.join(ROUTINGS)}")
+    """Each replica's sub-trace (arrival offsets kept) and the number spilled (sent to a
+    replica not holding their first expert). `routing` sees the fluid queues
+    (`FluidReplicas`); with `load_s`, also each replica's predicted switch seconds."""
+    shares: list[list[Request]] = [[] for _ in range(partition.num_replicas)]
     traffic = replica_traffic(model, partition)
     fluid = FluidReplicas(model, partition, traffic, load_s or (lambda e: 0.0), budget_bytes)
     last_s, num_spilled = 0.0, 0
@@ -202,7 +175,7 @@ def route_requests(
         last_s = now
         first = model.router.first(request.fields)
         switch_s = fluid.switch_s(first) if load_s is not None else None
-        replica = partition.spill_order(first, fluid.queued_s, margin_s, switch_s)[0]
+        replica = routing.choose(first, ReplicaView(partition, fluid.queued_s, switch_s))
         num_spilled += replica not in partition.holders_of(first[0])
         fluid.add(replica, first, sum(cost(e) for e in first),
                   switch_s[replica] if switch_s is not None else 0.0)
@@ -255,8 +228,7 @@ def simulate_cluster(
     """One row per (replicas, routing); scaling efficiency against the one-replica row of
     the same routing (simulated even when 1 is not in `replicas`)."""
     for routing in routings:
-        if routing not in ROUTINGS:
-            raise ConfigError(f"unknown routing {routing!r}: choose from {', '.join(ROUTINGS)}")
+        check_routing(routing)
     if not replicas or min(replicas) < 1:
         raise ConfigError(f"replicas must be counts of at least 1, got {list(replicas)}")
     plan = _RoutingPlan.of(setup)
@@ -266,18 +238,39 @@ def simulate_cluster(
     for done, (n, routing) in enumerate(jobs):
         if progress:
             progress(f"{n} replica(s), {routing}", done, len(jobs))
-        partition = plan.partition(n)
         offered = overlay(requests, n) if setup.scale_load else list(requests)
-        shares, spilled = route_requests(
-            setup.model, offered, routing, partition, cost=plan.cost,
-            num_executors=plan.num_executors, backlog=setup.backlog, margin_s=setup.margin_s,
-            seed=setup.seed + n, load_s=plan.load_s if setup.spill_switches else None,
-            budget_bytes=plan.budget_bytes)
-        priors = ([replica_usage(setup.model, partition, r, plan.usage) for r in range(n)]
-                  if routing == "partitioned" and n > 1 else [None] * n)
-        rows[n, routing] = _run_replicas(setup, n, routing, shares, spilled, priors,
-                                         rows.get((1, routing)))
+        rows[n, routing] = simulate_partition(setup, offered, plan.partition(n), routing=routing,
+                                              single=rows.get((1, routing)), plan=plan)
     return [rows[n, r] for r in routings for n in sorted(set(replicas))]
+
+
+def simulate_partition(
+    setup: ClusterSetup,
+    requests: Sequence[Request],
+    partition: Partition,
+    *,
+    routing: str = "partitioned",
+    prior_partition: Partition | None = None,
+    single: ClusterRow | None = None,
+    plan: _RoutingPlan | None = None,
+) -> ClusterRow:
+    """One cluster run: `requests` routed by `routing` over `partition`, each replica
+    simulated on its own. With a routing that uses the partition, each replica's engine
+    starts from the prior of `prior_partition` (default `partition`): pass the partition
+    the replicas were started with to model a repartition they were not told about (the
+    ingress's replicas warm the experts they now own by being routed their requests).
+    Efficiency against `single` (the one-replica row), else 1."""
+    plan = plan or _RoutingPlan.of(setup)
+    n = partition.num_replicas
+    policy = replica_routing(routing, margin_s=setup.margin_s, seed=setup.seed + n)
+    shares, spilled = route_requests(
+        setup.model, requests, policy, partition, cost=plan.cost,
+        num_executors=plan.num_executors, backlog=setup.backlog,
+        load_s=plan.load_s if setup.spill_switches else None, budget_bytes=plan.budget_bytes)
+    started = prior_partition or partition
+    priors = ([replica_usage(setup.model, started, r, plan.usage) for r in range(n)]
+              if policy.uses_partition and n > 1 else [None] * n)
+    return _run_replicas(setup, n, routing, shares, spilled, priors, single)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ from the repository path, and an ingress deployment with `coserve serve`'s HTTP 
 sends each image to the replica owning its first expert (coserve.cluster.partition),
 spills by queued work, and retries a request whose replica failed on the next one.
 
-Modules: `config` (the setup; no Ray), `routing` (replica choice and retries; pure),
+Modules: `config` (the setup; no Ray), `routing` (retries and the queued-work estimate;
+pure: the replica choice itself is a `coserve.cluster.routing` policy, and the partition
+is kept current by a `coserve.cluster.rebalance.Rebalancer`),
 `deployment` (the replica), `facade` (the ingress's Engine-shaped ReplicaSet), `metrics`
 (replica metrics), `ingress` (the Serve application), `run` (Ray, deploy, serve, stop).
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from coserve.cluster.rebalance import RebalanceConfig
+from coserve.cluster.routing import DEFAULT_ROUTING, check_routing
 from coserve.config import EngineConfig
 from coserve.errors import ConfigError
 from coserve.planfile import Plan
@@ -15,10 +17,6 @@ from coserve.server.config import ServerConfig
 APP_NAME = "coserve"
 INGRESS_NAME = "ingress"
 REPLICA_PREFIX = "replica-"  # replica i is the deployment "replica-<i>"
-# How the ingress picks a request's replica: "partitioned" (the owner of its first expert,
-# spilled by queued work) or "random" (seeded uniform over the replicas that are up: a
-# baseline for comparing switches, not for production).
-ROUTINGS = ("partitioned", "random")
 # How often the ingress asks each replica for its status (readiness, queue depths,
 # resident experts); a replica that does not answer within the timeout counts as down,
 # and its calls in flight are failed over. A SIGKILLed replica's status call does not
@@ -51,8 +49,14 @@ class ReplicaSetup:
     max_attempts: int | None = None
     # CPUs Ray reserves for each replica (its engine's executors use them).
     replica_num_cpus: float = 1.0
-    routing: str = "partitioned"  # one of ROUTINGS
+    # How the ingress picks a request's replica (coserve.cluster.routing.ROUTINGS):
+    # "partitioned" (the owner of its first expert, spilled by queued work) or "random"
+    # (seeded uniform over the replicas that are up: a baseline, not for production).
+    routing: str = DEFAULT_ROUTING
     routing_seed: int = 0  # of "random"
+    # When the ingress re-partitions on a usage shift (re-homing on a replica's death
+    # always happens).
+    rebalance: RebalanceConfig = field(default_factory=RebalanceConfig)
 
     def __post_init__(self) -> None:
         if self.num_replicas < 1:
@@ -62,9 +66,7 @@ class ReplicaSetup:
                               f"got {self.max_attempts}")
         if self.replica_num_cpus < 0:
             raise ConfigError(f"replica_num_cpus must be >= 0, got {self.replica_num_cpus}")
-        if self.routing not in ROUTINGS:
-            raise ConfigError(f"unknown replica routing {self.routing!r}: choose one of "
-                              f"{', '.join(ROUTINGS)}")
+        check_routing(self.routing)
 
     @property
     def attempts(self) -> int:

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from coserve.cluster.routing import replica_routing
 from coserve.server.replicas.config import ReplicaSetup
 from coserve.stats import EngineStats
 from coserve.types import Request, Result
@@ -72,7 +73,8 @@ class EngineReplica:
         self._drain_timeout_s = setup.server_config.drain_timeout_s
         model = open_repository(setup.repo, trust_code=setup.trust_code)
         prior = setup.plan.usage if setup.plan is not None else model.usage
-        usage = owned_usage(prior, owner, index) if setup.routing == "partitioned" else dict(prior)
+        routed_by_partition = replica_routing(setup.routing).uses_partition
+        usage = owned_usage(prior, owner, index) if routed_by_partition else dict(prior)
         self.engine = Engine(model, setup.engine_config, plan=setup.plan, usage=usage)
         self.engine.start()  # Serve marks the replica running once this returns
         log.info("replica %d ready: %d expert(s) placed", index,

@@ -10,28 +10,36 @@ its Result comes back; step executors are renumbered into one list over all repl
 status is polled every STATUS_INTERVAL_S in a thread; a replica that fails a call or
 does not answer the poll is down until it answers again. When the poll finds a replica
 dead (its status call fails or times out) or restarted (a new incarnation), the calls in
-flight to it are failed over (`failover`): cancelled and retried on the next replica."""
+flight to it are failed over (`failover`): cancelled and retried on the next replica.
+
+The partition requests are routed by is kept by a `cluster.rebalance.Rebalancer`: every
+routed request's first experts are observed, and after each poll the experts of the
+replicas that are down are re-homed to the others (given back when they return), and
+every `check_interval_s` the partition is recomputed if the routed mix shifted. The new
+owners warm what they now own simply by being routed its requests (their engines load
+what they lack and learn the usage online); nothing is prefetched."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import random
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
 from typing import Any
 
 from coserve.cluster.partition import Partition
+from coserve.cluster.rebalance import ChangeReason, PartitionChange, Rebalancer
+from coserve.cluster.routing import ReplicaView, replica_routing
 from coserve.repository import CoEModel
 from coserve.repository.inputs import check_input
 from coserve.server.replicas.config import STATUS_INTERVAL_S, STATUS_TIMEOUT_S, ReplicaSetup
 from coserve.server.replicas.deployment import ReplicaStatus
 from coserve.server.replicas.failover import InFlight
-from coserve.server.replicas.routing import Loads, call_with_retries, choose_random, choose_replica
+from coserve.server.replicas.routing import Loads, call_with_retries
 from coserve.server.replicas.stats import summed_stats
 from coserve.stats import EngineStats
 from coserve.types import Request, Result
@@ -41,11 +49,16 @@ log = logging.getLogger(__name__)
 
 class ReplicaSet:
     def __init__(self, model: CoEModel, setup: ReplicaSetup, owner: Mapping[str, int],
-                 handles: Sequence[Any]) -> None:
+                 handles: Sequence[Any], clock: Callable[[], float] = time.monotonic) -> None:
         self.model = model
         self.config = setup.engine_config
         self.num_replicas = setup.num_replicas
-        self.partition = Partition(setup.num_replicas, owner)
+        self._clock = clock  # of the usage window and the repartition checks
+        self.rebalancer = Rebalancer(model, Partition(setup.num_replicas, owner), setup.rebalance,
+                                     usage=setup.plan.usage if setup.plan is not None else None)
+        self._partition_lock = threading.Lock()  # the rebalancer's: observe vs. poll
+        self.num_moved = dict.fromkeys(ChangeReason, 0)  # experts moved, by reason
+        self.num_changes = dict.fromkeys(ChangeReason, 0)  # partition changes, by reason
         self.loads = Loads(setup.num_replicas)
         self.in_flight = InFlight(setup.num_replicas)
         self.quarantine = MergedQuarantine(self)
@@ -53,13 +66,13 @@ class ReplicaSet:
         self.num_answered = [0] * setup.num_replicas
         self.handles = list(handles)
         self._max_attempts = setup.attempts
-        self.routing = setup.routing
-        self._rng = random.Random(setup.routing_seed)
+        self.routing = replica_routing(setup.routing, seed=setup.routing_seed)
         # The last polled counters of each replica's engines that have since been replaced.
         self._retired: list[list[EngineStats]] = [[] for _ in range(setup.num_replicas)]
         self._lock = threading.Lock()
         self._statuses: list[ReplicaStatus | None] = [None] * setup.num_replicas
         self._down: dict[int, str] = {i: "not answered yet" for i in range(setup.num_replicas)}
+        self._unreachable: set[int] = set()  # its last status call failed or timed out
         self._tasks: set[asyncio.Task] = set()
         self._started = False
         self._closed = threading.Event()
@@ -88,15 +101,29 @@ class ReplicaSet:
         with self._lock:
             return self._started and not self._closed.is_set() and len(self._down) < self.num_replicas
 
+    @property
+    def partition(self) -> Partition:
+        """The partition requests are routed by now (re-homed around replicas down)."""
+        return self.rebalancer.partition
+
     def health(self) -> list[str]:
         """One line per replica that is down (readiness fails while any is; requests go
-        to the others)."""
+        to the others, and its experts are re-homed to them after the next poll)."""
+        rehomed = self.rebalancer.down
         with self._lock:
-            return [f"replica {i} is down: {reason}" for i, reason in sorted(self._down.items())]
+            return [f"replica {i} is down: {reason}"
+                    + ("; its experts are re-homed to the others" if i in rehomed else "")
+                    for i, reason in sorted(self._down.items())]
 
     def down_replicas(self) -> set[int]:
         with self._lock:
             return set(self._down)
+
+    @property
+    def num_alive(self) -> int:
+        """Replicas whose last status call answered (up or not)."""
+        with self._lock:
+            return self.num_replicas - len(self._unreachable)
 
     # -- status poll ----------------------------------------------------------------------
     def poll(self) -> None:
@@ -108,10 +135,11 @@ class ReplicaSet:
                 status = call.result(timeout_s=max(0.0, deadline_s - time.monotonic()))
             except Exception as exc:  # dead, restarting or stuck: down until it answers
                 reason = f"no status within {STATUS_TIMEOUT_S:g} s ({type(exc).__name__})"
-                self._mark_down(i, reason)
+                self._mark_down(i, reason, unreachable=True)
                 self._fail_over(i, reason)
                 continue
             with self._lock:
+                self._unreachable.discard(i)
                 old = self._statuses[i]
                 restarted = old is not None and old.incarnation != status.incarnation
                 if restarted:
@@ -123,6 +151,27 @@ class ReplicaSet:
                     self._down[i] = "; ".join(status.problems) or "its engine is not running"
             if restarted:  # what the old engine held is lost (calls sent since: a spare retry)
                 self._fail_over(i, "it restarted")
+        self._rebalance()
+
+    def _rebalance(self) -> None:
+        """Re-home around the replicas down now; re-partition if the usage shifted. A
+        replica that never answered yet is starting, not lost: its experts stay."""
+        with self._lock:
+            down = {i for i in self._down if self._statuses[i] is not None}
+        now_s = self._clock()
+        with self._partition_lock:
+            changes = [self.rebalancer.set_down(down, now_s), self.rebalancer.check(now_s)]
+        for change in changes:
+            if change is not None:
+                self._record(change)
+
+    def _record(self, change: PartitionChange) -> None:
+        with self._lock:
+            self.num_changes[change.reason] += 1
+            self.num_moved[change.reason] += change.num_moved
+        log.warning("partition changed (%s): %d expert(s) moved, predicted imbalance %.2f -> "
+                    "%.2f; replicas down: %s", change.reason.value, change.num_moved,
+                    change.imbalance_before, change.imbalance_after, sorted(change.down) or "none")
 
     def _poll_forever(self) -> None:
         while not self._closed.wait(STATUS_INTERVAL_S):
@@ -136,11 +185,13 @@ class ReplicaSet:
         if num_lost:
             log.warning("replica %d: failing over %d call(s) in flight (%s)", replica, num_lost, reason)
 
-    def _mark_down(self, replica: int, reason: str) -> None:
+    def _mark_down(self, replica: int, reason: str, unreachable: bool = False) -> None:
         with self._lock:
             if replica not in self._down:
                 log.warning("replica %d is down: %s", replica, reason)
             self._down[replica] = reason
+            if unreachable:
+                self._unreachable.add(replica)
 
     # -- requests -------------------------------------------------------------------------
     def validate(self, request: Request) -> tuple[str, ...]:
@@ -154,6 +205,8 @@ class ReplicaSet:
         """From the event loop: validate, then send it to a replica; the future resolves
         to its Result, or raises NoReplicaError when no replica could take it."""
         first = self.validate(request)
+        with self._partition_lock:
+            self.rebalancer.observe(first, self._clock())
         future: Future = Future()
         future.set_running_or_notify_cancel()
         task = asyncio.get_running_loop().create_task(self._run(request, first, future))
@@ -174,13 +227,12 @@ class ReplicaSet:
         future.set_result(self._renumbered(result, replica))
 
     def _choose(self, first: Sequence[str], tried: list[int]) -> int:
-        if tried:
-            with self._lock:
+        view = ReplicaView(self.partition, self.loads.seconds(), down=self.down_replicas(),
+                           tried=tried)
+        with self._lock:
+            if tried:
                 self.num_retries += 1
-        if self.routing == "random":
-            with self._lock:
-                return choose_random(self._rng, self.num_replicas, self._down, tried)
-        return choose_replica(self.partition, first, self.loads.seconds(), self.down_replicas(), tried)
+            return self.routing.choose(first, view)
 
     async def _call(self, replica: int, request: Request) -> Result:
         num_in_flight = self.loads.sent(replica)

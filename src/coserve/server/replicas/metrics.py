@@ -27,6 +27,8 @@ class ReplicaCollector(Collector):
         yield _gauge("coserve_replicas", "Replicas deployed", replicas.num_replicas)
         yield _gauge("coserve_replicas_ready", "Replicas answering (up at the last status poll "
                      "and since)", replicas.num_replicas - len(down))
+        yield _gauge("coserve_replicas_alive", "Replicas whose last status call answered",
+                     replicas.num_alive)
         yield CounterMetricFamily("coserve_replica_retries", "Calls repeated on another replica "
                                   "after a replica failed (died, restarting, draining)",
                                   value=replicas.num_retries)
@@ -40,7 +42,29 @@ class ReplicaCollector(Collector):
             in_flight.add_metric([str(i)], replicas.loads.in_flight[i])
             answered.add_metric([str(i)], replicas.num_answered[i])
         yield from (up, in_flight, answered)
+        yield from _partition_metrics(replicas)
         yield from _engine_counters(replicas)
+
+
+def _partition_metrics(replicas: ReplicaSet) -> Iterator[Metric]:
+    reasons = ["reason"]
+    changes = CounterMetricFamily("coserve_partition_changes", "Changes of the partition "
+                                  "requests are routed by: a usage shift, a replica down (its "
+                                  "experts re-homed), a replica back", labels=reasons)
+    moves = CounterMetricFamily("coserve_partition_moves", "Experts whose owning replica "
+                                "changed, by the reason of the change", labels=reasons)
+    for reason, num in replicas.num_changes.items():
+        changes.add_metric([reason.value], num)
+        moves.add_metric([reason.value], replicas.num_moved[reason])
+    owned = GaugeMetricFamily("coserve_replica_owned_experts", "Experts the replica owns in the "
+                              "partition now (0 while it is down: re-homed)", labels=["replica"])
+    partition = replicas.partition
+    for i in range(replicas.num_replicas):
+        owned.add_metric([str(i)], len(partition.experts_of(i)))
+    yield from (changes, moves, owned)
+    yield _gauge("coserve_partition_imbalance", "Predicted load of the busiest replica up over "
+                 "their mean, under the usage last checked (1 = even)",
+                 replicas.rebalancer.imbalance)
 
 
 def _engine_counters(replicas: ReplicaSet) -> Iterator[Metric]:

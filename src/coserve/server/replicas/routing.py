@@ -1,13 +1,8 @@
-"""Which replica a request goes to, and what happens when that replica fails. Pure: no
-Ray, no torch; the ingress wires these to its handles.
+"""What happens when a request's replica fails, and the ingress's view of each replica's
+queued work. Pure: no Ray, no torch; the ingress wires these to its handles. Which
+replica a request goes to is a routing policy (`coserve.cluster.routing`: owner first or
+random, down replicas last), shared with the cluster simulator.
 
-- **Owner first:** a request goes to the replica owning its first expert
-  (`Partition.spill_order`: the owner unless its queued work is well above the least
-  loaded replica's, then the least loaded).
-- **Or random** (`--replica-routing random`, the baseline of the local comparison):
-  seeded uniform over the replicas that are up and not yet tried.
-- **Down replicas last:** a replica whose call failed, or that did not answer its status
-  poll, is tried only when every replica is down (one may have restarted since).
 - **Bounded retries:** a call that failed because the *replica* failed (its actor died or
   is restarting, Serve has no replica for it, its engine is shutting down, or the status
   poll found it dead or restarted while the call was in flight: `failover`) is retried on
@@ -18,15 +13,11 @@ Ray, no torch; the ingress wires these to its handles.
 
 from __future__ import annotations
 
-import random
 import threading
-from collections.abc import Awaitable, Callable, Collection, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from coserve.server.errors import UnavailableError
-
-if TYPE_CHECKING:
-    from coserve.cluster.partition import Partition
 
 T = TypeVar("T")
 
@@ -54,23 +45,6 @@ class NoReplicaError(UnavailableError):
 def is_replica_failure(exc: BaseException) -> bool:
     """Whether `exc` says the replica failed (retry elsewhere), not the request."""
     return any(cls.__name__ in REPLICA_FAILURES for cls in type(exc).__mro__)
-
-
-def choose_replica(partition: Partition, first: Sequence[str], loads_s: Sequence[float],
-                   down: Collection[int], tried: Sequence[int]) -> int:
-    """The next replica to try: in spill order, replicas that are up before those that are
-    down, and within each, those tried fewer times first."""
-    order = partition.spill_order(first, loads_s)
-    return min(order, key=lambda r: (r in down, tried.count(r), order.index(r)))
-
-
-def choose_random(rng: random.Random, num_replicas: int, down: Collection[int],
-                  tried: Sequence[int]) -> int:
-    """Uniform over the replicas that are up and not tried yet; else over those tried
-    fewest times, up ones first (the random baseline's retry order)."""
-    order = sorted(range(num_replicas), key=lambda r: (r in down, tried.count(r)))
-    best = (order[0] in down, tried.count(order[0]))
-    return rng.choice([r for r in order if (r in down, tried.count(r)) == best])
 
 
 async def call_with_retries(call: Callable[[int], Awaitable[T]], choose: Callable[[list[int]], int],

@@ -95,12 +95,22 @@ def serve_replicas(setup: ReplicaSetup, ray_address: str | None = None) -> None:
 def app_builder(args: dict[str, Any]) -> Any:
     """For `serve run coserve.server.replicas:app_builder repo=DIR replicas=N
     [budget_fraction=F] [executors=cpu:1] [storage=P] [no_measure=1] [trust_repo_code=1]
-    [routing=random]`."""
+    [routing=random] [repartition=0]` (`setup_from_args`)."""
+    from coserve.server.replicas.ingress import build_app
+
+    setup = setup_from_args(args)
+    return build_app(setup, partition_of(setup))
+
+
+def setup_from_args(args: dict[str, Any]) -> ReplicaSetup:
+    """The setup `serve run`'s key=value arguments describe (repartition=0: keep the
+    deployed partition on a usage shift; replicas that are down are re-homed all the
+    same)."""
     from pathlib import Path
 
+    from coserve.cluster.rebalance import RebalanceConfig
     from coserve.config import EngineConfig
     from coserve.executors.spec import parse_executors
-    from coserve.server.replicas.ingress import build_app
 
     kwargs: dict[str, Any] = {"measure_costs": not _flag(args.get("no_measure"))}
     if "budget_fraction" in args:
@@ -111,11 +121,11 @@ def app_builder(args: dict[str, Any]) -> Any:
         kwargs["executors"] = parse_executors(args["executors"])
     if "storage" in args:
         kwargs["storage"] = args["storage"]
-    setup = ReplicaSetup(Path(args["repo"]), int(args.get("replicas", 2)),
-                         engine_config=EngineConfig(**kwargs),
-                         trust_code=_flag(args.get("trust_repo_code")),
-                         routing=args.get("routing", "partitioned"))
-    return build_app(setup, partition_of(setup))
+    return ReplicaSetup(Path(args["repo"]), int(args.get("replicas", 2)),
+                        engine_config=EngineConfig(**kwargs),
+                        trust_code=_flag(args.get("trust_repo_code")),
+                        routing=args.get("routing", "partitioned"),
+                        rebalance=RebalanceConfig(follow_usage=_flag(args.get("repartition", "1"))))
 
 
 def _flag(value: Any) -> bool:
