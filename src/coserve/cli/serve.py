@@ -73,7 +73,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="serve with N engine replicas on Ray Serve behind one ingress (same API; docs/replicas.md); 0: one engine in this process (default 0)")
     p.add_argument("--ray-address", default=None,
                    help="with --replicas: join this Ray cluster ('auto': the one `ray start` made here) instead of starting a local Ray")
-    p.add_argument("--replica-routing", choices=("partitioned", "random"), default="partitioned",
+    from coserve.cluster.routing import ROUTINGS  # pure Python, light
+
+    p.add_argument("--replica-routing", choices=ROUTINGS, default="partitioned",
                    help="with --replicas: send each image to the replica owning its first expert (partitioned), or to a seeded random replica that is up (random: a baseline for comparison only) (default partitioned)")
     add_engine_options(p, backlog=False)
     add_plan_option(p)
