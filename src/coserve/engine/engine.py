@@ -32,8 +32,10 @@ from coserve.errors import ConfigError, EngineClosedError, ExpertError, RequestE
 from coserve.executors.executor import Executor, build_skeletons
 from coserve.executors.spec import ExecutorSpec
 from coserve.loader.expert_loader import ExpertLoader
+from coserve.loader.precision import PrecisionLoader, stored_files
 from coserve.loader.storage import Storage, storage_profile
 from coserve.manager.manager import ExpertManager, LoadOutOfMemory
+from coserve.manager.precision import LoadContext, precision_policy
 from coserve.manager.quarantine import Quarantine
 from coserve.plan import CostModel
 from coserve.planfile import Plan
@@ -43,7 +45,7 @@ from coserve.scheduler.queues import Batch, NoActiveExecutor
 from coserve.scheduler.task import Task
 from coserve.stats import EngineStats, StatsRecorder
 from coserve.tracker import InFlight, RequestTracker, rejected
-from coserve.types import FailureKind, Request, Result
+from coserve.types import FULL_PRECISION, FailureKind, Request, Result
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,8 @@ class Engine:
         self._usage = self._assembly.usage_tracker()
         self._requests = RequestTracker(clock=clock, stats=self._stats, usage=self._usage,
                                         latency_target_s=self.config.latency_target_s)
+        self._precision = precision_policy(self.config.precision, self.config.latency_target_s)
+        self._stored_files = stored_files(model, self.config.precision)  # ConfigError now
         self._quarantine = Quarantine(self.config.quarantine_after, clock,
                                       probe_s=self.config.quarantine_probe_s)
         self._lock = threading.Lock()  # start and close
@@ -94,9 +98,10 @@ class Engine:
             log.info("cost model: %s", self.costs.source)  # type: ignore[union-attr]
             parts = self._assembly.build(clock=self._clock, usage=self._usage)
             self._scheduler = parts.scheduler
-            self._manager = ExpertManager(processors=self._assembly.processors,
-                                          residency=parts.residency, loader=self._loader(),
-                                          stats=self._stats)
+            self._manager = ExpertManager(
+                processors=self._assembly.processors, residency=parts.residency,
+                loader=self._loader(), stats=self._stats, precision=self._precision,
+                load_context=self._load_context)
             # One skeleton set per executor: functional_call swaps tensors into the module
             # for the duration of a call, so two threads must never share one.
             self._executors = [Executor(i, p, build_skeletons(self.model.architectures))
@@ -153,13 +158,17 @@ class Engine:
             return default_costs(self.model)
         return measure_costs(self.model, self._assembly.processors, self._storage)
 
-    def _loader(self) -> ExpertLoader:
-        experts = self.model.experts.values()
-        return ExpertLoader(
-            self._storage,
-            {e.name: (e.weights_path, e.file_bytes) for e in experts},
-            pin_memory=any(p.startswith("cuda") for p in self._assembly.processors),
-        )
+    def _loader(self) -> PrecisionLoader:
+        pin_memory = any(p.startswith("cuda") for p in self._assembly.processors)
+        return PrecisionLoader(
+            lambda files: ExpertLoader(self._storage, files, pin_memory=pin_memory),
+            self._stored_files)
+
+    def _load_context(self, executor: int, expert: str, available: tuple[str, ...]) -> LoadContext:
+        costs = self.costs
+        fp32_s = costs.storage_read_s(expert) if costs is not None else 0.0
+        return LoadContext(expert, available, self._scheduler.backlog_s(executor),
+                           {FULL_PRECISION: fp32_s})
 
     def _start_executor(self, executor: Executor) -> threading.Thread:
         t = threading.Thread(target=self._executor_loop, args=(executor,), daemon=True,
@@ -265,6 +274,7 @@ class Engine:
         i, batch = executor.index, shift.batch
         try:
             resident = self._manager.acquire(i, batch.expert)
+            precision = resident.precision
         except LoadOutOfMemory as exc:  # the machine's fault now, not the expert's
             return Outcome.failed(len(batch.tasks), Fault(str(exc), True, loading=True))
         except ExpertError as exc:
@@ -281,7 +291,8 @@ class Engine:
                 before_forward=lambda: self._supervisor.phase(shift, "running"))
         finally:
             self._manager.release(i, resident)
-        self._stats.batch(i, len(batch.tasks), outcome.exec_s)
+        outcome.precision = precision
+        self._stats.batch(i, len(batch.tasks), outcome.exec_s, precision)
         if outcome.num_splits or outcome.num_oom_splits:
             self._stats.batch_split(outcome.num_splits, outcome.num_oom_splits)
         return outcome
@@ -293,6 +304,8 @@ class Engine:
                     executor, running, self._assembly.policies.prefetch_groups):
                 if self._quarantine.may_run(upcoming):
                     self._manager.prefetch(executor, upcoming, protected=protected)
+            if self._precision.upgrades_when_idle() and self._scheduler.depth(executor) == 0:
+                self._manager.upgrade(executor)  # idle: time to read fp32 again
         except Exception:
             log.exception("prefetching after %s on executor %d failed", running, executor)
 
@@ -320,7 +333,7 @@ class Engine:
                     error, kind = _fault_error(batch, task, result, outcome.expert_at_fault)
                     self._requests.fail(task.owner, error, kind, batch.expert)
                 else:
-                    self._route_again(batch, task, result, outcome.exec_s)
+                    self._route_again(batch, task, result, outcome.exec_s, outcome.precision)
             except Exception as exc:
                 log.exception("routing %s after %s failed", task.request_id, batch.expert)
                 self._requests.abort(task.owner, f"routing after expert {batch.expert!r} "
@@ -328,7 +341,8 @@ class Engine:
                                      FailureKind.ROUTING_FAILED, batch.expert)
             shift.num_answered += 1
 
-    def _route_again(self, batch: Batch, task: Task, out: Decoded, exec_s: float) -> None:
+    def _route_again(self, batch: Batch, task: Task, out: Decoded, exec_s: float,
+                     precision: str) -> None:
         state: InFlight = task.owner
         try:
             label, following = self._next_experts(batch.expert, out, state.request)
@@ -336,7 +350,8 @@ class Engine:
             self._requests.fail(state, f"routing after expert {batch.expert!r} failed: {exc}",
                                 FailureKind.ROUTING_FAILED, batch.expert)
             return
-        self._requests.advance(state, batch.step(task, label, out.detail, exec_s), following)
+        self._requests.advance(state, batch.step(task, label, out.detail, exec_s, precision),
+                               following)
         for expert in following:
             self._enqueue_or_fail(state, expert)
         self._requests.finish_if_done(state)
