@@ -14,7 +14,13 @@ from coserve.cli import main
 from coserve.errors import ConfigError, RepositoryError
 from coserve.loader.precision import INT8_SCALE_SUFFIX, expand, quantize, variant_layout
 from coserve.loader.safetensors_view import parse_safetensors
-from coserve.manager.precision import AutoPrecision, FixedPrecision, LoadContext, precision_policy
+from coserve.manager.precision import (
+    AutoPrecision,
+    FixedPrecision,
+    LoadContext,
+    LoadTimes,
+    precision_policy,
+)
 from coserve.repository.quantize import quantize_repository
 
 NUM_REQUESTS = 80
@@ -42,21 +48,25 @@ def _tensors(path):
 # -- the formats ---------------------------------------------------------------------------
 def test_int8_is_per_output_channel_within_half_a_step():
     torch.manual_seed(0)
-    w = torch.randn(8, 4, 3, 3) * torch.logspace(-3, 1, 8).reshape(8, 1, 1, 1)  # [O, I, kh, kw]
-    bias = torch.randn(8)
-    q = quantize({"conv.weight": w, "conv.bias": bias}, "int8")
-    assert q["conv.weight"].dtype == torch.int8 and q["conv.bias"].dtype == torch.float32
+    w = torch.randn(32, 8, 3, 3) * torch.logspace(-3, 1, 32).reshape(32, 1, 1, 1)  # [O, I, kh, kw]
+    bias = torch.randn(32)
+    anchors = torch.rand(3, 3, 2) * 400  # small: not worth int8 (and not a weight)
+    q = quantize({"conv.weight": w, "conv.bias": bias, "anchors": anchors}, "int8")
+    assert q["conv.weight"].dtype == torch.int8
+    assert q["conv.bias"].dtype == q["anchors"].dtype == torch.float32
     scale = q["conv.weight" + INT8_SCALE_SUFFIX]
-    assert scale.shape == (8,)
+    assert scale.shape == (32,)
     back = expand(q, "int8")
-    assert set(back) == {"conv.weight", "conv.bias"}
+    assert set(back) == {"conv.weight", "conv.bias", "anchors"}
+    assert torch.equal(back["anchors"], anchors)
     err = (back["conv.weight"] - w).abs().flatten(1).amax(dim=1)
     assert torch.all(err <= scale / 2 + 1e-7)  # each channel keeps its own resolution
     assert torch.equal(back["conv.bias"], bias)
 
 
 def test_variant_layout_matches_what_quantize_writes():
-    tensors = {"fc.weight": torch.randn(3, 5), "fc.bias": torch.randn(3),
+    tensors = {"fc.weight": torch.randn(64, 32), "fc.bias": torch.randn(64),
+               "head.weight": torch.randn(2, 16),
                "bn.num_batches_tracked": torch.tensor(7)}
     layout = {n: ({torch.float32: "F32", torch.int64: "I64"}[t.dtype], tuple(t.shape))
               for n, t in tensors.items()}
@@ -181,8 +191,9 @@ def test_a_precision_without_variants_says_how_to_write_them(tiny_zoo):
 
 
 # -- the policy (no torch needed) ----------------------------------------------------------
-def _ctx(backlog_s, available=("fp32", "fp16", "int8")):
-    return LoadContext("cls-R", available, backlog_s, {"fp32": 0.5})
+def _ctx(backlog_s, available=("fp32", "fp16", "int8"), load_s=None):
+    load_s = load_s or {"fp32": 0.5, "fp16": 0.25, "int8": 0.125}
+    return LoadContext("cls-R", available, backlog_s, {p: load_s[p] for p in available})
 
 
 def test_fixed_precision_reads_its_variant_or_fp32():
@@ -199,6 +210,20 @@ def test_auto_goes_low_only_when_the_queue_says_waiting_costs_more():
     assert auto.choose(_ctx(3.0, ("fp32", "fp16"))) == "fp16"
     assert auto.choose(_ctx(3.0, ("fp32",))) == "fp32"
     assert auto.upgrades_when_idle()
+    # measured: expanding int8 costs more than its smaller read saves (a fast SSD, busy cores)
+    slow_expand = {"fp32": 0.5, "fp16": 0.7, "int8": 0.6}
+    assert auto.choose(_ctx(3.0, load_s=slow_expand)) == "fp32"
+    assert auto.choose(_ctx(3.0, load_s={"fp32": 0.5, "fp16": 0.3, "int8": 0.4})) == "fp16"
+
+
+def test_load_times_start_from_the_bandwidth_and_follow_what_loads_took():
+    times = LoadTimes(storage_bytes_per_s=100.0)
+    assert times.predict_s("int8", 50) == pytest.approx(0.5)  # the bandwidth alone
+    times.observe("int8", 50, 2.0)  # read and expansion took 2 s
+    assert times.predict_s("int8", 50) == pytest.approx(2.0)
+    times.observe("int8", 50, 1.0)
+    assert times.predict_s("int8", 50) == pytest.approx(0.8 * 2.0 + 0.2 * 1.0)
+    assert times.predict_s("fp32", 200) == pytest.approx(2.0)  # untouched: the prior
 
 
 # -- the command ---------------------------------------------------------------------------
@@ -210,3 +235,61 @@ def test_repo_quantize_command(tiny_zoo, tmp_path, capsys):
     assert all("bf16" in e.variants for e in open_repository(root).experts.values())
     with pytest.raises(SystemExit):
         main(["repo", "quantize", str(root), "--to", "int4"])
+
+
+class _VariantLoader:
+    """A fake loader with fp32 and int8 files: what is read at which precision."""
+
+    def __init__(self):
+        self.reads = []
+
+    def available(self, expert):
+        return ("fp32", "int8")
+
+    def file_bytes(self, expert, precision):
+        return {"fp32": 40, "int8": 10}[precision]
+
+    def read(self, expert, precision="fp32"):
+        self.reads.append((expert, precision))
+        return {"weight": f"{expert}@{precision}"}, 0.1
+
+    def to_device(self, tensors, processor):
+        return tensors, 0.0
+
+
+def test_auto_loads_low_under_pressure_and_upgrades_when_idle():
+    from coserve.manager.eviction import TwoStageEviction
+    from coserve.manager.manager import ExpertManager
+    from coserve.manager.residency import Residency
+    from coserve.manager.usage import UsageTracker
+    from coserve.stats import StatsRecorder
+
+    backlog = {"s": 10.0}  # seconds of work queued: pressure
+    sizes = {"cls-a": 40, "cls-b": 40}
+    residency = Residency(budgets=[100], expert_bytes=sizes, subsequent=frozenset(),
+                          predecessors=lambda e: frozenset(), evict=TwoStageEviction(),
+                          usage=UsageTracker({"cls-a": 0.6, "cls-b": 0.4}, 0.5, 50),
+                          clock=lambda: 0.0)
+    loader, stats = _VariantLoader(), StatsRecorder(1)
+    manager = ExpertManager(
+        processors=["cpu"], residency=residency, loader=loader, stats=stats,
+        precision=AutoPrecision(pressure_s=1.0), backlog_s=lambda i: backlog["s"],
+        storage_bytes_per_s=100.0)
+    a = manager.acquire(0, "cls-a")
+    assert a.precision == "int8" and a.tensors == {"weight": "cls-a@int8"}
+    manager.release(0, a)
+    backlog["s"] = 0.0  # the queue drained: there is time for fp32
+    b = manager.acquire(0, "cls-b")
+    assert b.precision == "fp32"
+    manager.release(0, b)
+    manager.upgrade(0)
+    manager.close(wait=True)  # the upgrade ran on the prefetcher
+    assert loader.reads == [("cls-a", "int8"), ("cls-b", "fp32"), ("cls-a", "fp32")]
+    entry = residency.pools[0].entries["cls-a"]
+    assert entry.precision == "fp32" and entry.tensors == {"weight": "cls-a@fp32"}
+    s = stats.snapshot(1.0, 0, policy="coserve", budget_bytes=100, total_expert_bytes=80,
+                       storage="none", cost_source="test")
+    assert s.loads_by_precision == {"int8": 1, "fp32": 2}
+    assert s.bytes_read_by_precision == {"int8": 10, "fp32": 80}
+    assert s.num_upgrades == 1
+    assert residency.pool_bytes(0) == 80  # an upgrade does not change resident bytes

@@ -35,7 +35,7 @@ from coserve.loader.expert_loader import ExpertLoader
 from coserve.loader.precision import PrecisionLoader, stored_files
 from coserve.loader.storage import Storage, storage_profile
 from coserve.manager.manager import ExpertManager, LoadOutOfMemory
-from coserve.manager.precision import LoadContext, precision_policy
+from coserve.manager.precision import precision_policy
 from coserve.manager.quarantine import Quarantine
 from coserve.plan import CostModel
 from coserve.planfile import Plan
@@ -45,7 +45,7 @@ from coserve.scheduler.queues import Batch, NoActiveExecutor
 from coserve.scheduler.task import Task
 from coserve.stats import EngineStats, StatsRecorder
 from coserve.tracker import InFlight, RequestTracker, rejected
-from coserve.types import FULL_PRECISION, FailureKind, Request, Result
+from coserve.types import FailureKind, Request, Result
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,8 @@ class Engine:
             self._manager = ExpertManager(
                 processors=self._assembly.processors, residency=parts.residency,
                 loader=self._loader(), stats=self._stats, precision=self._precision,
-                load_context=self._load_context)
+                backlog_s=self._scheduler.backlog_s,
+                storage_bytes_per_s=self.costs.storage_bytes_per_s)  # type: ignore[union-attr]
             # One skeleton set per executor: functional_call swaps tensors into the module
             # for the duration of a call, so two threads must never share one.
             self._executors = [Executor(i, p, build_skeletons(self.model.architectures))
@@ -163,12 +164,6 @@ class Engine:
         return PrecisionLoader(
             lambda files: ExpertLoader(self._storage, files, pin_memory=pin_memory),
             self._stored_files)
-
-    def _load_context(self, executor: int, expert: str, available: tuple[str, ...]) -> LoadContext:
-        costs = self.costs
-        fp32_s = costs.storage_read_s(expert) if costs is not None else 0.0
-        return LoadContext(expert, available, self._scheduler.backlog_s(executor),
-                           {FULL_PRECISION: fp32_s})
 
     def _start_executor(self, executor: Executor) -> threading.Thread:
         t = threading.Thread(target=self._executor_loop, args=(executor,), daemon=True,
@@ -304,10 +299,14 @@ class Engine:
                     executor, running, self._assembly.policies.prefetch_groups):
                 if self._quarantine.may_run(upcoming):
                     self._manager.prefetch(executor, upcoming, protected=protected)
-            if self._precision.upgrades_when_idle() and self._scheduler.depth(executor) == 0:
-                self._manager.upgrade(executor)  # idle: time to read fp32 again
+            if self._precision.upgrades_when_idle() and self._idle():
+                self._manager.upgrade(executor)  # nothing waits: time to read fp32 again
         except Exception:
             log.exception("prefetching after %s on executor %d failed", running, executor)
+
+    def _idle(self) -> bool:
+        """No task queued on any executor: an upgrade delays no one's load."""
+        return all(self._scheduler.depth(i) == 0 for i in range(len(self._executors)))
 
     def _judge(self, batch: Batch, outcome: Outcome) -> None:
         """Quarantine bookkeeping: any output proves the expert runs; a batch whose every

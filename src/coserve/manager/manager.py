@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from coserve.errors import ExpertError
 from coserve.manager.pool import Resident
-from coserve.manager.precision import LoadContext, PrecisionPolicy
+from coserve.manager.precision import LoadContext, LoadTimes, PrecisionPolicy
 from coserve.manager.residency import Residency
 from coserve.stats import StatsRecorder
 from coserve.types import FULL_PRECISION, STORAGE_TO_HOST, LoadPath
@@ -64,12 +64,14 @@ class ExpertManager:
         loader: Loader,
         stats: StatsRecorder,
         precision: PrecisionPolicy | None = None,
-        load_context: Callable[[int, str, tuple[str, ...]], LoadContext] | None = None,
+        backlog_s: Callable[[int], float] | None = None,
+        storage_bytes_per_s: float = 500e6,
     ) -> None:
         """`residency` decides what each pool holds (the same object the scheduler reads);
         this manager loads what it reserves, under its own lock. `precision` chooses the
         stored precision of each load (the loader must then be a PrecisionLoader), from
-        `load_context(executor, expert, available precisions)`."""
+        the executor's `backlog_s` (seconds of queued work) and the load times measured
+        so far (starting from `storage_bytes_per_s`)."""
         self.processors = list(processors)
         self.residency = residency
         self._pools = residency.pools
@@ -79,8 +81,8 @@ class ExpertManager:
         self.usage = residency.usage
         self._stats = stats
         self._precision = precision
-        self._load_context = load_context or (
-            lambda executor, expert, available: LoadContext(expert, available, 0.0, {}))
+        self._backlog_s = backlog_s or (lambda executor: 0.0)
+        self._load_times = LoadTimes(storage_bytes_per_s)
         self._cond = threading.Condition()
         self._upgrading: set[int] = set()  # executors with an upgrade in flight
         self._prefetchers = [
@@ -236,7 +238,10 @@ class ExpertManager:
         if self._precision is None:
             return FULL_PRECISION
         available = self._loader.available(expert)  # type: ignore[attr-defined]
-        return self._precision.choose(self._load_context(executor, expert, available))
+        load_s = {p: self._load_times.predict_s(p, self._loader.file_bytes(expert, p))  # type: ignore[attr-defined]
+                  for p in available}
+        return self._precision.choose(
+            LoadContext(expert, available, self._backlog_s(executor), load_s))
 
     def _read(self, expert: str, precision: str,
               upgrade: bool = False) -> tuple[dict[str, Any], float]:
@@ -248,6 +253,7 @@ class ExpertManager:
         tensors, seconds = self._loader.read(expert, precision)  # type: ignore[call-arg]
         num_bytes = self._loader.file_bytes(expert, precision)  # type: ignore[attr-defined]
         self._stats.precision_read(precision, num_bytes, upgrade)
+        self._load_times.observe(precision, num_bytes, seconds)
         return tensors, seconds
 
     def _host_tensors(self, expert: str, precision: str) -> tuple[dict[str, Any], str]:

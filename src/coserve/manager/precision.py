@@ -5,12 +5,14 @@ only makes the storage read smaller (see coserve.loader.precision).
 - `FixedPrecision(p)`: every load reads `p` (`--precision fp32|fp16|bf16|int8`).
 - `AutoPrecision`: HOBBIT's rule (a cache-miss expert is loaded in low precision)
   adapted to CoE, where there is no gating score to say which expert matters less but
-  there is a queue that says what waiting costs: a load reads the smallest variant when
-  the executor's queued work plus the fp32 read would not finish within `pressure_s`
-  (the requests behind this load would wait longer than the read saves in accuracy
-  risk), and fp32 otherwise; and when the executor is idle, one low-precision resident
-  expert at a time is read again in fp32 (an upgrade: the same resident bytes, since a
-  variant is expanded to fp32 in memory).
+  there is a queue that says what waiting costs: a load reads the variant that loads
+  fastest when the executor's queued work plus the fp32 read would not finish within
+  `pressure_s` (the requests behind this load would wait longer than the read saves in
+  accuracy risk), and fp32 otherwise; and when the engine is idle, one low-precision
+  resident expert at a time is read again in fp32 (an upgrade: the same resident bytes,
+  since a variant is expanded to fp32 in memory). "Fastest" is measured, not assumed
+  (`LoadTimes`): a variant reads fewer bytes but costs an expansion pass, so on a fast
+  SSD with busy cores fp32 can load sooner, and then auto keeps fp32.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from coserve.types import FULL_PRECISION, PRECISIONS
 
 AUTO = "auto"
 PRECISION_MODES = (*PRECISIONS, AUTO)
-# The smallest variant first: what a load under pressure reads.
+# The smallest variant first: what a load under pressure reads, all else equal.
 _LOW_FIRST = ("int8", "fp16", "bf16")
 
 
@@ -83,14 +85,44 @@ class AutoPrecision:
                               f"{self.pressure_s}")
 
     def choose(self, ctx: LoadContext) -> str:
-        low = next((p for p in _LOW_FIRST if p in ctx.available), FULL_PRECISION)
-        if low == FULL_PRECISION:
+        low = [p for p in _LOW_FIRST if p in ctx.available]
+        if not low:
             return FULL_PRECISION
-        waited_s = ctx.backlog_s + ctx.load_s.get(FULL_PRECISION, 0.0)
-        return low if waited_s > self.pressure_s else FULL_PRECISION
+        fp32_s = ctx.load_s.get(FULL_PRECISION, 0.0)
+        # The smallest variant unless measured loads say another loads sooner.
+        fastest = min(low, key=lambda p: ctx.load_s.get(p, 0.0))
+        if ctx.load_s.get(fastest, 0.0) >= fp32_s and FULL_PRECISION in ctx.load_s:
+            return FULL_PRECISION  # no variant loads sooner here: never trade for nothing
+        return fastest if ctx.backlog_s + fp32_s > self.pressure_s else FULL_PRECISION
 
     def upgrades_when_idle(self) -> bool:
         return True
+
+
+class LoadTimes:
+    """Seconds per stored byte of a load (read plus expansion), per precision: an
+    exponentially weighted mean of what loads took, starting from the storage bandwidth
+    alone (so a variant, whose expansion is not known yet, is tried first). Thread-safe
+    enough for its use: a float per key, replaced whole."""
+
+    EWMA_WEIGHT = 0.2  # of the newest load: a few loads follow a change of conditions
+
+    def __init__(self, storage_bytes_per_s: float) -> None:
+        if not storage_bytes_per_s > 0:
+            raise ConfigError(f"storage_bytes_per_s must be > 0, got {storage_bytes_per_s}")
+        self._prior_s_per_byte = 1.0 / storage_bytes_per_s
+        self._s_per_byte: dict[str, float] = {}
+
+    def observe(self, precision: str, num_bytes: int, seconds: float) -> None:
+        if num_bytes <= 0:
+            return
+        seen = self._s_per_byte.get(precision)
+        new = seconds / num_bytes
+        self._s_per_byte[precision] = new if seen is None else (
+            (1 - self.EWMA_WEIGHT) * seen + self.EWMA_WEIGHT * new)
+
+    def predict_s(self, precision: str, num_bytes: int) -> float:
+        return num_bytes * self._s_per_byte.get(precision, self._prior_s_per_byte)
 
 
 def precision_policy(mode: str, latency_target_s: float) -> PrecisionPolicy:
