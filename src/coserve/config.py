@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from coserve.errors import ConfigError
 from coserve.executors.budgets import DeviceBudget
 from coserve.executors.spec import ExecutorSpec, default_executors
+from coserve.manager.precision import PRECISION_MODES
 from coserve.policies import (
     DEFAULT_LATENCY_TARGET_S,
     DEFAULT_MAX_DEFER_S,
@@ -57,6 +58,9 @@ class EngineConfig:
     # A batch (loading its expert, or one forward) running longer marks its executor stuck:
     # its requests fail and its queue moves to the other executors. None: no watchdog.
     batch_deadline_s: float | None = 60.0
+    # The stored precision every load reads (fp32, or a variant written by `coserve repo
+    # quantize`), or "auto": the expert manager chooses per load (manager/precision.py).
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         self._check_budget()
@@ -70,6 +74,9 @@ class EngineConfig:
                               f"default), got {self.host_cache_bytes}")
         if not 0 <= self.usage_blend <= 1:
             raise ConfigError(f"usage_blend must be in [0, 1], got {self.usage_blend}")
+        if self.precision not in PRECISION_MODES:
+            raise ConfigError(f"unknown precision {self.precision!r}: choose one of "
+                              f"{', '.join(PRECISION_MODES)}")
         if self.quarantine_after < 0:
             raise ConfigError(f"quarantine_after must be >= 0 failures (0 never quarantines), "
                               f"got {self.quarantine_after}")

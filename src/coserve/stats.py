@@ -72,6 +72,12 @@ class EngineStats:
     num_unhealthy_executors: int = 0
     num_batch_splits: int = 0
     num_oom_splits: int = 0
+    # stored precision: loads and storage bytes read at each, and tasks run on experts
+    # loaded from each (an fp32 expert's tensors either way; see coserve repo quantize)
+    loads_by_precision: dict[str, int] = field(default_factory=dict)
+    bytes_read_by_precision: dict[str, int] = field(default_factory=dict)
+    tasks_by_precision: dict[str, int] = field(default_factory=dict)
+    num_upgrades: int = 0  # low-precision residents read again in fp32 (auto)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,6 +114,10 @@ class StatsRecorder:
             self._num_timeouts = 0
             self._num_splits = 0
             self._num_oom_splits = 0
+            self._loads_by_precision: Counter[str] = Counter()
+            self._bytes_by_precision: Counter[str] = Counter()
+            self._tasks_by_precision: Counter[str] = Counter()
+            self._num_upgrades = 0
             self._extra: dict[str, Any] = {}
 
     def request_submitted(self) -> None:
@@ -139,8 +149,18 @@ class StatsRecorder:
             self._bytes_by_path[key] += num_bytes
             self._load_s_by_path[key] += load_s
 
-    def batch(self, executor: int, num_items: int, busy_s: float) -> None:
+    def precision_read(self, precision: str, num_bytes: int | None, upgrade: bool = False) -> None:
+        """A storage read of an expert stored at `precision` (`num_bytes` when known);
+        `upgrade`: a low-precision resident read again in fp32."""
         with self._lock:
+            self._loads_by_precision[precision] += 1
+            self._bytes_by_precision[precision] += num_bytes or 0
+            self._num_upgrades += upgrade
+
+    def batch(self, executor: int, num_items: int, busy_s: float,
+              precision: str = "fp32") -> None:
+        with self._lock:
+            self._tasks_by_precision[precision] += num_items
             self._num_batches += 1
             self._num_items += num_items
             self._busy_s[executor] += busy_s
@@ -229,6 +249,10 @@ class StatsRecorder:
             num_unhealthy_executors=self._num_unhealthy,
             num_batch_splits=self._num_splits,
             num_oom_splits=self._num_oom_splits,
+            loads_by_precision=dict(self._loads_by_precision),
+            bytes_read_by_precision=dict(self._bytes_by_precision),
+            tasks_by_precision=dict(self._tasks_by_precision),
+            num_upgrades=self._num_upgrades,
             extra=dict(self._extra),
             **static,
         )

@@ -20,6 +20,12 @@ class Request:
     arrival_s: float = 0.0  # offset in a trace; ignored by submit()
     latency_target_s: float | None = None  # when to answer by; None: the engine's default
 
+# Precisions an expert's weights may be stored at (coserve repo quantize); experts always
+# execute in fp32, a variant is expanded after its (smaller) storage read.
+FULL_PRECISION = "fp32"
+VARIANT_PRECISIONS = ("fp16", "bf16", "int8")
+PRECISIONS = (FULL_PRECISION, *VARIANT_PRECISIONS)
+
 
 @dataclass(frozen=True, kw_only=True)
 class Step:
@@ -32,6 +38,7 @@ class Step:
     batch_size: int
     queued_s: float  # enqueue -> batch start
     exec_s: float  # the batch's execution time
+    precision: str = FULL_PRECISION  # the stored precision its expert was loaded from
 
 
 class FailureKind(enum.Enum):

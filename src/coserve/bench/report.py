@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from coserve.bench import ARRIVAL_MEANINGS
+from coserve.bench.cap import cap_markdown, cap_plots
 from coserve.bench.runner import BenchRun
 from coserve.policies import BASELINE_POLICY, CEILING_POLICY
 
@@ -99,6 +100,7 @@ def markdown(run: BenchRun) -> str:
         lines += [f"| {r['policy']} | {r['budget_fraction']:.0%} | {r['throughput_rps']:.1f} "
                   f"| {r['num_switches']} | {r.get('switch_floor', '-')} "
                   f"| {_cell(r, ('switches_over_floor', '', '{:.2f}'))} |" for r in run.sweep]
+    lines += cap_markdown(run)
     return "\n".join(lines) + "\n"
 
 
@@ -213,4 +215,5 @@ def write_reports(run: BenchRun, json_path: Path | None, report_dir: Path | None
         (report_dir / "report.md").write_text(markdown(run))
         written.append(report_dir / "report.md")
         written += plots(run, report_dir)
+        written += cap_plots(run, report_dir)
     return written

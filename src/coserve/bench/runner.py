@@ -102,6 +102,7 @@ def run_bench(
     on_row: Callable[[dict[str, Any]], None] | None = None,
     plan: Plan | None = None,
     repeat: int = 1,
+    precisions: Sequence[str] = (),
 ) -> BenchRun:
     """Every policy in turn (`repeat` rounds of them; each row is the median run), in
     each arrival mode; then the sweep, in a backlog. With a `plan`, coserve runs twice:
@@ -109,14 +110,15 @@ def run_bench(
     `coserve (planned)` (the planner's executors and split of the same memory: the expert
     budget plus the default's activation areas, planned for the first arrival mode); and
     each engine row gets its simulated twin, so the simulator's agreement with the engine
-    is measured in the same run."""
+    is measured in the same run. `precisions`: every policy row once per stored precision
+    (`coserve repo quantize`), interleaved in the same rounds, named `policy @ precision`."""
     if repeat < 1:
         raise ConfigError(f"repeat must be >= 1 runs per row, got {repeat}")
     arrivals = checked_arrivals(arrivals)
     bench = _Bench(model, requests, config, plan, on_row,
                    BenchRun(bench_metadata(model, requests, config, trace, arrivals)))
     bench.run.metadata["repeat"] = repeat
-    variants = bench.variants(policies, arrivals[0])
+    variants = with_precisions(bench.variants(policies, arrivals[0]), precisions)
     for mode in arrivals:
         bench.policy_rows(variants, repeat, mode)
         if peer is not None:
@@ -165,6 +167,15 @@ class _Variant:
     label: str | None  # the row's name when it is not the policy's
     config: EngineConfig
     with_plan: bool = False
+
+
+def with_precisions(variants: Sequence[_Variant], precisions: Sequence[str]) -> list[_Variant]:
+    """Each variant once per precision (none given: as they are)."""
+    if not precisions:
+        return list(variants)
+    return [replace(v, label=f"{v.label or v.config.policy} @ {p}",
+                    config=replace(v.config, precision=p))
+            for v in variants for p in dict.fromkeys(precisions)]
 
 
 @dataclass
@@ -225,7 +236,7 @@ class _Bench:
             self.costs = measured
         self.needed.update(expert for r in results for expert in r.path)
         row = {**stats.to_dict(), "arrivals": mode, "accuracy": inspection_accuracy(results),
-               "deadline_misses": stats.num_deadline_misses}
+               "deadline_misses": stats.num_deadline_misses, "precision": cfg.precision}
         if label:
             row["policy"] = label
         if self.plan is not None and twin:
@@ -233,8 +244,10 @@ class _Bench:
         return row
 
     def twin(self, cfg: EngineConfig, mode: str, row: dict[str, Any],
-             with_plan: bool) -> dict[str, Any]:
+             with_plan: bool) -> dict[str, Any] | None:
         assert self.plan is not None
+        if cfg.precision != "fp32":
+            return None  # the simulator models fp32 loads only
         return simulated_twin(self.model, self.requests, cfg, self.plan, mode == "backlog",
                               row["throughput_rps"], row["num_switches"],
                               None if with_plan else self.costs)

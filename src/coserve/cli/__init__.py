@@ -11,6 +11,7 @@ from coserve.cli.inspect import add_inspect_parser
 from coserve.cli.parser import CommandParser
 from coserve.cli.plan import add_plan_parser, add_simulate_parser
 from coserve.cli.profile import add_profile_parser
+from coserve.cli.repo import add_repo_parser
 from coserve.cli.run import add_bench_parser, add_demo_parser, add_run_parser
 from coserve.cli.serve import add_serve_parser
 from coserve.cli.zoo import add_trace_parser, add_zoo_parser
@@ -19,6 +20,7 @@ from coserve.errors import CoserveError
 # One function per command group adds its subcommands; the order is `coserve --help`'s.
 _COMMAND_GROUPS = (
     add_zoo_parser,
+    add_repo_parser,
     add_run_parser,
     add_trace_parser,
     add_bench_parser,

@@ -43,6 +43,11 @@ def add_engine_options(p: argparse.ArgumentParser, *, backlog: bool) -> None:
     p.add_argument("--max-defer-s", type=float, default=None, help="coserve-paper's starvation bound: how long a queued task may be overtaken (default 5)")
     p.add_argument("--latency-target-s", type=float, default=None, help="coserve: when a request should be answered, unless it says; its group goes first as the deadline nears (default 5)")
     p.add_argument("--batch-deadline-s", type=float, default=None, help="a batch (one forward, or loading its expert) running longer marks its executor stuck: its requests fail, its queue moves to the other executors; 0: no watchdog (default 60)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16", "int8", "auto"),
+                   help="the stored precision every expert load reads (a variant written by "
+                        "`coserve repo quantize`, expanded to fp32 in memory), or auto: low "
+                        "precision on a load when the queue is long, fp32 when there is time, "
+                        "upgrades when idle (default fp32)")
     if backlog:
         p.add_argument("--backlog", action="store_true", help="submit every request at once instead of at its arrival offset")
     p.add_argument("--no-measure", action="store_true", help="skip the start-up cost measurement and use default costs")
@@ -90,6 +95,7 @@ def engine_config(args: argparse.Namespace, policy: str = DEFAULT_POLICY, *,
         "budget_fraction": budget_fraction,
         "storage": args.storage,
         "measure_costs": not args.no_measure,
+        "precision": getattr(args, "precision", "fp32"),
     }
     if args.executors:
         kwargs["executors"] = parse_executors(args.executors)

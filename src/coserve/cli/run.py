@@ -127,6 +127,12 @@ def _add_bench_options(p: argparse.ArgumentParser, sweep: str) -> None:
                    help="run every policy row N times, in rounds; each row is the median run")
     p.add_argument("--no-plan", action="store_true",
                    help="no coserve (planned) row and no simulated twins (skips profiling)")
+    p.add_argument("--cap", action="store_true",
+                   help="add the cost-accuracy-performance figures per row (memory per tier, "
+                        "bytes moved, $ per 1,000 images, S-MBU) and cap.png, bandwidth.png")
+    p.add_argument("--precisions", default="",
+                   help="run every policy row once per stored precision, e.g. fp32,int8,auto "
+                        "(variants from `coserve repo quantize`; default: --precision alone)")
     add_engine_options(p, backlog=False)
     add_plan_option(p, help="the plan for the coserve (planned) row and the simulated twins "
                             "(default: REPO/plan.json, profiled on first use)")
@@ -154,13 +160,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
         plan = load_plan(args.plan) if args.plan else bench_plan(model, repo, requests)
     run = run_bench(model, requests, config, policies=policies, arrivals=arrivals,
                     sweep_fractions=sweep, peer=peer, trace=str(trace), plan=plan,
-                    repeat=args.repeat, on_row=_print_row)
+                    repeat=args.repeat, on_row=_print_row,
+                    precisions=precision_list(getattr(args, "precisions", "")))
     if plan is not None:
         run.metadata["plan"] = str(args.plan or bench_plan_path(repo))
+    if args.cap:
+        from coserve.bench.cap import add_cap, cap_markdown
+
+        add_cap(run, model, config, sum(e.num_threads for e in config.executors))
     _print_bench(run, model.name)
+    if args.cap:
+        print("\n".join(cap_markdown(run)))
     for path in write_reports(run, args.json_out, args.report_dir or bench_report_dir(model.name)):
         print(f"wrote {path}")
     return 0
+
+
+def precision_list(text: str) -> tuple[str, ...]:
+    """`--precisions fp32,int8`: the modes, checked; ConfigError listing the valid ones."""
+    from coserve.manager.precision import PRECISION_MODES
+
+    modes = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in modes if m not in PRECISION_MODES]
+    if unknown:
+        raise ConfigError(f"--precisions {text!r}: {', '.join(unknown)} unknown; choose from "
+                          f"{', '.join(PRECISION_MODES)}")
+    return modes
 
 
 def _bench_workload(args: argparse.Namespace) -> tuple[Path, Path, CoEModel, list[Request]]:
@@ -309,7 +334,8 @@ def cmd_demo_tiny(args: argparse.Namespace) -> int:
     requests = read_trace(root / "trace.jsonl")[: args.limit or None]
     config = engine_config(args, DEFAULT_POLICY, default_budget_fraction=TINY_BUDGET_FRACTION)
     run = run_bench(model, requests, config, policies=policies, arrivals=arrivals,
-                    trace=str(root / "trace.jsonl"), on_row=_print_row)
+                    trace=str(root / "trace.jsonl"), on_row=_print_row,
+                    precisions=precision_list(args.precisions))
     _print_tiny_header(model, len(requests), args, run.metadata["raw_storage_bytes_per_s"])
     _print_bench(run, model.name)
     for path in write_reports(run, args.json_out, None):

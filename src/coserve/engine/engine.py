@@ -33,8 +33,10 @@ from coserve.executors.budgets import DeviceMemory, TorchDevices
 from coserve.executors.executor import Executor, build_skeletons
 from coserve.executors.spec import ExecutorSpec
 from coserve.loader.expert_loader import ExpertLoader
+from coserve.loader.precision import PrecisionLoader, stored_files
 from coserve.loader.storage import Storage, storage_profile
 from coserve.manager.manager import ExpertManager, LoadOutOfMemory
+from coserve.manager.precision import precision_policy
 from coserve.manager.quarantine import Quarantine
 from coserve.plan import CostModel
 from coserve.planfile import Plan
@@ -79,6 +81,8 @@ class Engine:
         self._usage = self._assembly.usage_tracker()
         self._requests = RequestTracker(clock=clock, stats=self._stats, usage=self._usage,
                                         latency_target_s=self.config.latency_target_s)
+        self._precision = precision_policy(self.config.precision, self.config.latency_target_s)
+        self._stored_files = stored_files(model, self.config.precision)  # ConfigError now
         self._quarantine = Quarantine(self.config.quarantine_after, clock,
                                       probe_s=self.config.quarantine_probe_s)
         self._lock = threading.Lock()  # start and close
@@ -98,9 +102,11 @@ class Engine:
             log.info("cost model: %s", self.costs.source)  # type: ignore[union-attr]
             parts = self._assembly.build(clock=self._clock, usage=self._usage)
             self._scheduler = parts.scheduler
-            self._manager = ExpertManager(processors=self._assembly.processors,
-                                          residency=parts.residency, loader=self._loader(),
-                                          stats=self._stats)
+            self._manager = ExpertManager(
+                processors=self._assembly.processors, residency=parts.residency,
+                loader=self._loader(), stats=self._stats, precision=self._precision,
+                backlog_s=self._scheduler.backlog_s,
+                storage_bytes_per_s=self.costs.storage_bytes_per_s)  # type: ignore[union-attr]
             # One skeleton set per executor: functional_call swaps tensors into the module
             # for the duration of a call, so two threads must never share one.
             self._executors = [Executor(i, p, build_skeletons(self.model.architectures))
@@ -157,13 +163,11 @@ class Engine:
             return default_costs(self.model)
         return measure_costs(self.model, self._assembly.processors, self._storage)
 
-    def _loader(self) -> ExpertLoader:
-        experts = self.model.experts.values()
-        return ExpertLoader(
-            self._storage,
-            {e.name: (e.weights_path, e.file_bytes) for e in experts},
-            pin_memory=any(p.startswith("cuda") for p in self._assembly.processors),
-        )
+    def _loader(self) -> PrecisionLoader:
+        pin_memory = any(p.startswith("cuda") for p in self._assembly.processors)
+        return PrecisionLoader(
+            lambda files: ExpertLoader(self._storage, files, pin_memory=pin_memory),
+            self._stored_files)
 
     def _start_executor(self, executor: Executor) -> threading.Thread:
         t = threading.Thread(target=self._executor_loop, args=(executor,), daemon=True,
@@ -269,6 +273,7 @@ class Engine:
         i, batch = executor.index, shift.batch
         try:
             resident = self._manager.acquire(i, batch.expert)
+            precision = resident.precision
         except LoadOutOfMemory as exc:  # the machine's fault now, not the expert's
             return Outcome.failed(len(batch.tasks), Fault(str(exc), True, loading=True))
         except ExpertError as exc:
@@ -285,7 +290,8 @@ class Engine:
                 before_forward=lambda: self._supervisor.phase(shift, "running"))
         finally:
             self._manager.release(i, resident)
-        self._stats.batch(i, len(batch.tasks), outcome.exec_s)
+        outcome.precision = precision
+        self._stats.batch(i, len(batch.tasks), outcome.exec_s, precision)
         if outcome.num_splits or outcome.num_oom_splits:
             self._stats.batch_split(outcome.num_splits, outcome.num_oom_splits)
         return outcome
@@ -297,8 +303,14 @@ class Engine:
                     executor, running, self._assembly.policies.prefetch_groups):
                 if self._quarantine.may_run(upcoming):
                     self._manager.prefetch(executor, upcoming, protected=protected)
+            if self._precision.upgrades_when_idle() and self._idle():
+                self._manager.upgrade(executor)  # nothing waits: time to read fp32 again
         except Exception:
             log.exception("prefetching after %s on executor %d failed", running, executor)
+
+    def _idle(self) -> bool:
+        """No task queued on any executor: an upgrade delays no one's load."""
+        return all(self._scheduler.depth(i) == 0 for i in range(len(self._executors)))
 
     def _judge(self, batch: Batch, outcome: Outcome) -> None:
         """Quarantine bookkeeping: any output proves the expert runs; a batch whose every
@@ -324,7 +336,7 @@ class Engine:
                     error, kind = _fault_error(batch, task, result, outcome.expert_at_fault)
                     self._requests.fail(task.owner, error, kind, batch.expert)
                 else:
-                    self._route_again(batch, task, result, outcome.exec_s)
+                    self._route_again(batch, task, result, outcome.exec_s, outcome.precision)
             except Exception as exc:
                 log.exception("routing %s after %s failed", task.request_id, batch.expert)
                 self._requests.abort(task.owner, f"routing after expert {batch.expert!r} "
@@ -332,7 +344,8 @@ class Engine:
                                      FailureKind.ROUTING_FAILED, batch.expert)
             shift.num_answered += 1
 
-    def _route_again(self, batch: Batch, task: Task, out: Decoded, exec_s: float) -> None:
+    def _route_again(self, batch: Batch, task: Task, out: Decoded, exec_s: float,
+                     precision: str) -> None:
         state: InFlight = task.owner
         try:
             label, following = self._next_experts(batch.expert, out, state.request)
@@ -340,7 +353,8 @@ class Engine:
             self._requests.fail(state, f"routing after expert {batch.expert!r} failed: {exc}",
                                 FailureKind.ROUTING_FAILED, batch.expert)
             return
-        self._requests.advance(state, batch.step(task, label, out.detail, exec_s), following)
+        self._requests.advance(state, batch.step(task, label, out.detail, exec_s, precision),
+                               following)
         for expert in following:
             self._enqueue_or_fail(state, expert)
         self._requests.finish_if_done(state)

@@ -33,6 +33,7 @@ class Outcome:
     num_splits: int = 0  # batches halved because they raised
     num_oom_splits: int = 0  # batches halved because they ran out of memory
     faults: list[int] = field(default_factory=list)  # indices of the tasks that failed
+    precision: str = "fp32"  # the stored precision the batch's expert was loaded from
 
     @classmethod
     def failed(cls, num_tasks: int, fault: Fault) -> Outcome:

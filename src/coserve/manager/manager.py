@@ -12,15 +12,16 @@ from __future__ import annotations
 import errno
 import logging
 import threading
-from collections.abc import Sequence, Set
+from collections.abc import Callable, Sequence, Set
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from coserve.errors import ExpertError
 from coserve.manager.pool import Resident
+from coserve.manager.precision import LoadContext, LoadTimes, PrecisionPolicy
 from coserve.manager.residency import Residency
 from coserve.stats import StatsRecorder
-from coserve.types import STORAGE_TO_HOST, LoadPath
+from coserve.types import FULL_PRECISION, STORAGE_TO_HOST, LoadPath
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,15 @@ class ExpertManager:
         residency: Residency,
         loader: Loader,
         stats: StatsRecorder,
+        precision: PrecisionPolicy | None = None,
+        backlog_s: Callable[[int], float] | None = None,
+        storage_bytes_per_s: float = 500e6,
     ) -> None:
         """`residency` decides what each pool holds (the same object the scheduler reads);
-        this manager loads what it reserves, under its own lock."""
+        this manager loads what it reserves, under its own lock. `precision` chooses the
+        stored precision of each load (the loader must then be a PrecisionLoader), from
+        the executor's `backlog_s` (seconds of queued work) and the load times measured
+        so far (starting from `storage_bytes_per_s`)."""
         self.processors = list(processors)
         self.residency = residency
         self._pools = residency.pools
@@ -73,7 +80,11 @@ class ExpertManager:
         self._loader = loader
         self.usage = residency.usage
         self._stats = stats
+        self._precision = precision
+        self._backlog_s = backlog_s or (lambda executor: 0.0)
+        self._load_times = LoadTimes(storage_bytes_per_s)
         self._cond = threading.Condition()
+        self._upgrading: set[int] = set()  # executors with an upgrade in flight
         self._prefetchers = [
             ThreadPoolExecutor(1, thread_name_prefix=f"coserve-prefetch-{i}")
             for i in range(len(self.processors))
@@ -141,6 +152,43 @@ class ExpertManager:
                 self._pools[executor].remove(expert)
                 self._cond.notify_all()
 
+    def upgrade(self, executor: int) -> None:
+        """Read one low-precision resident expert of the pool again in fp32, in the
+        background (the most used first; one at a time per executor). Its resident bytes
+        do not change, since variants are expanded to fp32; for the duration of the read
+        both copies exist."""
+        with self._cond:
+            if executor in self._upgrading:
+                return
+            usage = self.usage.usage()
+            low = [e for e in self._pools[executor].entries.values()
+                   if not e.loading and e.precision != FULL_PRECISION]
+            if not low:
+                return
+            expert = max(low, key=lambda e: usage.get(e.expert, 0.0)).expert
+            self._upgrading.add(executor)
+        try:
+            self._prefetchers[executor].submit(self._upgrade, executor, expert)
+        except RuntimeError:  # shutting down
+            with self._cond:
+                self._upgrading.discard(executor)
+
+    def _upgrade(self, executor: int, expert: str) -> None:
+        try:
+            tensors, _ = self._read(expert, FULL_PRECISION, upgrade=True)
+            processor = self.processors[executor]
+            if LoadPath.to_executor(processor).source != "storage":  # a device pool
+                tensors, _ = self._loader.to_device(tensors, processor)
+            with self._cond:
+                entry = self._pools[executor].entries.get(expert)
+                if entry is not None and not entry.loading:  # not evicted meanwhile
+                    entry.tensors, entry.precision = tensors, FULL_PRECISION
+        except Exception as exc:  # the low-precision copy keeps serving
+            log.warning("upgrading %s to fp32 failed: %s", expert, exc)
+        finally:
+            with self._cond:
+                self._upgrading.discard(executor)
+
     def close(self, wait: bool = True) -> None:
         """Stop the prefetchers; `wait=False` leaves a load that hangs behind."""
         for p in self._prefetchers:
@@ -151,7 +199,7 @@ class ExpertManager:
         """Fill a reserved entry; on failure drop it and raise ExpertError
         (LoadOutOfMemory when memory ran out)."""
         try:
-            tensors = self._fetch(executor, expert)
+            tensors, precision = self._fetch(executor, expert)
         except BaseException as exc:
             with self._cond:  # whatever was raised, the pool must not keep a dead entry
                 self._pools[executor].remove(expert)
@@ -163,7 +211,8 @@ class ExpertManager:
                                       f"({self._expert_bytes[expert]} bytes): {exc}") from exc
             raise ExpertError(f"expert {expert!r} failed to load: {exc}") from exc
         with self._cond:
-            self._pools[executor].entries[expert].tensors = tensors
+            entry = self._pools[executor].entries[expert]
+            entry.tensors, entry.precision = tensors, precision
             self._cond.notify_all()
 
     def _load_quietly(self, executor: int, expert: str) -> None:
@@ -172,27 +221,53 @@ class ExpertManager:
         except ExpertError as exc:
             log.warning("loading %s in the background failed: %s", expert, exc)
 
-    def _fetch(self, executor: int, expert: str) -> dict[str, Any]:
+    def _fetch(self, executor: int, expert: str) -> tuple[dict[str, Any], str]:
         processor = self.processors[executor]
         size = self._expert_bytes[expert]
         path = LoadPath.to_executor(processor)
+        precision = self._choose(executor, expert)
         if path.source == "storage":  # a CPU: the host pool is the executing tier
-            tensors, seconds = self._loader.read(expert)
+            tensors, seconds = self._read(expert, precision)
         else:
-            tensors, seconds = self._loader.to_device(self._host_tensors(expert), processor)
+            host, precision = self._host_tensors(expert, precision)
+            tensors, seconds = self._loader.to_device(host, processor)
         self._stats.switch(executor, path, size, seconds)
-        return tensors
+        return tensors, precision
 
-    def _host_tensors(self, expert: str) -> dict[str, Any]:
-        """Host copy for a device load: from the host cache, else storage (cached if the
-        host budget allows, evicting by the same policy)."""
+    def _choose(self, executor: int, expert: str) -> str:
+        if self._precision is None:
+            return FULL_PRECISION
+        available = self._loader.available(expert)  # type: ignore[attr-defined]
+        load_s = {p: self._load_times.predict_s(p, self._loader.file_bytes(expert, p))  # type: ignore[attr-defined]
+                  for p in available}
+        return self._precision.choose(
+            LoadContext(expert, available, self._backlog_s(executor), load_s))
+
+    def _read(self, expert: str, precision: str,
+              upgrade: bool = False) -> tuple[dict[str, Any], float]:
+        """Storage -> host at `precision`, counted per precision."""
+        if self._precision is None:
+            tensors, seconds = self._loader.read(expert)
+            self._stats.precision_read(FULL_PRECISION, None)
+            return tensors, seconds
+        tensors, seconds = self._loader.read(expert, precision)  # type: ignore[call-arg]
+        num_bytes = self._loader.file_bytes(expert, precision)  # type: ignore[attr-defined]
+        self._stats.precision_read(precision, num_bytes, upgrade)
+        self._load_times.observe(precision, num_bytes, seconds)
+        return tensors, seconds
+
+    def _host_tensors(self, expert: str, precision: str) -> tuple[dict[str, Any], str]:
+        """Host copy for a device load: from the host cache (at whatever precision it was
+        read), else storage (cached if the host budget allows, evicting by the same
+        policy)."""
         with self._cond:
             cached = self._host.entries.get(expert)
             if cached is not None and not cached.loading:
-                return cached.tensors  # type: ignore[return-value]
-        tensors, seconds = self._loader.read(expert)
+                return cached.tensors, cached.precision  # type: ignore[return-value]
+        tensors, seconds = self._read(expert, precision)
         self._stats.switch(None, STORAGE_TO_HOST, self._expert_bytes[expert], seconds)
         with self._cond:
             if expert not in self._host.entries and self.residency.reserve_host(expert):
                 self._host.entries[expert].tensors = tensors
-        return tensors
+                self._host.entries[expert].precision = precision
+        return tensors, precision

@@ -19,6 +19,7 @@ class Resident:
     last_used_s: float
     tensors: dict[str, Any] | None = None  # None while loading
     in_use: int = 0  # batches running on it now
+    precision: str = "fp32"  # the stored precision its tensors were read from
 
     @property
     def loading(self) -> bool:

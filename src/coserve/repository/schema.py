@@ -15,17 +15,28 @@ import yaml
 
 from coserve.repository._common import listed, repo_error
 from coserve.repository.spec import ArchitectureSpec, Stage
+from coserve.types import VARIANT_PRECISIONS
 
 REPOSITORY_FILE = "coe.yaml"
 END = "end"  # the `next` target that finishes a request; so no expert may be named "end"
 
 _TOP_KEYS = ("name", "architectures", "experts", "routing", "usage_prior")
 _ARCH_KEYS = ("factory", "args", "input_shape", "labels")
-_EXPERT_KEYS = ("name", "architecture", "weights", "stage")
+_EXPERT_KEYS = ("name", "architecture", "weights", "stage", "variants")
+_EXPERT_REQUIRED = ("name", "architecture", "weights", "stage")
+_VARIANT_KEYS = ("weights", "bytes")
 _ROUTING_KEYS = ("first", "next", "callable")
 _FIRST_KEYS = ("field", "map")
 _USAGE_KEYS = ("field", "counts", "label_probs", "experts")
 _YAML_BOOLEAN_HINT = "YAML reads yes/no/on/off/true/false unquoted as booleans: quote it"
+
+
+@dataclass(frozen=True)
+class VariantEntry:
+    """One stored precision of an expert's weights (written by `coserve repo quantize`)."""
+
+    weights: str  # as written, like ExpertEntry.weights
+    num_bytes: int  # the file's size when it was written: a stale copy is caught
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,7 @@ class ExpertEntry:
     architecture: str
     weights: str  # as written: relative to the repository root, or absolute
     stage: Stage
+    variants: Mapping[str, VariantEntry] = field(default_factory=dict)  # precision -> file
 
 
 @dataclass(frozen=True)
@@ -209,7 +221,7 @@ def _parse_experts(value: Any, file: Path) -> tuple[ExpertEntry, ...]:
 
 def _parse_expert(index: int, value: Any, file: Path) -> ExpertEntry:
     where = f"experts[{index}]"
-    _check_keys(value, _EXPERT_KEYS, _EXPERT_KEYS, file, where)
+    _check_keys(value, _EXPERT_KEYS, _EXPERT_REQUIRED, file, where)
     name = _name(value["name"], file, f"{where} name")
     where = f"expert {name!r}"
     if name == END:
@@ -225,7 +237,27 @@ def _parse_expert(index: int, value: Any, file: Path) -> ExpertEntry:
         raise repo_error(file, where, f"stage {value['stage']!r} is unknown",
                          f"write one of {listed(s.value for s in Stage)}") from None
     architecture = _name(value["architecture"], file, f"{where} architecture")
-    return ExpertEntry(name, architecture, weights, stage)
+    variants = _parse_variants(value.get("variants") or {}, file, where)
+    return ExpertEntry(name, architecture, weights, stage, MappingProxyType(variants))
+
+
+def _parse_variants(value: Any, file: Path, where: str) -> dict[str, VariantEntry]:
+    variants: dict[str, VariantEntry] = {}
+    for precision, entry in _mapping(value, file, f"{where} variants").items():
+        at = f"{where} variants[{precision!r}]"
+        if precision not in VARIANT_PRECISIONS:
+            raise repo_error(file, at, "is not a stored precision",
+                             f"use one of {listed(VARIANT_PRECISIONS)} (fp32 is `weights`)")
+        _check_keys(entry, _VARIANT_KEYS, _VARIANT_KEYS, file, at)
+        weights, num_bytes = entry["weights"], entry["bytes"]
+        if not isinstance(weights, str) or not weights:
+            raise repo_error(file, at, f"weights {weights!r} is not a path",
+                             "give the variant's safetensors file relative to coe.yaml")
+        if isinstance(num_bytes, bool) or not isinstance(num_bytes, int) or num_bytes <= 0:
+            raise repo_error(file, at, f"bytes {num_bytes!r} is not a positive integer",
+                             "write the file's size, or re-run `coserve repo quantize`")
+        variants[precision] = VariantEntry(weights, num_bytes)
+    return variants
 
 
 def _parse_routing(value: Any, file: Path) -> RoutingDoc:

@@ -44,8 +44,18 @@ class ArchitectureSpec:
 
 
 @dataclass(frozen=True)
+class VariantSpec:
+    """An expert's weights stored at a lower precision, expanded to fp32 when loaded."""
+
+    precision: str  # "fp16", "bf16" or "int8"
+    weights_path: Path  # absolute
+    file_bytes: int  # what loading this variant reads
+
+
+@dataclass(frozen=True)
 class ExpertSpec:
-    """One expert: an architecture plus a safetensors weight file."""
+    """One expert: an architecture plus a safetensors weight file (fp32), and optionally
+    lower-precision variants of it."""
 
     name: str
     architecture: str
@@ -53,6 +63,14 @@ class ExpertSpec:
     stage: Stage
     num_bytes: int  # tensor bytes from the header: what the expert occupies when resident
     file_bytes: int  # size on storage: what loading it reads
+    variants: Mapping[str, VariantSpec] = field(default_factory=dict)  # precision -> variant
+
+    def weights_file(self, precision: str = "fp32") -> tuple[Path, int]:
+        """(path, file bytes) of the weights stored at `precision`; KeyError if none."""
+        if precision == "fp32":
+            return self.weights_path, self.file_bytes
+        variant = self.variants[precision]
+        return variant.weights_path, variant.file_bytes
 
 
 @dataclass(frozen=True)

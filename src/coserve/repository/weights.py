@@ -7,10 +7,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 import torch
 
 from coserve.errors import ExpertError
+from coserve.loader.precision import variant_layout
 from coserve.loader.safetensors_view import DTYPES, expected_file_bytes, read_header
 from coserve.repository._common import (
     BUILTIN_FACTORIES,
@@ -21,7 +23,7 @@ from coserve.repository._common import (
     repo_error,
 )
 from coserve.repository.schema import ExpertEntry
-from coserve.repository.spec import ArchitectureSpec, ExpertSpec
+from coserve.repository.spec import ArchitectureSpec, ExpertSpec, VariantSpec
 
 # tensor name -> (safetensors dtype string, shape)
 TensorLayout = Mapping[str, tuple[str, tuple[int, ...]]]
@@ -66,16 +68,45 @@ def architecture_layout(arch: ArchitectureSpec, file: Path, trust_code: bool) ->
 
 def check_expert(entry: ExpertEntry, root: Path, layout: TensorLayout,
                  trust_code: bool) -> ExpertSpec:
-    """The expert's spec from its weight file's header; RepositoryError naming the file if
-    it is missing, unreadable, truncated, or does not fit its architecture, or (unless
-    `trust_code`) if its path leaves the repository folder."""
-    path = root / entry.weights  # an absolute `weights` replaces root
-    subject = f"expert {entry.name!r}"
+    """The expert's spec from its weight files' headers; RepositoryError naming the file
+    if it (or a variant) is missing, unreadable, truncated, or does not fit its
+    architecture, or (unless `trust_code`) if its path leaves the repository folder."""
+    path, header, file_bytes = _check_file(entry, entry.weights, root, layout, trust_code)
+    num_bytes = sum(math.prod(shape) * DTYPES[dtype].itemsize for dtype, shape in header.values())
+    variants = {
+        precision: _check_variant(entry, precision, root, layout, trust_code)
+        for precision, variant in entry.variants.items()
+    }
+    return ExpertSpec(entry.name, entry.architecture, path, entry.stage, num_bytes, file_bytes,
+                      MappingProxyType(variants))
+
+
+def _check_variant(entry: ExpertEntry, precision: str, root: Path, layout: TensorLayout,
+                   trust_code: bool) -> VariantSpec:
+    """A stored precision: a weight file like any other, whose tensors are the
+    architecture's in that precision's layout, and as long as coe.yaml recorded."""
+    variant = entry.variants[precision]
+    path, _, file_bytes = _check_file(entry, variant.weights, root,
+                                      variant_layout(layout, precision), trust_code, precision)
+    if file_bytes != variant.num_bytes:
+        raise repo_error(path, f"expert {entry.name!r} {precision} variant", f"the file is "
+                         f"{file_bytes} bytes but coe.yaml records {variant.num_bytes}",
+                         _requantize_fix(root, precision))
+    return VariantSpec(precision, path, file_bytes)
+
+
+def _check_file(entry: ExpertEntry, weights: str, root: Path, layout: TensorLayout,
+                trust_code: bool, precision: str = "fp32") -> tuple[Path, TensorLayout, int]:
+    """(path, header, file bytes) of one weight file of `entry`, checked."""
+    path = root / weights  # an absolute `weights` replaces root
+    subject = f"expert {entry.name!r}" + ("" if precision == "fp32" else f" {precision} variant")
     if not trust_code:
-        _check_inside(entry, root, path)
+        _check_inside(entry, weights, root, path)
     if not path.is_file():
-        raise repo_error(path, subject, "the weight file does not exist",
-                         f"write it, or correct the expert's weights path (relative to {root})")
+        fix = (f"write it, or correct the expert's weights path (relative to {root})"
+               if precision == "fp32" else
+               _requantize_fix(root, precision))
+        raise repo_error(path, subject, "the weight file does not exist", fix)
     try:
         header = read_header(path)
         header_file_bytes = expected_file_bytes(path)
@@ -92,16 +123,22 @@ def check_expert(entry: ExpertEntry, root: Path, layout: TensorLayout,
         raise repo_error(path, subject, f"the file is {state}: {file_bytes} bytes, the header "
                          f"describes {header_file_bytes}",
                          f"copy it again completely, or {_EXPORT_FIX}")
-    _check_layout(header, layout, path, entry)
-    num_bytes = sum(math.prod(shape) * DTYPES[dtype].itemsize for dtype, shape in header.values())
-    return ExpertSpec(entry.name, entry.architecture, path, entry.stage, num_bytes, file_bytes)
+    # A variant is coserve repo quantize's output: the fix is to write it again.
+    _check_layout(header, layout, path, entry, subject,
+                  None if precision == "fp32" else _requantize_fix(root, precision))
+    return path, header, file_bytes
 
 
-def _check_inside(entry: ExpertEntry, root: Path, path: Path) -> None:
+def _requantize_fix(root: Path, precision: str) -> str:
+    return (f"delete the expert's variants[{precision!r}] entry in coe.yaml and re-run "
+            f"`coserve repo quantize {root} --to {precision}`")
+
+
+def _check_inside(entry: ExpertEntry, weights: str, root: Path, path: Path) -> None:
     """An untrusted repository reads only files inside its folder: no absolute path, no
     `..`, no symbolic link on the way (which could point at any file on the machine)."""
     problem = None
-    rel = Path(entry.weights)
+    rel = Path(weights)
     if rel.is_absolute() or ".." in rel.parts:
         problem = "is not a path inside the repository folder"
     elif any((root / Path(*rel.parts[:i])).is_symlink() for i in range(1, len(rel.parts) + 1)):
@@ -110,12 +147,13 @@ def _check_inside(entry: ExpertEntry, root: Path, path: Path) -> None:
         problem = "resolves outside the repository folder"
     if problem:
         raise repo_error(root / "coe.yaml", f"expert {entry.name!r}", f"weights "
-                         f"{entry.weights!r} {problem}", "keep weight files inside the repository "
+                         f"{weights!r} {problem}", "keep weight files inside the repository "
                          f"and name them relative to coe.yaml, or {TRUST_FIX}")
 
 
 def _check_layout(
-    header: TensorLayout, layout: TensorLayout, path: Path, entry: ExpertEntry
+    header: TensorLayout, layout: TensorLayout, path: Path, entry: ExpertEntry, subject: str,
+    fix: str | None = None,
 ) -> None:
     missing = [name for name in layout if name not in header]
     unexpected = [name for name in header if name not in layout]
@@ -130,12 +168,12 @@ def _check_layout(
                             ("mismatched", mismatched))
         if names
     ]
+    fix = fix or (f"export the weights from a module built by architecture "
+                  f"{entry.architecture!r} with the same args, or give the expert the "
+                  "architecture these weights belong to")
     if parts:
-        raise repo_error(path, f"expert {entry.name!r}", f"the tensors do not match architecture "
-                         f"{entry.architecture!r} ({'; '.join(parts)})",
-                         f"export the weights from a module built by architecture "
-                         f"{entry.architecture!r} with the same args, or give the expert the "
-                         "architecture these weights belong to")
+        raise repo_error(path, subject, f"the tensors do not match architecture "
+                         f"{entry.architecture!r} ({'; '.join(parts)})", fix)
 
 
 def _describe(entry: tuple[str, tuple[int, ...]]) -> str:

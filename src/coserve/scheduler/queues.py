@@ -32,11 +32,12 @@ class Batch:
     tasks: tuple[Task, ...]
     started_s: float
 
-    def step(self, task: Task, label: str, detail: dict[str, Any], exec_s: float) -> Step:
+    def step(self, task: Task, label: str, detail: dict[str, Any], exec_s: float,
+             precision: str = "fp32") -> Step:
         """What `task` did in this batch, as its request records it."""
         return Step(expert=self.expert, label=label, detail=detail, executor=self.executor,
                     batch_size=len(self.tasks), queued_s=self.started_s - task.enqueued_s,
-                    exec_s=exec_s)
+                    exec_s=exec_s, precision=precision)
 
 
 class Scheduler:
@@ -242,6 +243,11 @@ class Scheduler:
         """Experts with a task queued on any executor."""
         with self._lock:
             return set().union(*(q.counts for q in self._queues))
+
+    def backlog_s(self, executor: int) -> float:
+        """Predicted seconds of work queued and running on `executor`."""
+        with self._lock:
+            return self._backlog_s[executor] + self._running_s[executor]
 
     def depth(self, executor: int) -> int:
         with self._lock:

@@ -16,6 +16,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -150,6 +151,11 @@ def _engine_counters(s: EngineStats) -> Iterator[Metric]:
                    s.load_time_s_by_path)
     yield CounterMetricFamily("coserve_storage_read_bytes", "Bytes read from storage",
                               value=s.bytes_read)
+    yield _labelled("coserve_storage_read_bytes_by_precision", "Bytes read from storage, by "
+                    "the stored precision read (coserve repo quantize)", "precision",
+                    s.bytes_read_by_precision)
+    yield _labelled("coserve_expert_loads_by_precision", "Expert storage reads, by stored "
+                    "precision", "precision", s.loads_by_precision)
     yield CounterMetricFamily("coserve_pool_hits", "Batches whose expert was resident",
                               value=s.num_pool_hits)
     yield CounterMetricFamily("coserve_pool_misses", "Batches that had to load their expert",
@@ -199,9 +205,13 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
 
 
 def _by_path(name: str, doc: str, values: dict[str, float]) -> CounterMetricFamily:
-    family = CounterMetricFamily(name, doc, labels=["path"])
-    for path, value in sorted(values.items()):
-        family.add_metric([path], value)
+    return _labelled(name, doc, "path", values)
+
+
+def _labelled(name: str, doc: str, label: str, values: dict[str, Any]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for key, value in sorted(values.items()):
+        family.add_metric([key], value)
     return family
 
 

@@ -81,6 +81,8 @@ class StepOut(BaseModel):
     batch_size: int
     queued_s: float
     exec_s: float
+    precision: str = Field("fp32", description="the stored precision the expert was loaded "
+                                               "from (fp32, fp16, bf16, int8)")
 
 
 class InspectResult(BaseModel):

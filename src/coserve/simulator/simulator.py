@@ -67,6 +67,9 @@ class Simulator:
         one that times the simulation (e.g. its start-up measurement)."""
         if costs is None and plan is None:
             raise ConfigError("the simulator needs a plan (coserve profile) or a cost model")
+        if config.precision != "fp32":  # its costs are fp32 reads; a variant's are not modelled
+            raise ConfigError(f"the simulator models fp32 loads only, not --precision "
+                              f"{config.precision}: drop --precision (or run the engine)")
         self.model = model
         self.config = config
         self.plan = plan
