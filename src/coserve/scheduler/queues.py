@@ -244,11 +244,6 @@ class Scheduler:
         with self._lock:
             return set().union(*(q.counts for q in self._queues))
 
-    def backlog_s(self, executor: int) -> float:
-        """Predicted seconds of work queued and running on `executor`."""
-        with self._lock:
-            return self._backlog_s[executor] + self._running_s[executor]
-
     def depth(self, executor: int) -> int:
         with self._lock:
             return len(self._queues[executor])
