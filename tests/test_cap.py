@@ -10,6 +10,7 @@ from coserve.bench.cap import PriceTable, add_cap, cap_row, memory_tiers, stored
 from coserve.bench.report import write_reports
 from coserve.bench.runner import BenchRun
 from coserve.config import EngineConfig
+from coserve.executors.budgets import DevicePool
 from coserve.executors.spec import parse_executors
 
 GB = 10**9
@@ -19,7 +20,7 @@ def _model():
     variant = SimpleNamespace(file_bytes=GB // 4)
     experts = {f"e{i}": SimpleNamespace(file_bytes=GB, num_bytes=GB, variants={"int8": variant})
                for i in range(4)}
-    return SimpleNamespace(experts=experts, total_expert_bytes=4 * GB)
+    return SimpleNamespace(experts=experts, total_expert_bytes=4 * GB, usage={})
 
 
 def _row(precision="fp32", bytes_read=2 * GB, wall_s=10.0):
@@ -37,11 +38,11 @@ def test_stored_bytes_per_precision():
     assert stored_bytes(model, "fp16") == 0
 
 
-def test_memory_tiers_split_the_budget_by_processor():
-    cfg = EngineConfig(budget_fraction=0.5, executors=parse_executors("cpu:1,cuda:0:1"),
-                       activation_bytes=100, host_cache_bytes=7)
-    tiers = memory_tiers(_model(), cfg, "int8")
-    assert tiers == {"storage": GB, "host": GB + 100 + 7, "gpu": GB + 100}
+def test_memory_tiers_count_each_device_pool_and_the_host_cache():
+    pools = [DevicePool("cpu", (0,), GB, 100), DevicePool("cuda:0", (1, 2), 2 * GB, 50),
+             DevicePool("cuda:1", (3,), None, 10)]  # unlimited: every expert
+    tiers = memory_tiers(pools, host_cache_bytes=7, stored=GB, all_expert_bytes=4 * GB)
+    assert tiers == {"storage": GB, "host": GB + 100 + 7, "gpu": 2 * GB + 100 + 4 * GB + 10}
 
 
 def test_cost_and_bandwidth_follow_the_price_table():

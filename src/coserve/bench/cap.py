@@ -23,7 +23,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from coserve.assembly import Assembly
 from coserve.config import EngineConfig
+from coserve.executors.budgets import DevicePool
 from coserve.plan import processor_kind
 from coserve.types import FULL_PRECISION, VARIANT_PRECISIONS
 
@@ -57,15 +59,17 @@ def stored_bytes(model: Any, precision: str) -> int:
     return fp32 if precision == FULL_PRECISION else variants[precision]
 
 
-def memory_tiers(model: Any, config: EngineConfig, precision: str) -> dict[str, int]:
-    """Bytes held per tier by a row of `config` (pools split evenly, as the engine does)."""
-    budget = config.resolve_budget(model.total_expert_bytes) or model.total_expert_bytes
-    kinds = [processor_kind(e.processor) for e in config.executors]
-    per_pool = budget // max(1, len(kinds))
-    gpu = sum(per_pool + config.activation_bytes for k in kinds if k != "cpu")
-    host = sum(per_pool + config.activation_bytes for k in kinds if k == "cpu")
-    return {"storage": stored_bytes(model, precision), "host": host + config.host_cache_bytes,
-            "gpu": gpu}
+def memory_tiers(pools: Sequence[DevicePool], host_cache_bytes: int, stored: int,
+                 all_expert_bytes: int) -> dict[str, int]:
+    """Bytes held per tier: each device's pool as the engine resolved it (its budget, else
+    every expert, plus its executors' activations), the host cache on the host, and the
+    bytes at rest in the precision(s) a row reads."""
+    held = {"host": host_cache_bytes, "gpu": 0}
+    for pool in pools:
+        weights = all_expert_bytes if pool.budget_bytes is None else pool.budget_bytes
+        tier = "host" if processor_kind(pool.device) == "cpu" else "gpu"
+        held[tier] += weights + len(pool.executors) * pool.activation_bytes
+    return {"storage": stored, **held}
 
 
 def cap_row(row: Mapping[str, Any], tiers: Mapping[str, int], num_cores: int,
@@ -98,10 +102,12 @@ def add_cap(run: Any, model: Any, config: EngineConfig, num_cores: int,
     bandwidth = m.get("storage_paced_bytes_per_s") or m["raw_storage_bytes_per_s"]
     m["cap_prices_per_hour_usd"] = asdict(prices)
     m["cap_num_cores"] = num_cores
+    assembly = Assembly.of(model, config)
     for row in run.rows:
-        precision = row.get("precision", config.precision)
-        row["cap"] = cap_row(row, memory_tiers(model, config, precision), num_cores,
-                             bandwidth, prices)
+        stored = stored_bytes(model, row.get("precision", config.precision))
+        tiers = memory_tiers(assembly.pools, assembly.host_cache_bytes, stored,
+                             model.total_expert_bytes)
+        row["cap"] = cap_row(row, tiers, num_cores, bandwidth, prices)
 
 
 CAP_HEADER = ("policy", "arrivals", "storage MB", "RAM MB", "GPU MB", "MB moved",
