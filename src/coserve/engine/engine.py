@@ -31,6 +31,7 @@ from coserve.engine.supervisor import Shift, Supervisor
 from coserve.errors import ConfigError, EngineClosedError, ExpertError, RequestError
 from coserve.executors.executor import Executor, build_skeletons
 from coserve.executors.spec import ExecutorSpec
+from coserve.loader.arena import HostArena, arena_capacity_bytes
 from coserve.loader.expert_loader import ExpertLoader
 from coserve.loader.storage import Storage, storage_profile
 from coserve.manager.manager import ExpertManager, LoadOutOfMemory
@@ -107,6 +108,7 @@ class Engine:
                 reinstate=self._scheduler.reinstate, on_stuck=self._batch_stuck)
             self._manager.place(self._assembly.initial_placement())
             self._storage_bytes_at_start = self._storage.stats().bytes_read
+            self._load_busy_at_start = self._expert_loader.busy_s()
             self._stats.reset(self._clock())
             self._threads = [self._start_executor(ex) for ex in self._executors]
             self._supervisor.start()
@@ -155,11 +157,21 @@ class Engine:
 
     def _loader(self) -> ExpertLoader:
         experts = self.model.experts.values()
-        return ExpertLoader(
-            self._storage,
-            {e.name: (e.weights_path, e.file_bytes) for e in experts},
-            pin_memory=any(p.startswith("cuda") for p in self._assembly.processors),
-        )
+        self._expert_loader = ExpertLoader(
+            self._storage, {e.name: (e.weights_path, e.file_bytes) for e in experts},
+            arena=self._host_arena())
+        return self._expert_loader
+
+    def _host_arena(self) -> HostArena | None:
+        """With GPU executors: one pinned arena for the host cache and the host copies of
+        device loads in flight (a demand load and a prefetch per GPU executor). Without,
+        none: a CPU's pool is the executing tier and reads go to buffers of their own."""
+        num_gpu = sum(p.startswith("cuda") for p in self._assembly.processors)
+        if not num_gpu:
+            return None
+        sizes = [(e.num_bytes, e.file_bytes) for e in self.model.experts.values()]
+        capacity = arena_capacity_bytes(sizes, self.config.host_cache_bytes, 2 * num_gpu)
+        return HostArena(capacity, pin=True)
 
     def _start_executor(self, executor: Executor) -> threading.Thread:
         t = threading.Thread(target=self._executor_loop, args=(executor,), daemon=True,
@@ -416,10 +428,14 @@ class Engine:
         of recent latencies; the counters alone cost microseconds."""
         bytes_read = (self._storage.stats().bytes_read - self._storage_bytes_at_start
                       if self._started else 0)
+        busy_s = self._expert_loader.busy_s() - self._load_busy_at_start if self._started else None
+        arena = self._expert_loader.arena if self._started else None
         return self._stats.snapshot(
             self._clock(),
             bytes_read=bytes_read,
             latencies=latencies,
+            load_busy_s=busy_s,
+            host_arena=_arena_figures(arena),
             policy=self._assembly.policies.name,
             budget_bytes=self.budget_bytes,
             total_expert_bytes=self.model.total_expert_bytes,
@@ -495,6 +511,15 @@ def _fault_error(batch: Batch, task: Task, fault: Fault, expert_at_fault: bool) 
         return f"expert {expert!r} failed: {fault.error}", FailureKind.EXPERT_FAILED
     return (f"expert {expert!r} failed on this input (request {task.request_id!r}) while the "
             f"rest of its batch ran: {fault.error}", FailureKind.INVALID_INPUT)
+
+
+def _arena_figures(arena: HostArena | None) -> dict[str, float] | None:
+    if arena is None:
+        return None
+    a = arena.stats()
+    return {"capacity_bytes": a.capacity_bytes, "used_bytes": a.used_bytes,
+            "largest_free_bytes": a.largest_free_bytes, "pinned_bytes": a.pinned_bytes,
+            "num_extents": a.num_extents, "fragmentation": a.fragmentation}
 
 
 def _check_processors(processors: list[str]) -> None:

@@ -17,10 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from coserve.errors import ExpertError
+from coserve.manager.host_tier import HostCopyLike, HostTier
 from coserve.manager.pool import Resident
 from coserve.manager.residency import Residency
 from coserve.stats import StatsRecorder
-from coserve.types import STORAGE_TO_HOST, LoadPath
+from coserve.types import LoadPath
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,12 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 class Loader(Protocol):
     def read(self, expert: str) -> tuple[dict[str, Any], float]:
-        """Storage -> host tensors; returns (tensors, seconds)."""
+        """Storage -> host tensors (a CPU's executing tier); returns (tensors, seconds)."""
+        ...
+
+    def read_host(self, expert: str) -> tuple[HostCopyLike, float]:
+        """Storage -> a host copy for device loads (released when no longer needed);
+        MemoryError when there is no room for it now."""
         ...
 
     def to_device(self, tensors: dict[str, Any], processor: str) -> tuple[dict[str, Any], float]:
@@ -74,6 +80,7 @@ class ExpertManager:
         self.usage = residency.usage
         self._stats = stats
         self._cond = threading.Condition()
+        self.host_tier = HostTier(residency, loader, stats, self._cond)
         self._prefetchers = [
             ThreadPoolExecutor(1, thread_name_prefix=f"coserve-prefetch-{i}")
             for i in range(len(self.processors))
@@ -179,20 +186,10 @@ class ExpertManager:
         if path.source == "storage":  # a CPU: the host pool is the executing tier
             tensors, seconds = self._loader.read(expert)
         else:
-            tensors, seconds = self._loader.to_device(self._host_tensors(expert), processor)
+            lease = self.host_tier.acquire(expert)
+            try:
+                tensors, seconds = self._loader.to_device(lease.tensors, processor)
+            finally:
+                self.host_tier.release(lease)
         self._stats.switch(executor, path, size, seconds)
-        return tensors
-
-    def _host_tensors(self, expert: str) -> dict[str, Any]:
-        """Host copy for a device load: from the host cache, else storage (cached if the
-        host budget allows, evicting by the same policy)."""
-        with self._cond:
-            cached = self._host.entries.get(expert)
-            if cached is not None and not cached.loading:
-                return cached.tensors  # type: ignore[return-value]
-        tensors, seconds = self._loader.read(expert)
-        self._stats.switch(None, STORAGE_TO_HOST, self._expert_bytes[expert], seconds)
-        with self._cond:
-            if expert not in self._host.entries and self.residency.reserve_host(expert):
-                self._host.entries[expert].tensors = tensors
         return tensors

@@ -30,6 +30,9 @@ class ModelPool:
         self.budget_bytes = budget_bytes  # None = unlimited
         self.entries: dict[str, Resident] = {}
         self.used_bytes = 0
+        # Told of every entry that leaves (evicted or dropped), e.g. so the host tier
+        # can give an evicted host copy's memory back once nothing copies from it.
+        self.on_remove: Callable[[Resident], None] | None = None
 
     def free_bytes(self) -> float:
         return math.inf if self.budget_bytes is None else self.budget_bytes - self.used_bytes
@@ -42,6 +45,8 @@ class ModelPool:
     def remove(self, expert: str) -> Resident:
         entry = self.entries.pop(expert)
         self.used_bytes -= entry.num_bytes
+        if self.on_remove is not None:
+            self.on_remove(entry)
         return entry
 
     def evictable(self, is_subsequent: Callable[[str], bool], protected: Set[str]) -> list[PoolEntry]:
