@@ -69,6 +69,7 @@ class HostTier:
         self._cached: dict[str, _Held] = {}  # in the host cache and loaded
         self._fills: dict[str, _Fill] = {}
         self._num_live = 0  # copies with references, cached or not
+        self._num_freed = 0  # copies released so far (a read that failed may retry)
         residency.host.on_remove = self._evicted
 
     def acquire(self, expert: str) -> HostLease:
@@ -127,10 +128,14 @@ class HostTier:
         """Read, waiting for room while copies outside the cache hold memory that will
         come back (each is being copied to a device); else the MemoryError stands."""
         while True:
+            with self._cond:
+                num_freed = self._num_freed
             try:
                 return self._reader.read_host(expert)
             except MemoryError:
                 with self._cond:
+                    if self._num_freed != num_freed:  # memory came back meanwhile: retry
+                        continue
                     if self._num_live <= len(self._cached):
                         raise
                     self._cond.wait()
@@ -139,6 +144,7 @@ class HostTier:
         held.num_refs -= 1
         if held.num_refs == 0:
             self._num_live -= 1
+            self._num_freed += 1
             held.copy.release()
 
     def _evicted(self, entry: Resident) -> None:
