@@ -3,6 +3,9 @@ straight into its extents, the cached header layout, and the one-transfer device
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -224,3 +227,36 @@ def test_device_load_is_one_transfer_of_the_extent(tmp_path):
     _assert_same(on_device, _weights(1))
     shared = {t.untyped_storage().data_ptr() for t in on_device.values() if t.numel()}
     assert len(shared) == 1
+
+
+# -- the GPU check scripts ---------------------------------------------------------------------
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+# The scripts import this checkout's coserve, whatever the venv has installed.
+SCRIPT_ENV = {**os.environ, "PYTHONPATH": str(SCRIPTS.parent / "src")}
+
+
+def test_gpu_check_script_is_valid_bash_and_runs_what_the_issue_asks():
+    script = SCRIPTS / "gpu_check.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    for needed in ("torch==2.13.0", "h2d_bandwidth.py", "--executors cuda:0:3,cpu:1",
+                   "samba,coserve-paper,coserve,all-resident", "0.2 * total", "zoo build pcb"):
+        assert needed in text, needed
+
+
+def test_h2d_bandwidth_says_no_cuda_and_exits_0_on_a_cpu_machine():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the script measures instead")
+    done = subprocess.run([sys.executable, str(SCRIPTS / "h2d_bandwidth.py")],
+                          capture_output=True, text=True, timeout=120, env=SCRIPT_ENV)
+    assert done.returncode == 0, done.stderr
+    assert "no CUDA" in done.stdout
+
+
+def test_loader_bandwidth_script_prints_its_rows(tiny_zoo):
+    done = subprocess.run([sys.executable, str(SCRIPTS / "loader_bandwidth.py"), str(tiny_zoo[0]),
+                           "--experts", "2", "--profile", "nvme-3000"],
+                          capture_output=True, text=True, timeout=120, env=SCRIPT_ENV)
+    assert done.returncode == 0, done.stderr
+    for row in ("raw O_DIRECT", "loader nvme-3000", "of raw", "loader / raw per expert"):
+        assert row in done.stdout, row
