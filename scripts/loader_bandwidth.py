@@ -68,13 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     pace = storage_profile(args.profile).read_bytes_per_s
     rows = measure(args.repo, args.experts, args.profile)
     raw = statistics.median(rows["raw O_DIRECT"])
-    print(f"{'row':22s} {'MB/s':>8s}  ratio")
+    print(f"{'row':28s} {'MB/s':>8s}  ratio")
     for label, values in rows.items():
         bps = statistics.median(values)
         paced_row = label.endswith(args.profile)
         ratio = (f"{bps / pace:.3f} of {pace / 1e6:.0f} MB/s" if paced_row and pace
                  else "" if label == "raw O_DIRECT" else f"{bps / raw:.2f} of raw")
-        print(f"{label:22s} {bps / 1e6:8.0f}  {ratio}")
+        print(f"{label:28s} {bps / 1e6:8.0f}  {ratio}")
     per_expert = statistics.median(x / r for x, r in zip(rows["loader"], rows["raw O_DIRECT"], strict=True))
     print(f"loader / raw per expert (median): {per_expert:.2f} (target >= 0.90)")
     return 0
