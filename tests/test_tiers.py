@@ -235,3 +235,19 @@ def test_cpu_executors_read_storage_into_their_own_pool(model):
     s = _snapshot(stats)
     assert s.loads_by_path == {"storage->cpu": 1}
     assert arena.stats().used_bytes == 0 and loader.copies == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_an_engine_with_a_gpu_executor_loads_through_the_pinned_arena(model, tiny_zoo):
+    from coserve import Engine, EngineConfig, parse_executors, read_trace
+
+    config = EngineConfig(policy="coserve", measure_costs=False, executors=parse_executors("cuda:0:1"),
+                          budget_fraction=0.5, host_cache_bytes=model.total_expert_bytes // 4)
+    with Engine(model, config) as engine:
+        results = engine.run_trace(read_trace(tiny_zoo[1])[:40], realtime=False)
+        s = engine.stats()
+    assert all(r.ok for r in results)
+    assert s.host_arena is not None
+    assert s.host_arena["pinned_bytes"] == s.host_arena["capacity_bytes"] > 0
+    assert s.loads_by_path.get("host->cuda:0", 0) == s.num_switches > 0
+    assert s.loads_by_path.get("storage->host", 0) <= s.num_switches

@@ -96,7 +96,8 @@ class Engine:
             parts = self._assembly.build(clock=self._clock, usage=self._usage)
             self._scheduler = parts.scheduler
             self._manager = ExpertManager(processors=self._assembly.processors,
-                                          residency=parts.residency, loader=self._loader(),
+                                          residency=parts.residency,
+                                          loader=self._loader(parts.residency.host.budget_bytes),
                                           stats=self._stats)
             # One skeleton set per executor: functional_call swaps tensors into the module
             # for the duration of a call, so two threads must never share one.
@@ -155,14 +156,17 @@ class Engine:
             return default_costs(self.model)
         return measure_costs(self.model, self._assembly.processors, self._storage)
 
-    def _loader(self) -> ExpertLoader:
+    def _loader(self, host_cache_bytes: int | None) -> ExpertLoader:
+        """`host_cache_bytes`: the host cache's budget (None: unlimited)."""
         experts = self.model.experts.values()
+        if host_cache_bytes is None:
+            host_cache_bytes = self.model.total_expert_bytes
         self._expert_loader = ExpertLoader(
             self._storage, {e.name: (e.weights_path, e.file_bytes) for e in experts},
-            arena=self._host_arena())
+            arena=self._host_arena(host_cache_bytes))
         return self._expert_loader
 
-    def _host_arena(self) -> HostArena | None:
+    def _host_arena(self, host_cache_bytes: int) -> HostArena | None:
         """With GPU executors: one pinned arena for the host cache and the host copies of
         device loads in flight (a demand load and a prefetch per GPU executor). Without,
         none: a CPU's pool is the executing tier and reads go to buffers of their own."""
@@ -170,7 +174,7 @@ class Engine:
         if not num_gpu:
             return None
         sizes = [(e.num_bytes, e.file_bytes) for e in self.model.experts.values()]
-        capacity = arena_capacity_bytes(sizes, self.config.host_cache_bytes, 2 * num_gpu)
+        capacity = arena_capacity_bytes(sizes, host_cache_bytes, 2 * num_gpu)
         return HostArena(capacity, pin=True)
 
     def _start_executor(self, executor: Executor) -> threading.Thread:

@@ -38,7 +38,7 @@ HUGE_PAGE_BYTES = 2 * 1024 * 1024
 
 # Threads reading files while their callers build tensor views (`Storage.load`'s
 # `then`); preadv releases the GIL. One per concurrent load is plenty.
-NUM_REST_READERS = 8
+NUM_READERS = 8
 
 T = TypeVar("T")
 # Allocates the destination of a read: given the bytes needed (the file size rounded up
@@ -172,8 +172,8 @@ class Storage:
 
     `read(path)` returns the whole file in one fresh, page-aligned, writable buffer,
     ready for zero-copy tensor views (see `parse_safetensors`); `load` reads into a
-    buffer the caller allocates (e.g. a host arena's extent) and runs a parse while
-    the rest of the file streams in.
+    buffer the caller allocates (e.g. a host arena's extent) and builds views of it
+    while the read is in flight.
     """
 
     def __init__(self, profile: StorageProfile, direct_io: bool = True) -> None:
@@ -189,7 +189,7 @@ class Storage:
         self._num_reads_by_mode = dict.fromkeys(ReadMode, 0)
         self._last_read_mode: ReadMode | None = None
         self._busy = BusyClock()
-        self._rest_readers = ThreadPoolExecutor(NUM_REST_READERS, thread_name_prefix="coserve-read")
+        self._readers = ThreadPoolExecutor(NUM_READERS, thread_name_prefix="coserve-read")
 
     @property
     def last_read_mode(self) -> ReadMode | None:
@@ -273,7 +273,7 @@ class Storage:
             _fill(fd, path, dest, (0, size), size, direct)
             return None
         issued = threading.Event()
-        whole = self._rest_readers.submit(_fill_issued, issued, fd, path, dest, (0, size),
+        whole = self._readers.submit(_fill_issued, issued, fd, path, dest, (0, size),
                                           size, direct)
         # `then` holds the GIL; the reader must have issued its read first, or it could
         # wait a whole switch interval (5 ms) for the GIL just to start.
