@@ -140,8 +140,8 @@ class HostArena:
         address = ctypes.addressof(ctypes.c_char.from_buffer(self._buf))
         # cudaHostRegisterDefault (0): pinned for every device of this process.
         error = torch.cuda.cudart().cudaHostRegister(address, self.capacity_bytes, 0)
-        if int(error) != 0:
-            raise ArenaExhausted(f"cannot page-lock a host arena of {self.capacity_bytes} bytes "
+        if int(error) != 0:  # the machine's limit, not a load's: say how to change it
+            raise ConfigError(f"cannot page-lock a host arena of {self.capacity_bytes} bytes "
                                  f"(cudaHostRegister error {int(error)}): lower the host cache "
                                  f"budget or raise the locked-memory limit (ulimit -l)")
         return self.capacity_bytes
