@@ -260,3 +260,13 @@ def test_loader_bandwidth_script_prints_its_rows(tiny_zoo):
     assert done.returncode == 0, done.stderr
     for row in ("raw O_DIRECT", "loader nvme-3000", "of raw", "loader / raw per expert"):
         assert row in done.stdout, row
+
+
+def test_layouts_read_up_front_serve_first_loads_and_skip_broken_files(tmp_path):
+    files = _expert_files(tmp_path, 2)
+    files["gone"] = (tmp_path / "missing.safetensors", 100)
+    loader = ExpertLoader(Storage(storage_profile("none")), files)
+    assert loader.read_layouts() == 2  # the missing file is left to its own load
+    _assert_same(loader.read("e1")[0], _weights(1))
+    with pytest.raises(ExpertError, match="does not exist"):
+        loader.read("gone")

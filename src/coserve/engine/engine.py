@@ -164,6 +164,7 @@ class Engine:
         self._expert_loader = ExpertLoader(
             self._storage, {e.name: (e.weights_path, e.file_bytes) for e in experts},
             arena=self._host_arena(host_cache_bytes))
+        self._expert_loader.read_layouts()
         return self._expert_loader
 
     def _host_arena(self, host_cache_bytes: int) -> HostArena | None:

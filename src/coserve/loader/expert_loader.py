@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 
+from coserve.errors import ExpertError
 from coserve.loader.arena import Extent, HostArena
-from coserve.loader.safetensors_view import Layout, parse_layout, tensor_views
+from coserve.loader.safetensors_view import Layout, parse_layout, read_layout, tensor_views
 from coserve.loader.storage import BusyClock, Storage
 
 
@@ -53,6 +54,17 @@ class ExpertLoader:
         """Wall-clock seconds with at least one storage load in flight: storage bytes
         over it is the loader's delivered bandwidth, however the loads overlapped."""
         return self._busy.busy_s()
+
+    def read_layouts(self) -> int:
+        """Read every expert's header now (a few KiB each, not left cached), so even
+        first loads build their views during the read. A file that cannot be read is
+        skipped: its own load reports it. Returns the number read."""
+        for expert, (path, _) in self._files.items():
+            try:
+                self._layouts[expert] = read_layout(path)
+            except ExpertError:
+                continue
+        return len(self._layouts)
 
     def read(self, expert: str) -> tuple[dict[str, torch.Tensor], float]:
         """Storage -> host RAM into a fresh buffer (the CPU executing tier)."""

@@ -133,14 +133,21 @@ def tensor_views(layout: Layout, buf: memoryview | bytes | bytearray) -> dict[st
 
 def read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     """Tensor name -> (safetensors dtype string, shape), reading only the header."""
-    header = _read_file_header(Path(path))
+    header, _ = _read_file_header(Path(path))
     return {entry.name: (entry.dtype, entry.shape) for entry in header.entries}
+
+
+def read_layout(path: Path) -> Layout:
+    """The file's layout from its header alone (a few KiB, not left in the page cache):
+    a loader that has it builds the tensor views of the first load during its read too."""
+    header, raw = _read_file_header(Path(path))
+    return Layout(raw, header)
 
 
 def expected_file_bytes(path: Path) -> int:
     """The file size the header implies (8 + header length + end of the last tensor),
     so a validator can spot a truncated file by comparing with its real size."""
-    return _read_file_header(Path(path)).file_bytes
+    return _read_file_header(Path(path))[0].file_bytes
 
 
 def _describe(source: str | Path | None) -> str:
@@ -259,7 +266,8 @@ def _tensor_view(whole: torch.Tensor | None, data_start: int, entry: _TensorEntr
     return raw.view(dtype).view(entry.shape)
 
 
-def _read_file_header(path: Path) -> _Header:
+def _read_file_header(path: Path) -> tuple[_Header, bytes]:
+    """The parsed header and its raw bytes (length prefix included)."""
     where = _describe(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -272,11 +280,13 @@ def _read_file_header(path: Path) -> _Header:
         raise ExpertError(f"cannot open {where}: {exc}") from exc
     try:
         file_bytes = os.fstat(fd).st_size
-        header_len = _read_header_len(os.pread(fd, HEADER_LEN_BYTES, 0), file_bytes, where)
-        header = _parse_header(os.pread(fd, header_len, HEADER_LEN_BYTES), where)
+        prefix = os.pread(fd, HEADER_LEN_BYTES, 0)
+        header_len = _read_header_len(prefix, file_bytes, where)
+        raw = os.pread(fd, header_len, HEADER_LEN_BYTES)
+        header = _parse_header(raw, where)
         # Validating a repository must not leave headers cached: a later load would
         # then not cost an honest storage read.
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
-    return header
+    return header, prefix + raw
