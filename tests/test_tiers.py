@@ -76,14 +76,17 @@ def model(tiny_zoo) -> CoEModel:
 
 
 def _setup(model: CoEModel, processors: list[str], host_cache_experts: int,
-           arena_bytes: int | None = None):
+           arena_bytes: int | None = None, missing: str | None = None):
+    """`missing`: an expert whose weights path points at no file."""
     expert = next(iter(model.experts.values()))
     storage = GatedStorage()
     sizes = [(e.num_bytes, e.file_bytes) for e in model.experts.values()]
     host_bytes = host_cache_experts * expert.num_bytes
     arena = HostArena(arena_bytes or arena_capacity_bytes(sizes, host_bytes, 2 * len(processors)))
-    loader = CpuDeviceLoader(storage, {e.name: (e.weights_path, e.file_bytes)
-                                       for e in model.experts.values()}, arena=arena)
+    files = {e.name: (e.weights_path, e.file_bytes) for e in model.experts.values()}
+    if missing is not None:
+        files[missing] = (Path(files[missing][0]).with_name("missing.safetensors"), 1)
+    loader = CpuDeviceLoader(storage, files, arena=arena)
     residency = Residency(
         budgets=[None] * len(processors), expert_bytes={e.name: e.num_bytes for e in model.experts.values()},
         subsequent=model.subsequent_experts, predecessors=model.predecessors, evict=LruEviction(),
@@ -211,10 +214,9 @@ def test_no_arena_room_and_nothing_to_wait_for_is_a_load_out_of_memory(model):
     assert arena.stats().used_bytes == 0
 
 
-def test_a_failed_read_fails_every_executor_waiting_for_it(model, tmp_path):
-    manager, storage, loader, arena, stats = _setup(model, ["cuda:0", "cuda:1"], 2)
+def test_a_failed_read_fails_every_executor_waiting_for_it(model):
     expert = _experts(model)[0]
-    loader._files[expert] = (tmp_path / "missing.safetensors", 1)
+    manager, storage, loader, arena, stats = _setup(model, ["cuda:0", "cuda:1"], 2, missing=expert)
     storage.gate.clear()
     first, out0 = _in_thread(manager.acquire, 0, expert)
     assert storage.reading.wait(JOIN_TIMEOUT_S)

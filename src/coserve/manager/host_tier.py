@@ -114,7 +114,7 @@ class HostTier:
             raise
         self._stats.switch(None, STORAGE_TO_HOST, self._residency.expert_bytes[expert], seconds)
         with self._cond:
-            held = _Held(copy, 1 + fill.num_waiters + cache)
+            held = _Held(copy, 1 + fill.num_waiters + int(cache))
             self._num_live += 1
             if cache:
                 self._residency.host.entries[expert].tensors = copy.tensors
