@@ -54,6 +54,10 @@ total = model.total_expert_bytes
 print(total, int(0.2 * total), int(0.5 * total))
 EOF
 )
+if [ -z "${GPU_BYTES:-}" ]; then
+  echo "could not open the default pcb zoo to size the GPU budget" >&2
+  exit 1
+fi
 echo "expert bytes ${TOTAL_BYTES}; GPU budget ${GPU_BYTES} (20%); host cache ${HOST_BYTES} (50%)"
 
 HELP=$("$VENV/bin/coserve" bench --help)
