@@ -28,6 +28,14 @@ class FakeClock:
         return self.now
 
 
+class FakeHostCopy:
+    def __init__(self, tensors) -> None:
+        self.tensors = tensors
+
+    def release(self) -> None:
+        pass
+
+
 class FakeLoader:
     """Counts reads and copies; `gate` holds a read until set; `broken` experts raise."""
 
@@ -46,6 +54,10 @@ class FakeLoader:
         if expert in self.broken:
             raise OSError(f"{expert}.safetensors is truncated")
         return {"weight": expert}, 0.5
+
+    def read_host(self, expert: str):
+        tensors, seconds = self.read(expert)
+        return FakeHostCopy(tensors), seconds
 
     def to_device(self, tensors, processor: str):
         self.copies.append((tensors["weight"], processor))

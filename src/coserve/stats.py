@@ -78,6 +78,14 @@ class EngineStats:
     bytes_read_by_precision: dict[str, int] = field(default_factory=dict)
     tasks_by_precision: dict[str, int] = field(default_factory=dict)
     num_upgrades: int = 0  # low-precision residents read again in fp32 (auto)
+    # every load per tier path, host-cache fills (storage->host) included, where
+    # switches_by_path counts the executors' switches only
+    loads_by_path: dict[str, int] = field(default_factory=dict)
+    num_host_hits: int = 0  # a device load found its host copy in the host cache
+    num_host_misses: int = 0  # ... or read it from storage (or joined a read in flight)
+    # the host arena (None without a GPU executor): capacity, used, largest free extent,
+    # page-locked bytes (the whole capacity, never rounded), fragmentation
+    host_arena: dict[str, float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -106,6 +114,9 @@ class StatsRecorder:
             self._load_s_by_path: Counter[str] = Counter()
             self._hits = 0
             self._misses = 0
+            self._host_hits = 0
+            self._host_misses = 0
+            self._loads_by_path: Counter[str] = Counter()
             self._num_batches = 0
             self._num_items = 0
             self._queue_max = [0] * self._num_executors
@@ -140,10 +151,19 @@ class StatsRecorder:
             else:
                 self._misses += 1
 
+    def host_lookup(self, hit: bool) -> None:
+        """A device load asked the host tier for its host copy."""
+        with self._lock:
+            if hit:
+                self._host_hits += 1
+            else:
+                self._host_misses += 1
+
     def switch(self, executor: int | None, path: LoadPath, num_bytes: int, load_s: float) -> None:
         """A load along `path` (e.g. storage->cpu); executor None for the host cache."""
         key = str(path)
         with self._lock:
+            self._loads_by_path[key] += 1
             if executor is not None:
                 self._switches[executor][key] += 1
             self._bytes_by_path[key] += num_bytes
@@ -198,13 +218,17 @@ class StatsRecorder:
             self._queue_max[executor] = max(self._queue_max[executor], depth)
 
     def snapshot(self, now_s: float, bytes_read: int, latencies: bool = True,
-                 **static: Any) -> EngineStats:
+                 load_busy_s: float | None = None, **static: Any) -> EngineStats:
         """The statistics now. The latency window is copied under the lock and sorted
         outside it, once; `latencies=False` skips it (zeros), for a caller that keeps its
-        own latency histogram."""
+        own latency histogram. `load_busy_s`: wall-clock seconds with a storage load in
+        flight; given, the load bandwidth is `bytes_read` over it (loads that overlap
+        would otherwise count their shared time twice)."""
         with self._lock:
             window = list(self._latencies) if latencies else []
             stats = self._counters(now_s, bytes_read, **static)
+        if load_busy_s:
+            stats = replace(stats, load_bandwidth_bytes_per_s=bytes_read / load_busy_s)
         return replace(stats, **_latency_summary(window))
 
     def _counters(self, now_s: float, bytes_read: int, **static: Any) -> EngineStats:
@@ -253,6 +277,9 @@ class StatsRecorder:
             bytes_read_by_precision=dict(self._bytes_by_precision),
             tasks_by_precision=dict(self._tasks_by_precision),
             num_upgrades=self._num_upgrades,
+            loads_by_path=dict(self._loads_by_path),
+            num_host_hits=self._host_hits,
+            num_host_misses=self._host_misses,
             extra=dict(self._extra),
             **static,
         )

@@ -19,6 +19,7 @@ COLUMNS = (
     ("num_switches", "switches", "{}"),
     ("switches_over_floor", "sw/floor", "{:.2f}"),
     ("bytes_read", "MB read", "{:.0f}", 1e-6),
+    ("load_bandwidth_bytes_per_s", "load MB/s", "{:.0f}", 1e-6),
     ("latency_p50_s", "p50 s", "{:.3f}"),
     ("latency_p99_s", "p99 s", "{:.3f}"),
     ("deadline_misses", "late", "{}"),

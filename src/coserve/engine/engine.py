@@ -32,6 +32,7 @@ from coserve.errors import ConfigError, EngineClosedError, ExpertError, RequestE
 from coserve.executors.budgets import DeviceMemory, TorchDevices
 from coserve.executors.executor import Executor, build_skeletons
 from coserve.executors.spec import ExecutorSpec
+from coserve.loader.arena import HostArena, arena_capacity_bytes
 from coserve.loader.expert_loader import ExpertLoader
 from coserve.loader.precision import PrecisionLoader, stored_files
 from coserve.loader.storage import Storage, storage_profile
@@ -104,8 +105,8 @@ class Engine:
             self._scheduler = parts.scheduler
             self._manager = ExpertManager(
                 processors=self._assembly.processors, residency=parts.residency,
-                loader=self._loader(), stats=self._stats, precision=self._precision,
-                backlog_s=self._scheduler.backlog_s,
+                loader=self._loader(parts.residency.host.budget_bytes), stats=self._stats,
+                precision=self._precision, backlog_s=self._scheduler.backlog_s,
                 storage_bytes_per_s=self.costs.storage_bytes_per_s)  # type: ignore[union-attr]
             # One skeleton set per executor: functional_call swaps tensors into the module
             # for the duration of a call, so two threads must never share one.
@@ -117,6 +118,7 @@ class Engine:
                 reinstate=self._scheduler.reinstate, on_stuck=self._batch_stuck)
             self._manager.place(self._assembly.initial_placement())
             self._storage_bytes_at_start = self._storage.stats().bytes_read
+            self._load_busy_at_start = self._expert_loader.busy_s()
             self._stats.reset(self._clock())
             self._threads = [self._start_executor(ex) for ex in self._executors]
             self._supervisor.start()
@@ -163,11 +165,27 @@ class Engine:
             return default_costs(self.model)
         return measure_costs(self.model, self._assembly.processors, self._storage)
 
-    def _loader(self) -> PrecisionLoader:
-        pin_memory = any(p.startswith("cuda") for p in self._assembly.processors)
-        return PrecisionLoader(
-            lambda files: ExpertLoader(self._storage, files, pin_memory=pin_memory),
-            self._stored_files)
+    def _loader(self, host_cache_bytes: int | None) -> PrecisionLoader:
+        """One loader per stored precision over the same storage and arena.
+        `host_cache_bytes`: the host cache's budget (None: unlimited)."""
+        if host_cache_bytes is None:
+            host_cache_bytes = self.model.total_expert_bytes
+        arena = self._host_arena(host_cache_bytes)
+        self._expert_loader = PrecisionLoader(
+            lambda files: ExpertLoader(self._storage, files, arena=arena), self._stored_files)
+        self._expert_loader.read_layouts()
+        return self._expert_loader
+
+    def _host_arena(self, host_cache_bytes: int) -> HostArena | None:
+        """With GPU executors: one pinned arena for the host cache and the host copies of
+        device loads in flight (a demand load and a prefetch per GPU executor). Without,
+        none: a CPU's pool is the executing tier and reads go to buffers of their own."""
+        num_gpu = sum(p.startswith("cuda") for p in self._assembly.processors)
+        if not num_gpu:
+            return None
+        sizes = [(e.num_bytes, e.file_bytes) for e in self.model.experts.values()]
+        capacity = arena_capacity_bytes(sizes, host_cache_bytes, 2 * num_gpu)
+        return HostArena(capacity, pin=True)
 
     def _start_executor(self, executor: Executor) -> threading.Thread:
         t = threading.Thread(target=self._executor_loop, args=(executor,), daemon=True,
@@ -434,10 +452,14 @@ class Engine:
         of recent latencies; the counters alone cost microseconds."""
         bytes_read = (self._storage.stats().bytes_read - self._storage_bytes_at_start
                       if self._started else 0)
+        busy_s = self._expert_loader.busy_s() - self._load_busy_at_start if self._started else None
+        arena = self._expert_loader.arena if self._started else None
         return self._stats.snapshot(
             self._clock(),
             bytes_read=bytes_read,
             latencies=latencies,
+            load_busy_s=busy_s,
+            host_arena=_arena_figures(arena),
             policy=self._assembly.policies.name,
             budget_bytes=self.budget_bytes,
             total_expert_bytes=self.model.total_expert_bytes,
@@ -513,6 +535,15 @@ def _fault_error(batch: Batch, task: Task, fault: Fault, expert_at_fault: bool) 
         return f"expert {expert!r} failed: {fault.error}", FailureKind.EXPERT_FAILED
     return (f"expert {expert!r} failed on this input (request {task.request_id!r}) while the "
             f"rest of its batch ran: {fault.error}", FailureKind.INVALID_INPUT)
+
+
+def _arena_figures(arena: HostArena | None) -> dict[str, float] | None:
+    if arena is None:
+        return None
+    a = arena.stats()
+    return {"capacity_bytes": a.capacity_bytes, "used_bytes": a.used_bytes,
+            "largest_free_bytes": a.largest_free_bytes, "pinned_bytes": a.pinned_bytes,
+            "num_extents": a.num_extents, "fragmentation": a.fragmentation}
 
 
 def _check_processors(processors: list[str]) -> None:

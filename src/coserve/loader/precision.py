@@ -149,9 +149,41 @@ class PrecisionLoader:
         full = expand(tensors, precision)
         return full, seconds + time.perf_counter() - t0
 
+    def read_host(self, expert: str, precision: str = FULL_PRECISION
+                  ) -> tuple[Any, float]:
+        """A host copy for a device load (see ExpertLoader.read_host): fp32 lands in the
+        arena; a variant is expanded into memory of its own (its fp32 copy is bigger than
+        what was read, so it cannot reuse the read's extent)."""
+        if precision == FULL_PRECISION:
+            return self._loaders[FULL_PRECISION].read_host(expert)
+        tensors, seconds = self.read(expert, precision)
+        return _OwnCopy(tensors), seconds
+
     def to_device(self, tensors: dict[str, torch.Tensor], processor: str
                   ) -> tuple[dict[str, torch.Tensor], float]:
         return self._loaders[FULL_PRECISION].to_device(tensors, processor)
+
+    def read_layouts(self) -> int:
+        return sum(loader.read_layouts() for loader in self._loaders.values())
+
+    def busy_s(self) -> float:
+        """Seconds with a load in flight, summed over the precisions' loaders (loads at
+        two precisions at once count twice)."""
+        return sum(loader.busy_s() for loader in self._loaders.values())
+
+    @property
+    def arena(self) -> Any:
+        return self._loaders[FULL_PRECISION].arena
+
+
+class _OwnCopy:
+    """A host copy in memory of its own: released by dropping the last reference."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.tensors = tensors
+
+    def release(self) -> None:
+        self.tensors = {}
 
 
 

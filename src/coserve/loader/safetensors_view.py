@@ -84,24 +84,70 @@ def parse_safetensors(
     torch warns on read-only ones such as `bytes`. `source` (the file's path) only
     names the file in errors. ExpertError if the file is truncated or corrupt.
     """
+    layout = parse_layout(buf, source)
+    return tensor_views(layout, buf)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A parsed, validated safetensors header: where each tensor lies in the file. A
+    loader keeps it, so the next load of the file builds views without parsing (and
+    before the bytes arrive), then checks the header bytes are still `raw_header`."""
+
+    raw_header: bytes  # the first data_start bytes of the file
+    header: _Header
+
+    def matches(self, buf: memoryview | bytes | bytearray) -> bool:
+        """Whether `buf` is a file of this layout (same header bytes, same length)."""
+        return (memoryview(buf).nbytes == self.header.file_bytes
+                and buf[: len(self.raw_header)] == self.raw_header)
+
+    @property
+    def aligned(self) -> bool:
+        """Every tensor at a multiple of its item size: its views copy nothing, so they
+        can be built before the bytes arrive."""
+        start = self.header.data_start
+        return all((start + e.begin) % DTYPES[e.dtype].itemsize == 0 for e in self.header.entries)
+
+
+def parse_layout(buf: memoryview | bytes | bytearray,
+                 source: str | Path | None = None) -> Layout:
+    """The layout of the safetensors file in `buf`; ExpertError if truncated or corrupt."""
     where = _describe(source)
     buf_bytes = memoryview(buf).nbytes
     header_len = _read_header_len(bytes(buf[:HEADER_LEN_BYTES]), buf_bytes, where)
     header = _parse_header(bytes(buf[HEADER_LEN_BYTES : HEADER_LEN_BYTES + header_len]), where)
     _check_data_bytes(header, buf_bytes, where)
-    return {entry.name: _tensor_view(buf, header.data_start, entry) for entry in header.entries}
+    return Layout(bytes(buf[: header.data_start]), header)
+
+
+def tensor_views(layout: Layout, buf: memoryview | bytes | bytearray) -> dict[str, torch.Tensor]:
+    """The layout's tensors as views of `buf` (a file of that layout, `buf`'s bytes not
+    read: they may still be arriving), unaligned ones excepted (they are copies)."""
+    header = layout.header
+    # Views of one uint8 tensor share one storage: a device copy can then move the whole
+    # file in one transfer and rebuild the views there (`expert_loader.bulk_copy`).
+    whole = torch.frombuffer(buf, dtype=torch.uint8) if memoryview(buf).nbytes else None
+    return {entry.name: _tensor_view(whole, header.data_start, entry) for entry in header.entries}
 
 
 def read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     """Tensor name -> (safetensors dtype string, shape), reading only the header."""
-    header = _read_file_header(Path(path))
+    header, _ = _read_file_header(Path(path))
     return {entry.name: (entry.dtype, entry.shape) for entry in header.entries}
+
+
+def read_layout(path: Path) -> Layout:
+    """The file's layout from its header alone (a few KiB, not left in the page cache):
+    a loader that has it builds the tensor views of the first load during its read too."""
+    header, raw = _read_file_header(Path(path))
+    return Layout(raw, header)
 
 
 def expected_file_bytes(path: Path) -> int:
     """The file size the header implies (8 + header length + end of the last tensor),
     so a validator can spot a truncated file by comparing with its real size."""
-    return _read_file_header(Path(path)).file_bytes
+    return _read_file_header(Path(path))[0].file_bytes
 
 
 def _describe(source: str | Path | None) -> str:
@@ -206,24 +252,22 @@ def _check_data_bytes(header: _Header, buf_bytes: int, where: str) -> None:
     )
 
 
-def _tensor_view(
-    buf: memoryview | bytes | bytearray, data_start: int, entry: _TensorEntry
-) -> torch.Tensor:
+def _tensor_view(whole: torch.Tensor | None, data_start: int, entry: _TensorEntry) -> torch.Tensor:
     dtype = DTYPES[entry.dtype]
-    count = (entry.end - entry.begin) // dtype.itemsize
-    if count == 0:
-        # torch.frombuffer refuses count=0, and there are no bytes to share anyway.
+    if whole is None or entry.end == entry.begin:
+        # No bytes to share (and a zero-length slice cannot be viewed as another dtype).
         return torch.empty(entry.shape, dtype=dtype)
     offset = data_start + entry.begin
+    raw = whole[offset : data_start + entry.end]  # [nbytes] uint8
     if offset % dtype.itemsize:
         # safetensors writers align every tensor; a foreign writer may not, and
         # vectorised kernels may assume natural alignment, so pay one copy here.
-        raw = torch.frombuffer(buf, dtype=torch.uint8, count=count * dtype.itemsize, offset=offset)
-        return raw.clone().view(dtype).view(entry.shape)
-    return torch.frombuffer(buf, dtype=dtype, count=count, offset=offset).view(entry.shape)
+        raw = raw.clone()
+    return raw.view(dtype).view(entry.shape)
 
 
-def _read_file_header(path: Path) -> _Header:
+def _read_file_header(path: Path) -> tuple[_Header, bytes]:
+    """The parsed header and its raw bytes (length prefix included)."""
     where = _describe(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -236,11 +280,13 @@ def _read_file_header(path: Path) -> _Header:
         raise ExpertError(f"cannot open {where}: {exc}") from exc
     try:
         file_bytes = os.fstat(fd).st_size
-        header_len = _read_header_len(os.pread(fd, HEADER_LEN_BYTES, 0), file_bytes, where)
-        header = _parse_header(os.pread(fd, header_len, HEADER_LEN_BYTES), where)
+        prefix = os.pread(fd, HEADER_LEN_BYTES, 0)
+        header_len = _read_header_len(prefix, file_bytes, where)
+        raw = os.pread(fd, header_len, HEADER_LEN_BYTES)
+        header = _parse_header(raw, where)
         # Validating a repository must not leave headers cached: a later load would
         # then not cost an honest storage read.
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
-    return header
+    return header, prefix + raw

@@ -17,8 +17,11 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from coserve.errors import ConfigError, ExpertError
 
@@ -32,6 +35,15 @@ READ_CHUNK_BYTES = 16 * 1024 * 1024
 
 # The x86-64 / arm64 (4 KiB base page) transparent huge page size.
 HUGE_PAGE_BYTES = 2 * 1024 * 1024
+
+# Threads reading files while their callers build tensor views (`Storage.load`'s
+# `then`); preadv releases the GIL. One per concurrent load is plenty.
+NUM_READERS = 8
+
+T = TypeVar("T")
+# Allocates the destination of a read: given the bytes needed (the file size rounded up
+# to DIRECT_IO_ALIGN_BYTES), a page-aligned writable buffer at least that long.
+Allocate = Callable[[int], memoryview]
 
 
 @dataclass(frozen=True)
@@ -88,6 +100,39 @@ class StorageStats:
     read_time_s: float
     num_direct_reads: int
     num_fadvise_reads: int
+    # wall-clock time with at least one read in flight: bytes_read / busy_s is the
+    # bandwidth the device delivered, which read_time_s (summed) understates as soon as
+    # reads overlap (each also waits for the others on a shared device)
+    busy_s: float = 0.0
+
+
+class BusyClock:
+    """Wall-clock time with at least one operation in flight (the union of intervals),
+    thread-safe."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._num_in_flight = 0
+        self._since_s = 0.0
+        self._busy_s = 0.0
+
+    def enter(self) -> None:
+        with self._lock:
+            if self._num_in_flight == 0:
+                self._since_s = self._clock()
+            self._num_in_flight += 1
+
+    def exit(self) -> None:
+        with self._lock:
+            self._num_in_flight -= 1
+            if self._num_in_flight == 0:
+                self._busy_s += self._clock() - self._since_s
+
+    def busy_s(self) -> float:
+        with self._lock:
+            running_s = self._clock() - self._since_s if self._num_in_flight else 0.0
+            return self._busy_s + running_s
 
 
 class _SerialDevice:
@@ -126,7 +171,9 @@ class Storage:
     """One storage device shared by every loader in the process (thread-safe).
 
     `read(path)` returns the whole file in one fresh, page-aligned, writable buffer,
-    ready for zero-copy tensor views (see `parse_safetensors`).
+    ready for zero-copy tensor views (see `parse_safetensors`); `load` reads into a
+    buffer the caller allocates (e.g. a host arena's extent) and builds views of it
+    while the read is in flight.
     """
 
     def __init__(self, profile: StorageProfile, direct_io: bool = True) -> None:
@@ -141,6 +188,8 @@ class Storage:
         self._read_time_s = 0.0
         self._num_reads_by_mode = dict.fromkeys(ReadMode, 0)
         self._last_read_mode: ReadMode | None = None
+        self._busy = BusyClock()
+        self._readers = ThreadPoolExecutor(NUM_READERS, thread_name_prefix="coserve-read")
 
     @property
     def last_read_mode(self) -> ReadMode | None:
@@ -155,30 +204,84 @@ class Storage:
                 read_time_s=self._read_time_s,
                 num_direct_reads=self._num_reads_by_mode[ReadMode.DIRECT],
                 num_fadvise_reads=self._num_reads_by_mode[ReadMode.FADVISE],
+                busy_s=self._busy.busy_s(),
             )
 
     def read(self, path: Path, expected_bytes: int | None = None) -> memoryview:
         """Read the whole file from the device (never from the page cache), paced by
         the profile. ExpertError if it is missing, unreadable, or not `expected_bytes`
         long."""
+        return self.load(path, expected_bytes)[0]
+
+    def load(self, path: Path, expected_bytes: int | None = None, *,
+             into: Allocate | None = None,
+             then: Callable[[memoryview], T] | None = None) -> tuple[memoryview, T | None]:
+        """Read the whole file into `into(aligned_bytes)` (default: a fresh page-aligned
+        buffer) and return (the file's bytes, `then(those bytes)`). `then` runs while
+        the file is being read: it may build views of the buffer but must not read it
+        (`ExpertLoader` builds tensor views from a layout it parsed before). Pacing
+        books the device when the load starts, so allocation and view building overlap
+        the modelled read instead of adding to it. ExpertError as for `read`."""
         path = Path(path)
         start_s = time.monotonic()
         st = _stat_weights_file(path)
         _check_size(path, st.st_size, expected_bytes)
-        deadline_s = self._device.reserve(st.st_size)
-        buf, mode = self._read_uncached(path, st)
-        self._device.wait_until(deadline_s)
+        self._busy.enter()
+        try:
+            deadline_s = self._device.reserve(st.st_size)
+            dest = (into or _fresh_buffer)(_aligned_bytes(st.st_size))
+            _check_destination(dest, st.st_size)
+            result, mode = self._read_uncached(path, st, dest, then)
+            self._device.wait_until(deadline_s)
+        finally:
+            self._busy.exit()
         self._record(st.st_size, time.monotonic() - start_s, mode)
-        return buf
+        return dest[: st.st_size], result
 
-    def _read_uncached(self, path: Path, st: os.stat_result) -> tuple[memoryview, ReadMode]:
+    def _read_uncached(self, path: Path, st: os.stat_result, dest: memoryview,
+                       then: Callable[[memoryview], T] | None) -> tuple[T | None, ReadMode]:
         if self._uses_direct_io(st):
             try:
-                return _read_direct(path, st.st_size), ReadMode.DIRECT
+                return self._read_file(path, st.st_size, dest, then, True), ReadMode.DIRECT
             except _DirectIOUnsupported:
                 with self._lock:
                     self._no_direct_devices.add(st.st_dev)
-        return _read_fadvise(path, st.st_size), ReadMode.FADVISE
+        return self._read_file(path, st.st_size, dest, then, False), ReadMode.FADVISE
+
+    def _read_file(self, path: Path, size: int, dest: memoryview,
+                   then: Callable[[memoryview], T] | None, direct: bool) -> T | None:
+        fd = _open(path, os.O_DIRECT if direct else 0)
+        try:
+            if not direct:
+                # Drop before the read so that pages cached by anyone else do not make
+                # this read free, and after it so that we do not leave a free copy behind.
+                _drop_cached_pages(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            result = self._fill_overlapped(fd, path, dest, size, then, direct)
+            if not direct:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        return result
+
+    def _fill_overlapped(self, fd: int, path: Path, dest: memoryview, size: int,
+                         then: Callable[[memoryview], T] | None, direct: bool) -> T | None:
+        """The whole file in one request on a reader thread while `then` runs here. One
+        request: on the development VM splitting the read in two (even both in flight
+        at once) cost more than the parse it would let start early."""
+        if then is None:
+            _fill(fd, path, dest, (0, size), size, direct)
+            return None
+        issued = threading.Event()
+        whole = self._readers.submit(_fill_issued, issued, fd, path, dest, (0, size),
+                                          size, direct)
+        # `then` holds the GIL; the reader must have issued its read first, or it could
+        # wait a whole switch interval (5 ms) for the GIL just to start.
+        issued.wait()
+        try:
+            return then(dest[:size])
+        finally:
+            whole.result()  # the buffer and the descriptor are in use until it is done
 
     def _record(self, nbytes: int, elapsed_s: float, mode: ReadMode) -> None:
         with self._lock:
@@ -190,6 +293,19 @@ class Storage:
 
     def _uses_direct_io(self, st: os.stat_result) -> bool:
         return self.direct_io and st.st_dev not in self._no_direct_devices
+
+
+def _aligned_bytes(nbytes: int) -> int:
+    return max(1, -(-nbytes // DIRECT_IO_ALIGN_BYTES)) * DIRECT_IO_ALIGN_BYTES
+
+
+def _fresh_buffer(nbytes: int) -> memoryview:
+    return memoryview(aligned_buffer(nbytes))
+
+
+def _check_destination(dest: memoryview, size: int) -> None:
+    # Internal contract of `into` (an allocator bug, never user input).
+    assert dest.nbytes >= _aligned_bytes(size) and not dest.readonly, (dest.nbytes, size)
 
 
 def measure_raw_bandwidth(path: Path, storage: Storage | None = None) -> float:
@@ -257,7 +373,9 @@ def _truncated(path: Path, actual_bytes: int, expected_bytes: int) -> ExpertErro
     )
 
 
-def _aligned_buffer(nbytes: int) -> mmap.mmap:
+def aligned_buffer(nbytes: int) -> mmap.mmap:
+    """A fresh anonymous mapping of `nbytes` rounded up to DIRECT_IO_ALIGN_BYTES, faulted
+    in as huge pages where the kernel allows."""
     # Anonymous mmaps are page-aligned, which O_DIRECT requires, and writable, which
     # torch.frombuffer wants (it warns on read-only buffers).
     num_blocks = max(1, -(-nbytes // DIRECT_IO_ALIGN_BYTES))
@@ -266,11 +384,11 @@ def _aligned_buffer(nbytes: int) -> mmap.mmap:
     buf = mmap.mmap(
         -1, num_blocks * DIRECT_IO_ALIGN_BYTES, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
     )
-    _back_with_huge_pages(buf)
+    back_with_huge_pages(buf)
     return buf
 
 
-def _back_with_huge_pages(buf: mmap.mmap) -> None:
+def back_with_huge_pages(buf: mmap.mmap) -> None:
     """Fault the buffer in as 2 MiB transparent huge pages before the read.
 
     Pages that O_DIRECT pins on first touch come in as 4 KiB pages, and the device
@@ -310,34 +428,28 @@ def _pread_into(fd: int, path: Path, view: memoryview, offset: int, direct: bool
         raise ExpertError(f"cannot read expert weights file {path}: {exc}") from exc
 
 
-def _fill(fd: int, path: Path, buf: mmap.mmap, size: int, direct: bool) -> None:
-    """Read `size` bytes at offset 0 into `buf` in large chunks. Requests are rounded
-    up to the alignment, so the final chunk comes back short at end of file."""
-    view = memoryview(buf)
-    try:
-        offset = 0
-        while offset < size:
-            end = min(offset + READ_CHUNK_BYTES, len(buf))
-            num_read = _pread_into(fd, path, view[offset:end], offset, direct)
-            short = num_read < end - offset
-            offset += num_read
-            # pread on a regular file is short only at end of file, so a short read
-            # before `size` means the file shrank under us (and would leave the next
-            # O_DIRECT offset unaligned).
-            if short and offset < size:
-                raise _truncated(path, offset, size)
-    finally:
-        view.release()
+def _fill(fd: int, path: Path, dest: memoryview, span: tuple[int, int], size: int,
+          direct: bool) -> None:
+    """Read the file (`size` bytes) from offset span[0] (aligned) up to at least span[1]
+    into the same offsets of `dest`, in large chunks. Requests are rounded up to the
+    alignment, so the final chunk comes back short at end of file."""
+    offset, until = span
+    while offset < until:
+        end = min(offset + READ_CHUNK_BYTES, dest.nbytes)
+        num_read = _pread_into(fd, path, dest[offset:end], offset, direct)
+        short = num_read < end - offset
+        offset += num_read
+        # pread on a regular file is short only at end of file, so a short read before
+        # `until` means the file shrank under us (and would leave the next O_DIRECT
+        # offset unaligned).
+        if short and offset < size:
+            raise _truncated(path, offset, size)
 
 
-def _read_direct(path: Path, size: int) -> memoryview:
-    buf = _aligned_buffer(size)
-    fd = _open(path, os.O_DIRECT)
-    try:
-        _fill(fd, path, buf, size, direct=True)
-    finally:
-        os.close(fd)
-    return memoryview(buf)[:size]
+def _fill_issued(issued: threading.Event, fd: int, path: Path, dest: memoryview,
+                 span: tuple[int, int], size: int, direct: bool) -> None:
+    issued.set()  # the read below releases the GIL as it starts
+    _fill(fd, path, dest, span, size, direct)
 
 
 def _drop_cached_pages(fd: int) -> None:
@@ -349,24 +461,9 @@ def _drop_cached_pages(fd: int) -> None:
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
-def _read_fadvise(path: Path, size: int) -> memoryview:
-    buf = _aligned_buffer(size)
-    fd = _open(path, 0)
-    try:
-        # Drop before the read so that pages cached by anyone else do not make this read
-        # free, and after it so that we do not leave a free copy behind.
-        _drop_cached_pages(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        _fill(fd, path, buf, size, direct=False)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-    return memoryview(buf)[:size]
-
-
 def _stream_file(path: Path, size: int, flags: int) -> None:
     """Read the whole file through one reused chunk buffer (no per-file allocation)."""
-    chunk = _aligned_buffer(min(size, READ_CHUNK_BYTES))
+    chunk = aligned_buffer(min(size, READ_CHUNK_BYTES))
     view = memoryview(chunk)
     fd = _open(path, flags)
     try:

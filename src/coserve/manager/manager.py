@@ -17,11 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from coserve.errors import ExpertError
+from coserve.manager.host_tier import HostCopyLike, HostTier
 from coserve.manager.pool import Resident
 from coserve.manager.precision import LoadContext, LoadTimes, PrecisionPolicy
 from coserve.manager.residency import Residency
 from coserve.stats import StatsRecorder
-from coserve.types import FULL_PRECISION, STORAGE_TO_HOST, LoadPath
+from coserve.types import FULL_PRECISION, LoadPath
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,12 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 class Loader(Protocol):
     def read(self, expert: str) -> tuple[dict[str, Any], float]:
-        """Storage -> host tensors; returns (tensors, seconds)."""
+        """Storage -> host tensors (a CPU's executing tier); returns (tensors, seconds)."""
+        ...
+
+    def read_host(self, expert: str) -> tuple[HostCopyLike, float]:
+        """Storage -> a host copy for device loads (released when no longer needed);
+        MemoryError when there is no room for it now."""
         ...
 
     def to_device(self, tensors: dict[str, Any], processor: str) -> tuple[dict[str, Any], float]:
@@ -85,6 +91,7 @@ class ExpertManager:
         self._load_times = LoadTimes(storage_bytes_per_s)
         self._cond = threading.Condition()
         self._upgrading: set[int] = set()  # executors with an upgrade in flight
+        self.host_tier = HostTier(residency, self._read_host, stats, self._cond)
         self._prefetchers = [
             ThreadPoolExecutor(1, thread_name_prefix=f"coserve-prefetch-{i}")
             for i in range(len(self.processors))
@@ -229,8 +236,12 @@ class ExpertManager:
         if path.source == "storage":  # a CPU: the host pool is the executing tier
             tensors, seconds = self._read(expert, precision)
         else:
-            host, precision = self._host_tensors(expert, precision)
-            tensors, seconds = self._loader.to_device(host, processor)
+            lease = self.host_tier.acquire(expert, precision)
+            try:
+                tensors, seconds = self._loader.to_device(lease.tensors, processor)
+            finally:
+                self.host_tier.release(lease)
+            precision = lease.precision
         self._stats.switch(executor, path, size, seconds)
         return tensors, precision
 
@@ -256,18 +267,15 @@ class ExpertManager:
         self._load_times.observe(precision, num_bytes, seconds)
         return tensors, seconds
 
-    def _host_tensors(self, expert: str, precision: str) -> tuple[dict[str, Any], str]:
-        """Host copy for a device load: from the host cache (at whatever precision it was
-        read), else storage (cached if the host budget allows, evicting by the same
-        policy)."""
-        with self._cond:
-            cached = self._host.entries.get(expert)
-            if cached is not None and not cached.loading:
-                return cached.tensors, cached.precision  # type: ignore[return-value]
-        tensors, seconds = self._read(expert, precision)
-        self._stats.switch(None, STORAGE_TO_HOST, self._expert_bytes[expert], seconds)
-        with self._cond:
-            if expert not in self._host.entries and self.residency.reserve_host(expert):
-                self._host.entries[expert].tensors = tensors
-                self._host.entries[expert].precision = precision
-        return tensors, precision
+    def _read_host(self, expert: str, precision: str) -> tuple[HostCopyLike, float]:
+        """Storage -> a host copy for a device load at `precision` (the host tier's
+        reader), counted per precision like every read."""
+        if self._precision is None:
+            copy, seconds = self._loader.read_host(expert)
+            self._stats.precision_read(FULL_PRECISION, None)
+            return copy, seconds
+        copy, seconds = self._loader.read_host(expert, precision)  # type: ignore[call-arg]
+        num_bytes = self._loader.file_bytes(expert, precision)  # type: ignore[attr-defined]
+        self._stats.precision_read(precision, num_bytes)
+        self._load_times.observe(precision, num_bytes, seconds)
+        return copy, seconds

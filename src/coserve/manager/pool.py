@@ -34,6 +34,9 @@ class ModelPool:
         # Told the expert whenever one enters or leaves (the scheduler re-predicts the
         # switch time of its queued group).
         self.on_change: Callable[[str], None] = lambda expert: None
+        # Told of every entry that leaves (evicted or dropped), e.g. so the host tier
+        # can give an evicted host copy's memory back once nothing copies from it.
+        self.on_remove: Callable[[Resident], None] | None = None
 
     def free_bytes(self) -> float:
         return math.inf if self.budget_bytes is None else self.budget_bytes - self.used_bytes
@@ -48,6 +51,8 @@ class ModelPool:
         entry = self.entries.pop(expert)
         self.used_bytes -= entry.num_bytes
         self.on_change(expert)
+        if self.on_remove is not None:
+            self.on_remove(entry)
         return entry
 
     def evictable(self, is_subsequent: Callable[[str], bool], protected: Set[str]) -> list[PoolEntry]:

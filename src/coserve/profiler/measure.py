@@ -15,6 +15,7 @@ import torch
 from coserve.engine.costs import leaf_output_bytes
 from coserve.errors import ConfigError
 from coserve.executors.executor import Executor, build_skeletons
+from coserve.loader.arena import HostArena, arena_capacity_bytes
 from coserve.loader.expert_loader import ExpertLoader
 from coserve.loader.storage import Storage, measure_raw_bandwidth
 from coserve.plan import processor_kind as kind_of
@@ -141,9 +142,12 @@ def load_profile(
                           f"names from the repository's coe.yaml")
     specs = [model.experts[e] for e in experts]
     kind = _kind(processor_kind)
-    # Pinned host memory for device copies, as the engine's loader uses with CUDA pools.
+    # Host copies in a pinned arena for device copies, as the engine's loader makes them.
+    arena = (HostArena(arena_capacity_bytes([(e.num_bytes, e.file_bytes) for e in specs], 0,
+                                            len(specs)), pin=True)
+             if kind == "cuda" else None)
     loader = ExpertLoader(storage, {e.name: (e.weights_path, e.file_bytes) for e in specs},
-                          pin_memory=kind == "cuda")
+                          arena=arena)
     if kind == "cpu":
         points = _storage_points(loader, specs)
         largest = max(specs, key=lambda e: e.file_bytes)
@@ -180,7 +184,7 @@ def _to_device_points(loader: ExpertLoader, specs: Sequence[ExpertSpec]) -> list
     if not torch.cuda.is_available():
         raise ConfigError("cannot profile host -> cuda loads: torch sees no CUDA device; "
                           "profile the cpu only (--processors cpu)")
-    on_host = {e.name: loader.read(e.name)[0] for e in specs}
+    on_host = {e.name: loader.read_host(e.name)[0].tensors for e in specs}
     loader.to_device(on_host[specs[0].name], "cuda:0")  # warm-up: context and stream set-up
     return [(float(e.num_bytes), loader.to_device(on_host[e.name], "cuda:0")[1])
             for e in specs for _ in range(LOAD_REPEATS)]

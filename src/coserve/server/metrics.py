@@ -142,6 +142,17 @@ class EngineCollector(Collector):
             yield from _executors(engine, stats)
 
 
+def _host_arena(s: EngineStats) -> Iterator[Metric]:
+    """The pinned host arena in front of GPU executors (nothing without one)."""
+    if not s.host_arena:
+        return
+    for key, what in (("capacity_bytes", "Bytes of the host arena"),
+                      ("used_bytes", "Bytes of the host arena holding host copies"),
+                      ("largest_free_bytes", "The host arena's largest free extent"),
+                      ("pinned_bytes", "Page-locked host RAM: the arena's capacity, unrounded")):
+        yield _gauge(f"coserve_host_arena_{key}", what, s.host_arena[key])
+
+
 def _engine_counters(s: EngineStats) -> Iterator[Metric]:
     yield _by_path("coserve_expert_switches", "Expert loads into an executing tier, by tier path",
                    s.switches_by_path)
@@ -149,6 +160,8 @@ def _engine_counters(s: EngineStats) -> Iterator[Metric]:
                    s.bytes_loaded_by_path)
     yield _by_path("coserve_expert_load_seconds", "Seconds spent loading experts, by tier path",
                    s.load_time_s_by_path)
+    yield _by_path("coserve_expert_loads", "Every expert load by tier path, host-cache fills "
+                   "(storage->host) included", s.loads_by_path)
     yield CounterMetricFamily("coserve_storage_read_bytes", "Bytes read from storage",
                               value=s.bytes_read)
     yield _labelled("coserve_storage_read_bytes_by_precision", "Bytes read from storage, by "
@@ -156,6 +169,7 @@ def _engine_counters(s: EngineStats) -> Iterator[Metric]:
                     s.bytes_read_by_precision)
     yield _labelled("coserve_expert_loads_by_precision", "Expert storage reads, by stored "
                     "precision", "precision", s.loads_by_precision)
+    yield from _host_arena(s)
     yield CounterMetricFamily("coserve_pool_hits", "Batches whose expert was resident",
                               value=s.num_pool_hits)
     yield CounterMetricFamily("coserve_pool_misses", "Batches that had to load their expert",

@@ -126,6 +126,7 @@ class Simulator:
         self._loading: dict[tuple[int, str], float] = {}  # (pool, expert) -> ready at
         self._storage_free_s = 0.0
         self._bytes_read = 0
+        self._host_fills: dict[str, float] = {}  # expert -> when its host fill lands
         self._results: dict[str, Result] = {}
         self._place(assembly.initial_placement())
         self._requests.open()
@@ -248,12 +249,17 @@ class Simulator:
         return self._storage_free_s + self.costs.storage_fixed_s
 
     def _host_copy(self, expert: str) -> float:
-        """When the host copy of `expert` is ready: now if cached, else after a read
-        (kept in the host cache if its budget allows)."""
-        if self._residency.in_host(expert):
-            return self._clock()
+        """When the host copy of `expert` is ready: when the read in flight for it
+        lands, now if cached, else after a read (kept in the host cache if its budget
+        allows)."""
         now = self._clock()
+        in_flight = self._host_fills.get(expert, now)
+        if in_flight > now:  # single flight, as the engine's host tier: share that read
+            return in_flight
+        if self._residency.in_host(expert):
+            return now
         ready = self._storage_read(expert)
+        self._host_fills[expert] = ready
         self._stats.switch(None, STORAGE_TO_HOST, self._residency.expert_bytes[expert], ready - now)
         if self._residency.reserve_host(expert):
             self._residency.host.entries[expert].tensors = LOADED

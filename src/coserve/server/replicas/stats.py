@@ -68,4 +68,17 @@ def summed_stats(current: Sequence[EngineStats], retired: Sequence[EngineStats] 
         num_batch_timeouts=total("num_batch_timeouts"),
         num_unhealthy_executors=sum(s.num_unhealthy_executors for s in current),
         num_batch_splits=total("num_batch_splits"), num_oom_splits=total("num_oom_splits"),
+        loads_by_path=sum_by_path(s.loads_by_path for s in every),
+        num_host_hits=total("num_host_hits"), num_host_misses=total("num_host_misses"),
+        host_arena=_summed_arenas([s.host_arena for s in current if s.host_arena]),
         extra={"num_replicas": len(current), "num_retired_engines": len(retired)})
+
+
+def _summed_arenas(arenas: Sequence[Mapping[str, float]]) -> dict[str, float] | None:
+    """The replicas' host arenas as one: bytes summed; the largest free extent is any
+    one replica's, and fragmentation is not summable (left out)."""
+    if not arenas:
+        return None
+    summed = {key: sum(a[key] for a in arenas)
+              for key in ("capacity_bytes", "used_bytes", "pinned_bytes", "num_extents")}
+    return {**summed, "largest_free_bytes": max(a["largest_free_bytes"] for a in arenas)}
