@@ -256,24 +256,26 @@ class ExpertManager:
 
     def _read(self, expert: str, precision: str,
               upgrade: bool = False) -> tuple[dict[str, Any], float]:
-        """Storage -> host at `precision`, counted per precision."""
-        if self._precision is None:
-            tensors, seconds = self._loader.read(expert)
-            self._stats.precision_read(FULL_PRECISION, None)
-            return tensors, seconds
-        tensors, seconds = self._loader.read(expert, precision)  # type: ignore[call-arg]
-        num_bytes = self._loader.file_bytes(expert, precision)  # type: ignore[attr-defined]
-        self._stats.precision_read(precision, num_bytes, upgrade)
-        self._load_times.observe(precision, num_bytes, seconds)
-        return tensors, seconds
+        """Storage -> host tensors at `precision` (a CPU's executing tier)."""
+        return self._counted(self._loader.read, expert, precision, upgrade)
 
     def _read_host(self, expert: str, precision: str) -> tuple[HostCopyLike, float]:
         """Storage -> a host copy for a device load at `precision` (the host tier's
-        reader), counted per precision like every read."""
+        reader)."""
+        return self._counted(self._loader.read_host, expert, precision, False)
+
+    def _counted(self, read: Callable[..., tuple[Any, float]], expert: str, precision: str,
+                 upgrade: bool) -> tuple[Any, float]:
+        """`read(expert[, precision])`, counted per precision and timed for `auto`."""
         if self._precision is None:
-            copy, seconds = self._loader.read_host(expert)
+            result, seconds = read(expert)
             self._stats.precision_read(FULL_PRECISION, None)
-            return copy, seconds
+            return result, seconds
+        result, seconds = read(expert, precision)
+        num_bytes = self._loader.file_bytes(expert, precision)  # type: ignore[attr-defined]
+        self._stats.precision_read(precision, num_bytes, upgrade)
+        self._load_times.observe(precision, num_bytes, seconds)
+        return result, seconds
         copy, seconds = self._loader.read_host(expert, precision)  # type: ignore[call-arg]
         num_bytes = self._loader.file_bytes(expert, precision)  # type: ignore[attr-defined]
         self._stats.precision_read(precision, num_bytes)
