@@ -8,7 +8,7 @@ import pytest
 from coserve.cli import main
 from coserve.config import EngineConfig
 from coserve.executors.spec import parse_executors
-from coserve.planfile import Plan
+from coserve.planfile import Plan, PlanError
 from coserve.planner import Planner
 from coserve.profiler import profile_repository
 from coserve.repository import open_repository
@@ -113,3 +113,20 @@ def test_a_plan_from_another_machine_is_flagged(setup, tmp_path, capsys):
     assert main(["simulate", str(root), str(trace), "--plan", str(path), "--backlog", "--json"]) == 0
     assert "profiled on 96 cores" in capsys.readouterr().err
     assert other.machine_differences(96, plan.machine["cuda"]) == []
+
+
+def test_a_plan_profiled_on_a_busy_machine_is_flagged(setup, tmp_path, capsys):
+    _, _, plan, _, root, trace = setup
+    assert "load_average_1m" in plan.machine  # recorded when profiling starts
+    cpus = plan.machine["cpu_count"]
+    busy = plan.__class__(**{**plan.__dict__, "machine": {**plan.machine, "load_average_1m": 0.9 * cpus}})
+    path = busy.save(tmp_path / "busy.json")
+    assert main(["simulate", str(root), str(trace), "--plan", str(path), "--backlog", "--json"]) == 0
+    assert "profiled while the machine was busy" in capsys.readouterr().err
+    quiet = {**plan.machine, "load_average_1m": 0.1 * cpus}
+    assert plan.__class__(**{**plan.__dict__, "machine": quiet}).machine_differences(
+        cpus, plan.machine["cuda"]) == []
+    broken = json.loads(json.dumps(busy.to_json()))
+    broken["machine"]["load_average_1m"] = "high"
+    with pytest.raises(PlanError, match="load_average_1m"):
+        Plan.from_json(broken)

@@ -26,6 +26,9 @@ HOST_TO_DEVICE_PATH = str(LoadPath.to_executor("cuda:0").kind)
 MAX_DEPTH = 16  # nested objects/lists; a plan needs 5
 MAX_NUMBER = 1e18  # bytes, seconds, counts: anything larger is corrupt
 MAX_COUNT_DIGITS = 6  # batch sizes and executor counts as keys
+# A plan profiled while the 1-minute load average was above this share of the cores is
+# flagged: other work slowed what it measured.
+BUSY_LOAD_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,10 @@ class Plan:
         profiled_cpus = self.machine.get("cpu_count")
         if profiled_cpus is not None and profiled_cpus != cpu_count:
             notes.append(f"the plan was profiled on {profiled_cpus} cores, this machine has {cpu_count}")
+        load = self.machine.get("load_average_1m")
+        if load is not None and profiled_cpus and load > BUSY_LOAD_SHARE * profiled_cpus:
+            notes.append(f"the plan was profiled while the machine was busy (load average "
+                         f"{load:.1f} on {profiled_cpus} cores): its costs read high")
         profiled_cuda = list(self.machine.get("cuda", []))
         if profiled_cuda != list(cuda):
             notes.append(f"the plan was profiled with GPUs {profiled_cuda or 'none'}, this machine "
@@ -354,6 +361,10 @@ def _read_machine(r: _Reader, doc: Any) -> dict[str, Any]:
     if cpus is not None and (isinstance(cpus, bool) or not isinstance(cpus, int)
                              or not 0 < cpus < MAX_NUMBER):
         r.fail("machine.cpu_count", f"is {_shown(cpus)}; it must be a positive integer or null")
+    load = machine.get("load_average_1m")
+    if load is not None and (isinstance(load, bool) or not isinstance(load, int | float)
+                             or not 0 <= load < MAX_NUMBER):
+        r.fail("machine.load_average_1m", f"is {_shown(load)}; it must be a number >= 0 or null")
     cuda = machine.get("cuda", [])
     if not isinstance(cuda, list) or not all(isinstance(name, str) for name in cuda):
         r.fail("machine.cuda", f"is {_shown(cuda)}; it must be a list of GPU names")

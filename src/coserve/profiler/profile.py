@@ -76,6 +76,7 @@ def profile_repository(
         raise ConfigError("the usage sample is empty: give some requests, or none to use "
                           "the repository's rules")
     steps = _Steps(progress, len(model.architectures) * len(kinds) + len(kinds) + bool(sample))
+    load_average = _load_average()  # before our own work raises it
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)  # process-wide: restored below
     max_executors = max_executors or default_max_executors()
@@ -89,7 +90,7 @@ def profile_repository(
         loads = _profile_loads(model, kinds, storage, steps)
         plan = Plan(repository=model.name, processors=archs, threads=dict.fromkeys(kinds, threads),
                     loads=loads, usage=dict(model.usage), label_probs=_label_probs(model, []),
-                    usage_source="rules", machine=_machine(batch_sizes))
+                    usage_source="rules", machine=_machine(batch_sizes, load_average))
         if sample is not None:
             plan = _route_sample(plan, model, sample, max_executors, calibration_requests, steps)
     finally:
@@ -308,7 +309,17 @@ def _label_probs(model: CoEModel, routed: Sequence[Result]) -> dict[str, dict[st
     return probs
 
 
-def _machine(batch_sizes: Sequence[int]) -> dict[str, Any]:
+def _load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none): a plan profiled while
+    other work ran reads slow (a board A plan profiled beside other work on 2 cores timed
+    16-image batches 17-20% slower than a quiet profile and the engine did)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def _machine(batch_sizes: Sequence[int], load_average: float | None) -> dict[str, Any]:
     cuda = ([torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
             if torch.cuda.is_available() else [])
     return {
@@ -317,4 +328,5 @@ def _machine(batch_sizes: Sequence[int]) -> dict[str, Any]:
         "torch": torch.__version__,
         "cuda": cuda,
         "batch_sizes": sorted(set(batch_sizes)),
+        "load_average_1m": load_average,  # when profiling started
     }
