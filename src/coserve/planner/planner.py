@@ -32,15 +32,16 @@ GPU_COUNTS = (1, 2, 3)  # GPU executors per GPU the default options try
 
 
 @dataclass(frozen=True)
-class PoolSplit:
-    """One device's share of a candidate: its executors and its memory split."""
+class PoolSplit(PoolRecommendation):
+    """One device's share of a candidate: its pool as a recommendation records it, and
+    the top-N experts by usage its budget was sized for."""
 
-    device: str  # 'cpu' or 'cuda:N'
-    num_executors: int
-    memory_bytes: int  # the device's memory for experts plus activations
-    budget_bytes: int  # expert weights, all its executors together
-    activation_bytes: int  # per executor
-    num_resident: int  # top-N experts by usage the budget was sized for
+    num_resident: int
+
+    def recommended(self) -> PoolRecommendation:
+        """The pool as the plan file records it (without the search's own figures)."""
+        return PoolRecommendation(self.device, self.num_executors, self.memory_bytes,
+                                  self.budget_bytes, self.activation_bytes)
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,7 @@ class Candidate:
                        activation_bytes=cpu.activation_bytes if cpu else self.activation_bytes)
 
     def recommendation(self, storage: str, confirmed: float | None = None) -> Recommendation:
-        pools = tuple(PoolRecommendation(p.device, p.num_executors, p.memory_bytes,
-                                         p.budget_bytes, p.activation_bytes) for p in self.pools)
+        pools = tuple(p.recommended() for p in self.pools)
         return Recommendation(self.executors, self.memory_bytes, self.budget_bytes,
                               self.activation_bytes, storage, self.items_per_s, confirmed,
                               pools if len(pools) > 1 else ())
