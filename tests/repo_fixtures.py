@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from coserve.architectures.base import Decoded, ExpertModule
+from coserve.architectures.base import Decoded, ExpertModule, decode_scores
 
 NOT_CALLABLE = 42  # a factory path that imports but cannot build anything
 
@@ -31,6 +31,14 @@ class TinyNet(ExpertModule):
     def decode(self, out: torch.Tensor) -> list[Decoded]:
         # out: [N, num_classes] logits
         return [Decoded(int(row.argmax()), {"scores": row.tolist()}) for row in out]
+
+
+class SoftmaxNet(TinyNet):
+    """TinyNet whose scores are its softmax, as coserve's classifiers decode (a cascade
+    reads the top score as the answer's confidence)."""
+
+    def decode(self, out: torch.Tensor) -> list[Decoded]:
+        return decode_scores(out)
 
 
 def route_by_size(expert: str, label: str, fields: dict[str, Any]) -> list[str]:

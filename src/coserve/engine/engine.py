@@ -379,7 +379,8 @@ class Engine:
 
     def _next_experts(self, expert: str, out: Decoded, request: Request) -> tuple[str, tuple[str, ...]]:
         labels = self.model.architectures[self.model.experts[expert].architecture].labels
-        label = labels[out.label_index]
+        # A cascade expert's unsure answer routes as LOW_CONFIDENCE (its escalation).
+        label = self.model.router.decide(expert, labels[out.label_index], out.detail)
         return label, self.model.router.next(expert, label, request.fields)
 
     def _fail_rest(self, shift: Shift, error: str, kind: FailureKind) -> None:

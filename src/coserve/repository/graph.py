@@ -13,6 +13,7 @@ from coserve.repository._common import (
     listed,
     repo_error,
 )
+from coserve.repository.routing import LOW_CONFIDENCE
 from coserve.repository.schema import END, ExpertEntry, RoutingDoc
 from coserve.repository.spec import ArchitectureSpec, Stage
 
@@ -28,6 +29,7 @@ def check_routing(
     without `trust_code`; returns warnings about unreachable experts."""
     _check_first(routing, experts, file)
     _check_next(routing, experts, architectures, file)
+    _check_cascade(routing, experts, architectures, file)
     cycle = find_cycle({e: _targets(routing, e) for e in experts})
     if cycle:
         raise repo_error(file, "routing.next", f"has a cycle: {' -> '.join(cycle)}",
@@ -63,7 +65,9 @@ def find_cycle(successors: Mapping[str, Iterable[str]]) -> list[str] | None:
 
 
 def _targets(routing: RoutingDoc, expert: str) -> set[str]:
-    return {t for targets in routing.next_table.get(expert, {}).values() for t in targets}
+    targets = {t for targets in routing.next_table.get(expert, {}).values() for t in targets}
+    rule = routing.cascade.get(expert)
+    return targets | rule.all_targets if rule is not None else targets
 
 
 def _check_first(routing: RoutingDoc, experts: Mapping[str, ExpertEntry], file: Path) -> None:
@@ -110,6 +114,37 @@ def _check_next_target(
         raise repo_error(file, f"expert {target!r}", f"is preliminary but {where} routes to it",
                          "set its stage to subsequent (preliminary experts are only chosen "
                          "by routing.first)")
+
+
+def _check_cascade(
+    routing: RoutingDoc,
+    experts: Mapping[str, ExpertEntry],
+    architectures: Mapping[str, ArchitectureSpec],
+    file: Path,
+) -> None:
+    """A cascade expert exists and has no label of the reserved name; its escalations
+    name subsequent experts; a rule keyed by value knows every value starting there."""
+    for expert, rule in routing.cascade.items():
+        where = f"routing.cascade[{expert!r}]"
+        if expert not in experts:
+            raise repo_error(file, where, "is for an unknown expert",
+                             f"remove the entry, or rename it to one of {listed(experts)}")
+        if LOW_CONFIDENCE in architectures[experts[expert].architecture].labels:
+            raise repo_error(file, where, f"expert {expert!r} has a label named "
+                             f"{LOW_CONFIDENCE!r}, the name a cascade gives unsure answers",
+                             "rename that label in its architecture")
+        for target in sorted(rule.all_targets):
+            _check_next_target(target, f"{where}.escalate", experts, file)
+        unknown = [v for v in rule.by_value if v not in routing.first_map]
+        if unknown:
+            raise repo_error(file, f"{where}.escalate", f"is keyed by {listed(map(repr, unknown))}, "
+                             f"not values of {routing.field}", "use routing.first.map's keys")
+        missing = [v for v, firsts in routing.first_map.items()
+                   if expert in firsts and v not in rule.by_value]
+        if rule.by_value and missing:
+            raise repo_error(file, f"{where}.escalate", f"has no entry for "
+                             f"{listed(map(repr, missing))}, which start at {expert!r}",
+                             "give every such value its escalation")
 
 
 def _check_callable(path: str, file: Path, trust_code: bool) -> None:

@@ -129,7 +129,8 @@ def _router(doc: RepositoryDoc) -> Router:
     if routing.callable is not None:
         route_callable = import_callable(routing.callable)  # check_routing vouched (and trusted) it
     return Router(routing.field, routing.first_map, routing.next_table,
-                  [entry.name for entry in doc.experts], route_callable, routing.callable or "")
+                  [entry.name for entry in doc.experts], route_callable, routing.callable or "",
+                  routing.cascade)
 
 
 def _plain(value: Any) -> Any:

@@ -4,6 +4,7 @@ output label sends it next. Validation of the rules lives in graph.py."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -13,13 +14,59 @@ from coserve.repository._common import listed
 # f(expert, label, fields) -> the experts to run next; an empty list ends the request.
 RouteCallable = Callable[[str, str, dict[str, Any]], Sequence[str]]
 
+# The label a cascade expert's step gets when its top score is below the rule's threshold:
+# the request escalates to the rule's experts instead of following the decoded label.
+LOW_CONFIDENCE = "low_confidence"
+
+
+@dataclass(frozen=True)
+class CascadeRule:
+    """`routing.cascade[expert]`: when the expert's top score is below `threshold`, the
+    request goes to `escalate` (the same experts for every request), or to
+    `by_value[v]`, `v` the request's routing.first.field value, instead of the route of
+    the decoded label."""
+
+    threshold: float
+    escalate: tuple[str, ...] = ()
+    by_value: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def targets(self, fields: Mapping[str, Any], field_name: str) -> tuple[str, ...]:
+        """The experts a low-confidence answer escalates to; RequestError when the rule
+        is keyed by value and has none for this request's."""
+        if not self.by_value:
+            return self.escalate
+        value = _field_key(fields.get(field_name))
+        targets = self.by_value.get(value) if value is not None else None
+        if targets is None:
+            raise RequestError(f"routing.cascade has no escalation for {field_name} "
+                               f"{fields.get(field_name)!r}; known: {listed(self.by_value)}")
+        return targets
+
+    @property
+    def all_targets(self) -> frozenset[str]:
+        """Every expert the rule can escalate to (the routing graph's cascade edges)."""
+        return frozenset(self.escalate).union(*self.by_value.values())
+
+    def is_unsure(self, scores: Any) -> bool:
+        """Whether decoded `scores` (the output's softmax scores) fall below the threshold."""
+        if not isinstance(scores, list | tuple) or not scores:
+            raise RequestError("a cascade expert's output must carry its `scores` (a "
+                               "classifier's softmax); this one has none")
+        top = max(scores)
+        if not 0 <= top <= 1 or min(scores) < 0:
+            raise RequestError(f"a cascade expert's `scores` must be probabilities (a "
+                               f"softmax), got {list(scores)[:8]}")
+        return top < self.threshold
+
 
 class Router:
     """Routes requests by the repository's rules.
 
     `first` reads one request field; `next` follows the static `next` table, or asks the
-    callable escape hatch when one is configured. `successors`/`predecessors` describe the
-    static table only: that is the graph expert management reasons about.
+    callable escape hatch when one is configured; `decide` turns a cascade expert's unsure
+    answer into LOW_CONFIDENCE, which `next` routes to the rule's escalation.
+    `successors`/`predecessors` describe the static table and the cascade edges: that is
+    the graph expert management reasons about.
     """
 
     def __init__(
@@ -30,6 +77,7 @@ class Router:
         experts: Iterable[str],
         route_callable: RouteCallable | None = None,
         callable_name: str = "",
+        cascade: Mapping[str, CascadeRule] | None = None,
     ) -> None:
         self._field = field
         self._first = MappingProxyType({value: tuple(e) for value, e in first_map.items()})
@@ -41,6 +89,7 @@ class Router:
         self._known = frozenset(self._experts)
         self._callable = route_callable
         self._callable_name = callable_name or getattr(route_callable, "__qualname__", "callable")
+        self._cascade = MappingProxyType(dict(cascade or {}))
         self._successors = {e: frozenset(self._static_targets(e)) for e in self._experts}
         predecessors: dict[str, set[str]] = {e: set() for e in self._experts}
         for expert, targets in self._successors.items():
@@ -63,6 +112,19 @@ class Router:
         """The static table: expert -> label -> experts (empty: the request ends)."""
         return self._next
 
+    @property
+    def cascade(self) -> Mapping[str, CascadeRule]:
+        """expert -> its cascade rule (experts that escalate when unsure)."""
+        return self._cascade
+
+    def decide(self, expert: str, label: str, detail: Mapping[str, Any]) -> str:
+        """The routing label of an answer: LOW_CONFIDENCE where `expert` has a cascade
+        rule and the answer's scores fall below its threshold, else `label`."""
+        rule = self._cascade.get(expert)
+        if rule is not None and rule.is_unsure(detail.get("scores")):
+            return LOW_CONFIDENCE
+        return label
+
     def first(self, fields: Mapping[str, Any]) -> tuple[str, ...]:
         """The preliminary experts a request starts at (several when the rule fans out)."""
         if not isinstance(fields, Mapping):
@@ -82,6 +144,8 @@ class Router:
         """The experts `expert`'s output `label` sends the request to; () ends it."""
         if expert not in self._known:
             raise RequestError(f"unknown expert {expert!r}; known: {listed(self._experts)}")
+        if label == LOW_CONFIDENCE and expert in self._cascade:
+            return self._cascade[expert].targets(fields, self._field)
         if self._callable is None:
             # Labels the table does not list end the request, by the format's definition.
             return self._next.get(expert, {}).get(label, ())
@@ -98,6 +162,8 @@ class Router:
     def _static_targets(self, expert: str) -> Iterable[str]:
         for targets in self._next.get(expert, {}).values():
             yield from targets
+        if expert in self._cascade:
+            yield from self._cascade[expert].all_targets
 
     def _ask_callable(self, expert: str, label: str, fields: Mapping[str, Any]) -> tuple[str, ...]:
         assert self._callable is not None

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from coserve.repository._common import listed, repo_error
+from coserve.repository.routing import CascadeRule
 from coserve.repository.spec import ArchitectureSpec, Stage
 from coserve.types import VARIANT_PRECISIONS
 
@@ -25,7 +26,8 @@ _ARCH_KEYS = ("factory", "args", "input_shape", "labels")
 _EXPERT_KEYS = ("name", "architecture", "weights", "stage", "variants")
 _EXPERT_REQUIRED = ("name", "architecture", "weights", "stage")
 _VARIANT_KEYS = ("weights", "bytes")
-_ROUTING_KEYS = ("first", "next", "callable")
+_ROUTING_KEYS = ("first", "next", "callable", "cascade")
+_CASCADE_KEYS = ("threshold", "escalate")
 _FIRST_KEYS = ("field", "map")
 _USAGE_KEYS = ("field", "counts", "label_probs", "experts")
 _YAML_BOOLEAN_HINT = "YAML reads yes/no/on/off/true/false unquoted as booleans: quote it"
@@ -54,6 +56,7 @@ class RoutingDoc:
     first_map: Mapping[str, tuple[str, ...]]  # field value -> first experts (fan-out)
     next_table: Mapping[str, Mapping[str, tuple[str, ...]]]  # expert -> label -> experts; () ends
     callable: str | None
+    cascade: Mapping[str, CascadeRule] = field(default_factory=dict)  # expert -> its rule
 
 
 @dataclass(frozen=True)
@@ -278,8 +281,38 @@ def _parse_routing(value: Any, file: Path) -> RoutingDoc:
     if route_callable is not None and not is_path:
         raise repo_error(file, "routing.callable", f"{route_callable!r} is not an import path",
                          "write `callable: package.module:function`, or null")
+    cascade = {expert: _parse_cascade_rule(expert, rule, file)
+               for expert, rule in _name_keys(value.get("cascade") or {}, file,
+                                              "routing.cascade").items()}
     return RoutingDoc(_name(first["field"], file, "routing.first.field"),
-                      MappingProxyType(first_map), MappingProxyType(next_table), route_callable)
+                      MappingProxyType(first_map), MappingProxyType(next_table), route_callable,
+                      MappingProxyType(cascade))
+
+
+def _parse_cascade_rule(expert: str, value: Any, file: Path) -> CascadeRule:
+    """`{threshold: T, escalate: EXPERTS | {field value: EXPERTS}}`."""
+    where = f"routing.cascade[{expert!r}]"
+    _check_keys(value, _CASCADE_KEYS, _CASCADE_KEYS, file, where)
+    threshold = _number(value["threshold"], file, f"{where}.threshold")
+    if not 0 < threshold <= 1:
+        raise repo_error(file, f"{where}.threshold", f"{threshold:g} is outside (0, 1]",
+                         "give the top score below which the request escalates, e.g. 0.9")
+    escalate = value["escalate"]
+    if not isinstance(escalate, dict):
+        return CascadeRule(threshold, _escalation(escalate, file, f"{where}.escalate"))
+    by_value = {key: _escalation(item, file, f"{where}.escalate[{key!r}]")
+                for key, item in _name_keys(_mapping(escalate, file, f"{where}.escalate",
+                                                     allow_empty=False), file,
+                                            f"{where}.escalate").items()}
+    return CascadeRule(threshold, by_value=MappingProxyType(by_value))
+
+
+def _escalation(value: Any, file: Path, where: str) -> tuple[str, ...]:
+    targets = _names(value, file, where)
+    if END in targets:
+        raise repo_error(file, where, f"escalates to {END!r}",
+                         "name the experts an unsure answer goes to (a cascade escalates)")
+    return targets
 
 
 def _parse_next_entry(expert: str, value: Any, file: Path) -> dict[str, tuple[str, ...]]:

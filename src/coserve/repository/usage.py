@@ -10,6 +10,7 @@ from pathlib import Path
 
 from coserve.errors import ConfigError, RequestError
 from coserve.repository._common import listed, repo_error
+from coserve.repository.routing import LOW_CONFIDENCE, CascadeRule
 from coserve.repository.schema import ExpertEntry, RoutingDoc, UsageDoc
 from coserve.repository.spec import ArchitectureSpec, CoEModel
 
@@ -22,6 +23,7 @@ def usage_from_mix(
     next_table: Mapping[str, Mapping[str, Sequence[str]]],
     label_probs: Mapping[str, Mapping[str, float]],
     experts: Iterable[str],
+    cascade: Mapping[str, CascadeRule] | None = None,
 ) -> dict[str, float]:
     """P(a request uses e) for every expert, from the input mix and an acyclic routing.
 
@@ -30,8 +32,49 @@ def usage_from_mix(
     P(e) = min(1, sum over parents p of P(p) * P(p's label routes to e)); `label_probs`
     must hold P(label | p) for every expert with a `next` entry. The sum is exact when
     e's parents are used by disjoint requests, and an upper bound (hence the clip) when
-    one request can reach e along two paths.
+    one request can reach e along two paths. A cascade rule adds the route of its
+    LOW_CONFIDENCE label; one whose escalation depends on the field value is carried
+    per value (the routes of one value's requests are the same) and summed by the mix.
     """
+    experts = list(experts)
+    cascade = cascade or {}
+    if not any(rule.by_value for rule in cascade.values()):
+        table = _with_escalation(next_table, cascade, None)
+        return _carried(counts, first_map, table, label_probs, experts)
+    total = sum(counts.values())
+    usage = dict.fromkeys(experts, 0.0)
+    for value, count in counts.items():
+        if count <= 0:
+            continue
+        table = _with_escalation(next_table, cascade, value)
+        for expert, p in _carried({value: 1.0}, first_map, table, label_probs, experts).items():
+            usage[expert] += p * count / total
+    return usage
+
+
+def _with_escalation(
+    next_table: Mapping[str, Mapping[str, Sequence[str]]],
+    cascade: Mapping[str, CascadeRule],
+    value: str | None,
+) -> Mapping[str, Mapping[str, Sequence[str]]]:
+    """The table with each cascade expert's LOW_CONFIDENCE route (for requests of field
+    value `value`; a value-keyed rule without one adds no route)."""
+    if not cascade:
+        return next_table
+    table = {expert: dict(labels) for expert, labels in next_table.items()}
+    for expert, rule in cascade.items():
+        targets = rule.by_value.get(value, ()) if rule.by_value else rule.escalate
+        table.setdefault(expert, {})[LOW_CONFIDENCE] = targets
+    return table
+
+
+def _carried(
+    counts: Mapping[str, float],
+    first_map: Mapping[str, Sequence[str]],
+    next_table: Mapping[str, Mapping[str, Sequence[str]]],
+    label_probs: Mapping[str, Mapping[str, float]],
+    experts: Sequence[str],
+) -> dict[str, float]:
     total = sum(counts.values())
     usage = dict.fromkeys(experts, 0.0)
     for value, count in counts.items():
@@ -99,7 +142,7 @@ def prior_usage(
     counts = dict.fromkeys(routing.first_map, 1.0) if doc.counts is None else doc.counts
     _check_counts(counts, routing, file)
     return usage_from_mix(counts, routing.first_map, routing.next_table, label_probs,
-                          experts), label_probs, []
+                          experts, routing.cascade), label_probs, []
 
 
 def _route_prob(
@@ -129,27 +172,32 @@ def _label_probs(
     architectures: Mapping[str, ArchitectureSpec],
     file: Path,
 ) -> dict[str, Mapping[str, float]]:
-    """P(label | expert) for every expert: as given, else uniform over its labels."""
+    """P(label | expert) for every expert: as given, else uniform over its labels (a
+    cascade expert's include LOW_CONFIDENCE)."""
+    def labels_of(name: str) -> tuple[str, ...]:
+        labels = architectures[experts[name].architecture].labels
+        return (*labels, LOW_CONFIDENCE) if name in routing.cascade else labels
+
     for expert, probs in given.items():
         if expert not in experts:
             raise repo_error(file, f"usage_prior.label_probs[{expert!r}]", "is for an unknown "
                              "expert", f"remove it, or use one of {listed(experts)}")
-        _check_label_probs(expert, probs, architectures[experts[expert].architecture], file)
+        _check_label_probs(expert, probs, labels_of(expert), experts[expert].architecture, file)
     result: dict[str, Mapping[str, float]] = {}
-    for name, entry in experts.items():
-        labels = architectures[entry.architecture].labels
+    for name in experts:
+        labels = labels_of(name)
         result[name] = given.get(name) or dict.fromkeys(labels, 1 / len(labels))
     return result
 
 
 def _check_label_probs(
-    expert: str, probs: Mapping[str, float], arch: ArchitectureSpec, file: Path
+    expert: str, probs: Mapping[str, float], labels: Sequence[str], arch: str, file: Path
 ) -> None:
     where = f"usage_prior.label_probs[{expert!r}]"
     for label, prob in probs.items():
-        if label not in arch.labels:
-            raise repo_error(file, where, f"expert {expert!r} (architecture {arch.name!r}) has "
-                             f"no label {label!r}", f"use its labels: {listed(arch.labels)}")
+        if label not in labels:
+            raise repo_error(file, where, f"expert {expert!r} (architecture {arch!r}) has "
+                             f"no label {label!r}", f"use its labels: {listed(labels)}")
         if not 0 <= prob <= 1:
             raise repo_error(file, f"{where}[{label!r}]", f"probability {prob:g} is outside "
                              "[0, 1]", "give a probability between 0 and 1")

@@ -82,7 +82,8 @@ class Replay:
         sent_s = time.perf_counter()
         try:
             reply: TaskReply = await self._handles[expert].remote(request.input.numpy())
-            label = self._label(expert, reply.label_index)
+            label = self._model.router.decide(expert, self._label(expert, reply.label_index),
+                                              reply.detail)
             following = self._model.router.next(expert, label, request.fields)
         except Exception as exc:  # a replica's failure fails only this request
             return [], f"expert {expert!r} failed: {_last_line(exc)}"
