@@ -32,22 +32,22 @@ def cache_dir() -> Path:
     return Path(os.environ.get("COSERVE_CACHE", Path.home() / ".cache" / "coserve"))
 
 
-def default_pcb_root(size: str = "default") -> Path:
-    return cache_dir() / "zoo" / f"pcb-{size}"
+def default_pcb_root(size: str = "default", cascade: bool = False) -> Path:
+    return cache_dir() / "zoo" / (f"pcb-{size}-cascade" if cascade else f"pcb-{size}")
 
 
 def bench_report_dir(model_name: str) -> Path:
     return cache_dir() / "bench" / model_name
 
 
-def ensure_pcb(root: Path, size: str) -> Path:
+def ensure_pcb(root: Path, size: str, cascade: bool = False) -> Path:
     """The pcb zoo of `size` at `root`, built (with a progress bar) unless it is there."""
     from coserve.zoo.pcb import build_pcb
 
     if not (root / "coe.yaml").is_file():
-        bar, update = progress_bar(f"building pcb-{size} into {root}")
+        bar, update = progress_bar(f"building pcb-{size}{'-cascade' if cascade else ''} into {root}")
         with bar:
-            build_pcb(root, size=size, progress=update)
+            build_pcb(root, size=size, progress=update, cascade=cascade)
     return root
 
 

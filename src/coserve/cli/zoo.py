@@ -28,6 +28,10 @@ def add_zoo_parser(sub: argparse._SubParsersAction) -> None:
     pcb.add_argument("--size", default=DEFAULT_PCB_SIZE, choices=PCB_SIZES)
     pcb.add_argument("--reference", action="store_true", help="the reference size (~350 experts, ~60 GB)")
     pcb.add_argument("--force", action="store_true", help="rebuild even if the directory holds one")
+    pcb.add_argument("--cascade", action="store_true",
+                     help="add a small classifier per detector group that answers first and "
+                          "escalates unsure answers to the full classifiers (routing.cascade); "
+                          "default directory: pcb-SIZE-cascade")
     pcb.set_defaults(func=cmd_zoo_pcb)
 
     synth = build_sub.add_parser("synth", help="a generated three-stage CoE with fan-out and "
@@ -63,12 +67,12 @@ def cmd_zoo_tiny(args: argparse.Namespace) -> int:
 
 def cmd_zoo_pcb(args: argparse.Namespace) -> int:
     size = "reference" if args.reference else args.size
-    root = args.out or default_pcb_root(size)
+    root = args.out or default_pcb_root(size, cascade=args.cascade)
     if (root / "coe.yaml").is_file() and not args.force:
         print(f"{root} already holds a repository (use --force to rebuild)")
         return 0
     (root / "coe.yaml").unlink(missing_ok=True)
-    ensure_pcb(root, size)
+    ensure_pcb(root, size, cascade=args.cascade)
     print(f"wrote repository {root}")
     return 0
 

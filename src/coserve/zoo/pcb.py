@@ -103,11 +103,16 @@ def build_pcb(
     seed: int = 0,
     progress: Callable[[str, int, int], None] | None = None,
     num_workers: int | None = None,
+    cascade: bool = False,
 ) -> Path:
     """Write the repository into `root`; `progress(what, done, total)` is called in this
     process as each expert is written. Experts are built by `num_workers` processes
     (default: one per core this process may use; 1: in this process), each expert from
-    its own seed, so the files are the same whatever the number of workers."""
+    its own seed, so the files are the same whatever the number of workers. `cascade`:
+    add a small classifier per detector group that answers first and escalates to the
+    full classifiers when unsure (`coserve.zoo.pcb_cascade`); the other experts' weights
+    are those of the zoo without it."""
+    from coserve.zoo.pcb_cascade import lite_jobs, with_cascade
     from coserve.zoo.pcb_images import component_types, family_of
 
     spec = pcb_size(size)
@@ -117,12 +122,20 @@ def build_pcb(
     types = component_types(spec.num_types, seed=seed)
     det_of = _detector_groups(types, spec, family_of)
     jobs = _expert_jobs(root, spec, types, sorted(set(det_of.values())), seed)
-    accuracies = _run_jobs(jobs, num_workers, progress)
+    lites = lite_jobs(root, det_of, seed, spec.num_train, spec.image_size) if cascade else []
+    outcomes = _run_jobs([*lites, *jobs], num_workers, progress)
     bom = boards(types, seed)
-    write_repository(root, _repository_config(size, spec, types, det_of, jobs, bom))
+    config = _repository_config(size, spec, types, det_of, jobs, bom)
+    meta: dict[str, Any] = {"classifier_accuracy_at_10pct": {
+        job.name: outcomes[job.name] for job in jobs if job.name in outcomes}}
+    if cascade:
+        shape = [3, spec.image_size, spec.image_size]
+        config = with_cascade(config, lites, {j.name: outcomes[j.name] for j in lites}, det_of, shape)
+        meta["cascade_at_10pct"] = {j.name: outcomes[j.name].as_dict() for j in lites}
+    write_repository(root, config)
     (root / BOARDS_FILE).write_text(yaml.safe_dump({
         "size": size, "seed": seed, "image_size": spec.image_size, "defect_rate": DEFECT_RATE,
-        "boards": bom, "classifier_accuracy_at_10pct": accuracies,
+        "boards": bom, **meta,
     }, sort_keys=False))
     return root
 
@@ -181,7 +194,7 @@ class _DetectorJob:
         save_file(detector.eval().state_dict(), self.path)
 
 
-_Job = _ClassifierJob | _DetectorJob
+_Job = Any  # _ClassifierJob | _DetectorJob | pcb_cascade.LiteJob: each has name and run()
 
 
 def _expert_jobs(
@@ -214,10 +227,11 @@ def _num_workers(num_workers: int | None) -> int:
 
 def _run_jobs(
     jobs: list[_Job], num_workers: int, progress: Callable[[str, int, int], None] | None
-) -> dict[str, float]:
-    """Runs every job, in worker processes unless one worker is asked for; returns the
-    classifiers' accuracies in job order."""
-    outcomes: dict[str, float | None] = {}
+) -> dict[str, Any]:
+    """Runs every job, in worker processes unless one worker is asked for; returns what
+    each job's run returned (a classifier's accuracy, a cascade expert's calibration)
+    in job order, for those that returned something."""
+    outcomes: dict[str, Any] = {}
     for job, outcome in _completed(jobs, min(num_workers, len(jobs))):
         outcomes[job.name] = outcome
         if progress:
@@ -225,7 +239,7 @@ def _run_jobs(
     return {job.name: outcome for job in jobs if (outcome := outcomes[job.name]) is not None}
 
 
-def _completed(jobs: list[_Job], num_workers: int) -> Iterator[tuple[_Job, float | None]]:
+def _completed(jobs: list[_Job], num_workers: int) -> Iterator[tuple[_Job, Any]]:
     """(job, what its run returned) as each finishes."""
     if num_workers <= 1:
         for job in jobs:

@@ -32,7 +32,7 @@ import copy
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -76,7 +76,7 @@ class TrainReport:
 
 def train_classifier(
     model: ResNetClassifier,
-    component_type: str,
+    component_type: str | Sequence[str],
     seed: int,
     num_train: int = 384,
     size: int = 64,
@@ -86,7 +86,8 @@ def train_classifier(
     finetune_steps: int = FINETUNE_STEPS,
 ) -> TrainReport:
     """Make `model` (freshly initialised by the caller) decide pass/defect for
-    `component_type`, in place, from `num_train` rendered images, half of them defective.
+    `component_type`, in place, from `num_train` rendered images, half of them defective
+    (several types: a mix, entry i of the i-th type in turn; a cascade's cheap expert).
 
     `lane` defaults to the shipped pretrained lane. Deterministic for a given seed, initial
     model and thread count; uses `num_threads` torch threads (default: the cores this
@@ -97,7 +98,7 @@ def train_classifier(
     with _torch_threads(num_threads):
         start = time.perf_counter()
         labels = balanced_defects(num_train, rng)
-        images = render_batch(component_type, labels, rng, size)  # [N, 3, S, S]
+        images = render_mix(component_type, labels, rng, size)  # [N, 3, S, S]
         targets = torch.tensor([d is not None for d in labels], dtype=torch.float32)  # [N]
         frozen: dict[nn.BatchNorm2d, int] = {}
         method = "random-features"
@@ -112,6 +113,22 @@ def train_classifier(
         model.eval()
         train_s = time.perf_counter() - start
         return _evaluate(model, component_type, rng, size, method, train_s)
+
+
+def render_mix(
+    component_type: str | Sequence[str], defects: Sequence[str | None], rng: np.random.Generator,
+    size: int,
+) -> torch.Tensor:
+    """`render_batch` of one type, or of several: entry i is of type i mod len(types)."""
+    types = [component_type] if isinstance(component_type, str) else list(component_type)
+    if len(types) == 1:
+        return render_batch(types[0], defects, rng, size)
+    images = torch.empty(len(defects), 3, size, size)  # [N, 3, S, S]
+    for k, kind in enumerate(types):
+        rows = list(range(k, len(defects), len(types)))
+        if rows:
+            images[rows] = render_batch(kind, [defects[i] for i in rows], rng, size)
+    return images
 
 
 @contextmanager
@@ -305,11 +322,11 @@ def fit_head(
 
 
 def _evaluate(
-    model: ResNetClassifier, component_type: str, rng: np.random.Generator, size: int,
-    method: str, train_s: float,
+    model: ResNetClassifier, component_type: str | Sequence[str], rng: np.random.Generator,
+    size: int, method: str, train_s: float,
 ) -> TrainReport:
     labels = balanced_defects(NUM_EVAL, rng)
-    images = render_batch(component_type, labels, rng, size)  # [M, 3, S, S]
+    images = render_mix(component_type, labels, rng, size)  # [M, 3, S, S]
     with torch.inference_mode():
         predicted = model(images).argmax(1).tolist()  # [M]
     right = np.array([(p == DEFECT) == (d is not None) for p, d in zip(predicted, labels, strict=True)])
@@ -317,7 +334,7 @@ def _evaluate(
     specificity = float(right[kinds == ""].mean())
     sensitivity = float(right[kinds != ""].mean())
     return TrainReport(
-        component_type=component_type,
+        component_type=component_type if isinstance(component_type, str) else "+".join(component_type),
         method=method,
         accuracy_balanced=float(right.mean()),
         accuracy_at_10pct=(1 - DEPLOYED_DEFECT_RATE) * specificity + DEPLOYED_DEFECT_RATE * sensitivity,
