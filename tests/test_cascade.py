@@ -220,3 +220,21 @@ def test_the_simulator_escalates_at_the_prior_share(tmp_path: Path) -> None:
     for result in results:
         if result.steps[0].label == LOW_CONFIDENCE:
             assert result.steps[1].expert == f"cls-{result.fields['component_type']}"
+
+
+def test_replica_traffic_follows_the_escalations(tmp_path: Path) -> None:
+    from coserve.cluster.partition import partition_experts, replica_traffic
+
+    spec = cascade_spec()
+    # Make cls-U's family as heavy as lite's, so the two roots land on two replicas.
+    spec["usage_prior"]["counts"] = {"R": 30, "C": 20, "U": 50}
+    model = open_repository(write(tmp_path, spec), trust_code=True)
+    partition = partition_experts(model, 2)
+    mine, other = partition.owner["lite"], partition.owner["cls-U"]
+    assert mine != other
+    traffic = replica_traffic(model, partition)
+    # The full classifiers are reached only by escalation, from lite's requests: on
+    # lite's replica, at its unsure share; nowhere else.
+    assert traffic[mine]["cls-R"] == pytest.approx(0.3 * 0.3)
+    assert traffic[mine]["cls-C"] == pytest.approx(0.2 * 0.3)
+    assert traffic[other].get("cls-R", 0.0) == 0.0

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+from coserve.repository.routing import LOW_CONFIDENCE
+
 if TYPE_CHECKING:
     from coserve.repository import CoEModel
 
@@ -133,10 +135,18 @@ class _Graph:
             for label, targets in model.router.next_table.get(parent, {}).items():
                 for child in targets:
                     # Traffic parent -> child: P(parent) x P(label | parent).
-                    flow = usage.get(parent, 0.0) * probs.get(label, 0.0)
-                    self.children[parent][child] = self.children[parent].get(child, 0.0) + flow
-                    self.parents[child][parent] = self.parents[child].get(parent, 0.0) + flow
+                    self._edge(parent, child, usage.get(parent, 0.0) * probs.get(label, 0.0))
+            rule = model.router.cascade.get(parent)
+            for child in sorted(rule.all_targets if rule is not None else ()):
+                # An escalation reaches each target from its own requests only: at most
+                # the child's usage, at most the parent's unsure share.
+                unsure = usage.get(parent, 0.0) * probs.get(LOW_CONFIDENCE, 0.0)
+                self._edge(parent, child, min(unsure, usage.get(child, 0.0)))
         self.roots = [e for e in self.experts if not self.parents[e]]
+
+    def _edge(self, parent: str, child: str, flow: float) -> None:
+        self.children[parent][child] = self.children[parent].get(child, 0.0) + flow
+        self.parents[child][parent] = self.parents[child].get(parent, 0.0) + flow
 
     def share(self, parent: str, child: str) -> float:
         """The fraction of `child`'s incoming traffic that comes from `parent`."""
