@@ -238,3 +238,28 @@ def test_replica_traffic_follows_the_escalations(tmp_path: Path) -> None:
     assert traffic[mine]["cls-R"] == pytest.approx(0.3 * 0.3)
     assert traffic[mine]["cls-C"] == pytest.approx(0.2 * 0.3)
     assert traffic[other].get("cls-R", 0.0) == 0.0
+
+
+def test_bench_rows_report_the_escalated_share(tmp_path: Path) -> None:
+    from coserve.bench.report import table_rows
+    from coserve.bench.runner import escalated_share
+
+    results = _run(write(tmp_path, cascade_spec(1.0)), requests(10))  # R, C escalate; U not
+    assert escalated_share(results) == pytest.approx(7 / 10)
+    row = {"policy": "coserve", "arrivals": "backlog", "throughput_rps": 1.0,
+           "num_switches": 0, "escalated": escalated_share(results)}
+    header, body = table_rows([row])
+    assert body[0][header.index("escalated")] == "70.0%"
+    header, _ = table_rows([{**row, "escalated": None}])
+    assert "escalated" not in header
+
+
+def test_reach_from_a_cascade_expert_spreads_its_unsure_share(tmp_path: Path) -> None:
+    from coserve.cluster.partition import reach_probabilities
+
+    model = open_repository(write(tmp_path, cascade_spec()), trust_code=True)
+    reach = reach_probabilities(model, ["lite"])
+    # R is three times as common as C among lite's requests (60 vs 20).
+    assert reach["cls-R"] == pytest.approx(0.3 * 0.75)
+    assert reach["cls-C"] == pytest.approx(0.3 * 0.25)
+    assert reach["det-a"] == pytest.approx(0.6 + 0.3 * 0.9)

@@ -26,6 +26,8 @@ COLUMNS = (
     ("mean_utilisation", "util", "{:.0%}"),
     ("accuracy", "accuracy", "{:.1%}"),
 )
+# Shown when a row ran a confidence cascade (routing.cascade): the requests escalated.
+ESCALATED = ("escalated", "escalated", "{:.1%}")
 
 
 def _value(row: dict[str, Any], key: str) -> Any:
@@ -52,14 +54,15 @@ def table_rows(rows: Sequence[dict[str, Any]], baseline: str = BASELINE_POLICY) 
     configuration, as sim/engine."""
     bases = {r.get("arrivals"): r for r in rows if r["policy"] == baseline}
     simulated = any("simulated" in r for r in rows)
-    header = [c[1] for c in COLUMNS] + [f"vs {baseline}"]
+    columns = COLUMNS + ((ESCALATED,) if any(r.get("escalated") is not None for r in rows) else ())
+    header = [c[1] for c in columns] + [f"vs {baseline}"]
     header += ["sim images/s", "sim/engine", "sim switches"] if simulated else []
     body = []
     for r in rows:
         base = bases.get(r.get("arrivals"))
         ratio = (f"{r['throughput_rps'] / base['throughput_rps']:.2f}x"
                  if base and base["throughput_rps"] else "-")
-        body.append([_cell(r, c) for c in COLUMNS] + [ratio] + (_sim_cells(r) if simulated else []))
+        body.append([_cell(r, c) for c in columns] + [ratio] + (_sim_cells(r) if simulated else []))
     return header, body
 
 

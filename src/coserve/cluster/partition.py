@@ -341,7 +341,24 @@ def reach_probabilities(model: CoEModel, first: Sequence[str]) -> dict[str, floa
         for label, targets in model.router.next_table.get(expert, {}).items():
             frontier.extend((t, p * probs.get(label, 0.0)) for t in targets
                             if p * probs.get(label, 0.0) > 1e-6)
+        frontier.extend((t, p * share) for t, share in _escalation_shares(model, expert).items()
+                        if p * share > 1e-6)
     return reach
+
+
+def _escalation_shares(model: CoEModel, expert: str) -> dict[str, float]:
+    """P(a request at a cascade expert escalates to each target): its unsure share, over
+    a value-keyed rule's targets by their usage (the request's value is not known here)."""
+    rule = model.router.cascade.get(expert)
+    if rule is None:
+        return {}
+    unsure = model.label_probs.get(expert, {}).get(LOW_CONFIDENCE, 0.0)
+    if not rule.by_value:
+        return dict.fromkeys(rule.escalate, unsure)
+    targets = sorted(rule.all_targets)
+    total = sum(model.usage.get(t, 0.0) for t in targets)
+    return {t: unsure * (model.usage.get(t, 0.0) / total if total > 0 else 1 / len(targets))
+            for t in targets}
 
 
 def replica_traffic(model: CoEModel, partition: Partition,
