@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from coserve import EngineConfig, open_repository, parse_executors, read_trace
-from coserve.bench.runner import escalated_share, inspection_accuracy
+from coserve.bench.runner import inspection_accuracy
 from coserve.engine.run import run_trace
 
 
@@ -31,7 +31,7 @@ def one_run(repo: Any, requests: list, config: EngineConfig, backlog: bool) -> d
     stats, results, _ = run_trace(repo, requests, config, backlog)
     return {"throughput_rps": stats.throughput_rps, "bytes_read": stats.bytes_read,
             "num_switches": stats.num_switches, "latency_p99_s": stats.latency_p99_s,
-            "accuracy": inspection_accuracy(results), "escalated": escalated_share(results),
+            "accuracy": inspection_accuracy(results), "escalated": stats.escalated_share,
             "failed": sum(not r.ok for r in results)}
 
 

@@ -16,9 +16,8 @@ from coserve import Engine, EngineConfig, parse_executors
 from coserve.engine.costs import default_costs
 from coserve.errors import RepositoryError, RequestError
 from coserve.repository import open_repository, write_repository
-from coserve.repository.routing import LOW_CONFIDENCE
 from coserve.simulator import simulate
-from coserve.types import Request
+from coserve.types import LOW_CONFIDENCE, Request
 
 CLS = {"factory": "repo_fixtures:SoftmaxNet", "args": {"num_classes": 2},
        "input_shape": [3, 8, 8], "labels": ["pass", "defect"]}
@@ -240,14 +239,17 @@ def test_replica_traffic_follows_the_escalations(tmp_path: Path) -> None:
     assert traffic[other].get("cls-R", 0.0) == 0.0
 
 
-def test_bench_rows_report_the_escalated_share(tmp_path: Path) -> None:
+def test_stats_and_bench_rows_report_the_escalated_share(tmp_path: Path) -> None:
     from coserve.bench.report import table_rows
-    from coserve.bench.runner import escalated_share
 
-    results = _run(write(tmp_path, cascade_spec(1.0)), requests(10))  # R, C escalate; U not
-    assert escalated_share(results) == pytest.approx(7 / 10)
+    config = EngineConfig(executors=parse_executors("cpu:1"), storage="none")
+    model = open_repository(write(tmp_path, cascade_spec(1.0)), trust_code=True)
+    with Engine(model, config) as engine:
+        engine.run_trace(requests(10), realtime=False)  # R, C escalate; U does not
+        stats = engine.stats()
+    assert stats.num_escalated == 7 and stats.escalated_share == pytest.approx(0.7)
     row = {"policy": "coserve", "arrivals": "backlog", "throughput_rps": 1.0,
-           "num_switches": 0, "escalated": escalated_share(results)}
+           "num_switches": 0, "escalated": stats.escalated_share}
     header, body = table_rows([row])
     assert body[0][header.index("escalated")] == "70.0%"
     header, _ = table_rows([{**row, "escalated": None}])
@@ -263,3 +265,23 @@ def test_reach_from_a_cascade_expert_spreads_its_unsure_share(tmp_path: Path) ->
     assert reach["cls-R"] == pytest.approx(0.3 * 0.75)
     assert reach["cls-C"] == pytest.approx(0.3 * 0.25)
     assert reach["det-a"] == pytest.approx(0.6 + 0.3 * 0.9)
+
+
+def test_the_server_answers_escalated_steps_and_counts_them(tmp_path: Path) -> None:
+    import httpx
+
+    from coserve.server import ServerConfig
+    from test_server import AUTH, TOKEN, WAIT_S, metric, running_server, tensor_body
+
+    model = open_repository(write(tmp_path, cascade_spec(1.0)), trust_code=True)
+    engine = Engine(model, EngineConfig(executors=parse_executors("cpu:1"), measure_costs=False))
+    config = ServerConfig(port=0, token=TOKEN, max_loop_lag_s=None)
+    with running_server(engine, config) as base_url, \
+            httpx.Client(base_url=base_url, headers=AUTH, timeout=WAIT_S) as client:
+        for request in requests(3):  # R and C escalate, U has no cascade
+            body = tensor_body(request.input, request.fields["component_type"])
+            answer = client.post("/v1/inspect", json=body)
+            assert answer.status_code == 200, answer.text
+            labels = [step["label"] for step in answer.json()["steps"]]
+            assert (labels[0] == LOW_CONFIDENCE) == (request.fields["component_type"] != "U")
+        assert metric(client, "coserve_escalated_total") == 2

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from coserve import Engine, EngineConfig, open_repository, parse_executors
-from coserve.repository.routing import LOW_CONFIDENCE
+from coserve.types import LOW_CONFIDENCE
 from coserve.zoo import pcb
 from coserve.zoo.pcb_cascade import CASCADE_TARGET, calibrate
 

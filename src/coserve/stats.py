@@ -66,6 +66,9 @@ class EngineStats:
     # requests answered after their latency target (failed ones included)
     num_deadline_misses: int = 0
     deadline_miss_rate: float = 0.0
+    # requests a confidence cascade escalated (a step answered low_confidence)
+    num_escalated: int = 0
+    escalated_share: float = 0.0
     # supervision: batches that ran past the batch deadline, executors stuck now, batches
     # halved to isolate a failing input, batches halved because they ran out of memory
     num_batch_timeouts: int = 0
@@ -109,6 +112,7 @@ class StatsRecorder:
             self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
             self._num_failed = 0
             self._num_deadline_misses = 0
+            self._num_escalated = 0
             self._switches = [Counter() for _ in range(self._num_executors)]
             self._bytes_by_path: Counter[str] = Counter()
             self._load_s_by_path: Counter[str] = Counter()
@@ -136,10 +140,11 @@ class StatsRecorder:
             self._num_requests += 1
 
     def request_done(self, latency_s: float, ok: bool, now_s: float,
-                     missed_deadline: bool = False) -> None:
+                     missed_deadline: bool = False, escalated: bool = False) -> None:
         with self._lock:
             self._num_done += 1
             self._num_deadline_misses += missed_deadline
+            self._num_escalated += escalated
             self._latencies.append(latency_s)
             self._num_failed += 0 if ok else 1
             self._t_last = max(self._t_last, now_s)
@@ -269,6 +274,8 @@ class StatsRecorder:
             handling_s_per_executor=list(self._handling_s),
             num_deadline_misses=self._num_deadline_misses,
             deadline_miss_rate=self._num_deadline_misses / done if done else 0.0,
+            num_escalated=self._num_escalated,
+            escalated_share=self._num_escalated / done if done else 0.0,
             num_batch_timeouts=self._num_timeouts,
             num_unhealthy_executors=self._num_unhealthy,
             num_batch_splits=self._num_splits,

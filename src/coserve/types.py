@@ -22,6 +22,9 @@ class Request:
 
 # Precisions an expert's weights may be stored at (coserve repo quantize); experts always
 # execute in fp32, a variant is expanded after its (smaller) storage read.
+# The label a cascade expert's step gets when its top score is below its rule's
+# threshold (routing.cascade): the request escalates instead of following the label.
+LOW_CONFIDENCE = "low_confidence"
 FULL_PRECISION = "fp32"
 VARIANT_PRECISIONS = ("fp16", "bf16", "int8")
 PRECISIONS = (FULL_PRECISION, *VARIANT_PRECISIONS)

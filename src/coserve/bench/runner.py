@@ -25,7 +25,6 @@ from coserve.plan import CostModel
 from coserve.planfile import Plan
 from coserve.policies import BASELINE_POLICY, DEFAULT_POLICY, POLICY_NAMES
 from coserve.repository import CoEModel
-from coserve.repository.routing import LOW_CONFIDENCE
 from coserve.types import Request, Result
 
 DEFECT_LABELS = frozenset({"defect", "flagged"})
@@ -59,15 +58,6 @@ def inspection_accuracy(results: Sequence[Result]) -> float | None:
         for r in judged if r.ok
     )
     return right / len(judged)
-
-
-def escalated_share(results: Sequence[Result]) -> float | None:
-    """Share of requests a confidence cascade escalated (a step labelled LOW_CONFIDENCE);
-    None when no step could be (no result ran a cascade expert's step)."""
-    if not results:
-        return None
-    escalated = sum(any(s.label == LOW_CONFIDENCE for s in r.steps) for r in results)
-    return escalated / len(results)
 
 
 @dataclass
@@ -266,7 +256,7 @@ class _Bench:
             self.costs = measured
         self.needed.update(expert for r in results for expert in r.path)
         row = {**stats.to_dict(), "arrivals": mode, "accuracy": inspection_accuracy(results),
-               "escalated": escalated_share(results) if self.model.router.cascade else None,
+               "escalated": stats.escalated_share if self.model.router.cascade else None,
                "deadline_misses": stats.num_deadline_misses, "precision": cfg.precision}
         if label:
             row["policy"] = label

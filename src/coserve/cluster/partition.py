@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from coserve.repository.routing import LOW_CONFIDENCE
+from coserve.types import LOW_CONFIDENCE
 
 if TYPE_CHECKING:
     from coserve.repository import CoEModel

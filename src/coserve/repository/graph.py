@@ -13,9 +13,9 @@ from coserve.repository._common import (
     listed,
     repo_error,
 )
-from coserve.repository.routing import LOW_CONFIDENCE
 from coserve.repository.schema import END, ExpertEntry, RoutingDoc
 from coserve.repository.spec import ArchitectureSpec, Stage
+from coserve.types import LOW_CONFIDENCE
 
 
 def check_routing(

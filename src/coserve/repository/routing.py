@@ -10,13 +10,11 @@ from typing import Any
 
 from coserve.errors import RequestError
 from coserve.repository._common import listed
+from coserve.types import LOW_CONFIDENCE
 
 # f(expert, label, fields) -> the experts to run next; an empty list ends the request.
 RouteCallable = Callable[[str, str, dict[str, Any]], Sequence[str]]
 
-# The label a cascade expert's step gets when its top score is below the rule's threshold:
-# the request escalates to the rule's experts instead of following the decoded label.
-LOW_CONFIDENCE = "low_confidence"
 
 
 @dataclass(frozen=True)

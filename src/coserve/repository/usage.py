@@ -10,9 +10,10 @@ from pathlib import Path
 
 from coserve.errors import ConfigError, RequestError
 from coserve.repository._common import listed, repo_error
-from coserve.repository.routing import LOW_CONFIDENCE, CascadeRule
+from coserve.repository.routing import CascadeRule
 from coserve.repository.schema import ExpertEntry, RoutingDoc, UsageDoc
 from coserve.repository.spec import ArchitectureSpec, CoEModel
+from coserve.types import LOW_CONFIDENCE
 
 PROBABILITY_SUM_TOLERANCE = 1e-6  # label_probs of one expert must sum to 1 within this
 

@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from coserve.engine.engine import Engine
 from coserve.server.limits import Admission
 from coserve.stats import EngineStats
-from coserve.types import Result
+from coserve.types import LOW_CONFIDENCE, Result
 
 # HTTP inference endpoints, by path: the `endpoint` label.
 ENDPOINTS = {"/v1/inspect": "inspect", "/v1/inspect/batch": "inspect_batch"}
@@ -60,6 +60,9 @@ class ServerMetrics:
         self.deadline_misses = Counter(
             "coserve_deadline_misses", "Requests the engine answered after their latency target "
             "(failed ones included)", registry=self.registry)
+        self.escalated = Counter(
+            "coserve_escalated", "Requests a confidence cascade escalated (a cheap expert's "
+            "answer below its threshold went to a bigger expert)", registry=self.registry)
         self.engine_latency = Histogram(
             "coserve_engine_latency_seconds", "From submission to the engine's answer",
             buckets=LATENCY_BUCKETS_S, registry=self.registry)
@@ -78,6 +81,8 @@ class ServerMetrics:
         self.engine_latency.observe(result.latency_s)
         if result.latency_s > latency_target_s:
             self.deadline_misses.inc()
+        if any(step.label == LOW_CONFIDENCE for step in result.steps):
+            self.escalated.inc()
 
 
 class EngineCounters:

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import save_file
 
 from coserve.architectures import ResNetClassifier
-from coserve.repository.routing import LOW_CONFIDENCE
+from coserve.types import LOW_CONFIDENCE
 
 CASCADE_TARGET = 0.99  # accuracy at the deployed defect rate the sure answers must reach
 LITE_DEPTH = 10  # ResNet-10 at the defect lane's width: the lane is the whole network
@@ -101,15 +101,15 @@ class LiteJob:
     stage = "preliminary"
 
     def run(self) -> Calibration:
-        from coserve.zoo.pcb import DEFECT_RATE
-        from coserve.zoo.pcb_train import train_classifier
+        from coserve.zoo.pcb_train import DEPLOYED_DEFECT_RATE, train_classifier
 
         torch.manual_seed(self.seed)
         model = ResNetClassifier(**lite_args()).eval()
         train_classifier(model, self.component_types, seed=self.seed,
                          num_train=self.num_train * 2, size=self.image_size, num_threads=1)
         save_file(model.state_dict(), self.path)
-        return _held_out(model, self.component_types, self.seed, self.image_size, DEFECT_RATE)
+        return _held_out(model, self.component_types, self.seed, self.image_size,
+                         DEPLOYED_DEFECT_RATE)
 
 
 def _held_out(
