@@ -104,6 +104,30 @@ def test_serve_run_arguments_make_the_setup():
     assert setup_from_args({"repo": "r"}).rebalance.follow_usage
     with pytest.raises(Exception, match="unknown replica routing"):
         setup_from_args({"repo": "r", "routing": "round-robin"})
+    tuned = setup_from_args({"repo": "r", "spill_margin_s": "0.2", "repartition_window_s": "30",
+                             "repartition_min_requests": "100", "repartition_check_s": "1",
+                             "repartition_max_imbalance": "1.5"})
+    assert tuned.spill_margin_s == 0.2
+    assert (tuned.rebalance.window_s, tuned.rebalance.min_requests, tuned.rebalance.check_interval_s,
+            tuned.rebalance.max_imbalance) == (30.0, 100, 1.0, 1.5)
+    with pytest.raises(Exception, match="min_requests"):
+        setup_from_args({"repo": "r", "repartition_min_requests": "0"})
+
+
+def test_serve_options_make_the_replica_routing_and_repartition_settings():
+    from coserve.cli import build_parser
+    from coserve.cli.serve import rebalance_config
+
+    args = build_parser().parse_args(
+        ["serve", "repo", "--replicas", "2", "--spill-margin-s", "0.25", "--repartition", "off",
+         "--repartition-window-s", "20", "--repartition-check-s", "2"])
+    config = rebalance_config(args)
+    assert args.spill_margin_s == 0.25
+    assert (config.follow_usage, config.window_s, config.check_interval_s) == (False, 20.0, 2.0)
+    defaults = rebalance_config(build_parser().parse_args(["serve", "repo"]))
+    assert defaults == type(config)()
+    with pytest.raises(Exception, match="spill_margin_s"):
+        ReplicaSetup(Path("x"), 2, spill_margin_s=-1.0)
 
 
 def test_each_replica_favours_its_own_experts_and_setup_is_checked():
@@ -584,3 +608,14 @@ def replica_actor(index: int):
         if f"#{replica_name(index)}#" in actor["name"]:
             return ray.get_actor(actor["name"], namespace=actor["namespace"])
     raise AssertionError(f"no actor for replica {index}")
+
+
+def test_the_spill_margin_reaches_the_ingress_routing(tiny_zoo):
+    from coserve import open_repository
+    from coserve.server.replicas.facade import ReplicaSet
+
+    model = open_repository(tiny_zoo[0])
+    fakes = [FakeReplica(i, model) for i in range(2)]
+    replicas = ReplicaSet(model, ReplicaSetup(tiny_zoo[0], 2, spill_margin_s=0.2),
+                          {e: 0 for e in model.experts}, fakes)
+    assert replicas.routing.margin_s == 0.2

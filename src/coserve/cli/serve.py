@@ -17,6 +17,7 @@ from coserve.cli.options import (
 )
 
 if TYPE_CHECKING:
+    from coserve.cluster.rebalance import RebalanceConfig
     from coserve.config import EngineConfig
     from coserve.planfile import Plan
     from coserve.server.config import ServerConfig
@@ -77,6 +78,21 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
 
     p.add_argument("--replica-routing", choices=ROUTINGS, default="partitioned",
                    help="with --replicas: send each image to the replica owning its first expert (partitioned), or to a seeded random replica that is up (random: a baseline for comparison only) (default partitioned)")
+    from coserve.cluster.partition import SPILL_MARGIN_S
+    from coserve.cluster.rebalance import CHECK_INTERVAL_S, MAX_IMBALANCE, MIN_REQUESTS, WINDOW_S
+
+    p.add_argument("--spill-margin-s", type=float, default=SPILL_MARGIN_S,
+                   help=f"with --replicas, partitioned: send an image past its owner once the owner's predicted queue is this much longer than the shortest (default {SPILL_MARGIN_S:g})")
+    p.add_argument("--repartition", choices=("on", "off"), default="on",
+                   help="with --replicas: re-partition the experts when the routed mix shifts (off: keep the deployed partition; a replica that is down is re-homed either way) (default on)")
+    p.add_argument("--repartition-window-s", type=float, default=WINDOW_S,
+                   help=f"with --replicas: the routed requests the usage is estimated from, in seconds (default {WINDOW_S:g})")
+    p.add_argument("--repartition-min-requests", type=int, default=MIN_REQUESTS,
+                   help=f"with --replicas: requests in the window before its usage is trusted over the prior (default {MIN_REQUESTS})")
+    p.add_argument("--repartition-check-s", type=float, default=CHECK_INTERVAL_S,
+                   help=f"with --replicas: how often the usage is checked, in seconds (default {CHECK_INTERVAL_S:g})")
+    p.add_argument("--repartition-max-imbalance", type=float, default=MAX_IMBALANCE,
+                   help=f"with --replicas: re-partition once the busiest replica's predicted work passes this multiple of the mean (default {MAX_IMBALANCE:g})")
     add_engine_options(p, backlog=False)
     add_plan_option(p)
     add_trust_option(p)
@@ -144,10 +160,23 @@ def _serve_replicas(args: argparse.Namespace, config: ServerConfig, engine_confi
     num_cpus = 1.0 if args.ray_address else (os.cpu_count() or 1) / args.replicas
     setup = ReplicaSetup(args.repo.resolve(), args.replicas, engine_config=engine_config,
                          server_config=config, plan=plan, trust_code=args.trust_repo_code,
-                         replica_num_cpus=num_cpus, routing=args.replica_routing)
+                         replica_num_cpus=num_cpus, routing=args.replica_routing,
+                         spill_margin_s=args.spill_margin_s, rebalance=rebalance_config(args))
     serve_replicas(setup, ray_address=args.ray_address)
     print("coserve: Serve shut down", flush=True)
     return 0
+
+
+def rebalance_config(args: argparse.Namespace) -> RebalanceConfig:
+    """The `--repartition*` options as the ingress's RebalanceConfig (ConfigError for a
+    bad value)."""
+    from coserve.cluster.rebalance import RebalanceConfig
+
+    return RebalanceConfig(window_s=args.repartition_window_s,
+                           min_requests=args.repartition_min_requests,
+                           max_imbalance=args.repartition_max_imbalance,
+                           check_interval_s=args.repartition_check_s,
+                           follow_usage=args.repartition == "on")
 
 
 def _hosts(text: str | None) -> tuple[str, ...] | None:

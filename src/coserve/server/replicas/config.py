@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from coserve.cluster.partition import SPILL_MARGIN_S
 from coserve.cluster.rebalance import RebalanceConfig
 from coserve.cluster.routing import DEFAULT_ROUTING, check_routing
 from coserve.config import EngineConfig
@@ -54,6 +55,9 @@ class ReplicaSetup:
     # (seeded uniform over the replicas that are up: a baseline, not for production).
     routing: str = DEFAULT_ROUTING
     routing_seed: int = 0  # of "random"
+    # "partitioned": spill once the owner's predicted queue is this much longer than the
+    # shortest (coserve.cluster.routing.OwnerFirst)
+    spill_margin_s: float = SPILL_MARGIN_S
     # When the ingress re-partitions on a usage shift (re-homing on a replica's death
     # always happens).
     rebalance: RebalanceConfig = field(default_factory=RebalanceConfig)
@@ -67,6 +71,8 @@ class ReplicaSetup:
         if self.replica_num_cpus < 0:
             raise ConfigError(f"replica_num_cpus must be >= 0, got {self.replica_num_cpus}")
         check_routing(self.routing)
+        if not self.spill_margin_s >= 0:  # NaN fails this too
+            raise ConfigError(f"spill_margin_s must be >= 0 seconds, got {self.spill_margin_s}")
 
     @property
     def attempts(self) -> int:

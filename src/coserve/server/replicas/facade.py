@@ -66,7 +66,8 @@ class ReplicaSet:
         self.num_answered = [0] * setup.num_replicas
         self.handles = list(handles)
         self._max_attempts = setup.attempts
-        self.routing = replica_routing(setup.routing, seed=setup.routing_seed)
+        self.routing = replica_routing(setup.routing, margin_s=setup.spill_margin_s,
+                                       seed=setup.routing_seed)
         # The last polled counters of each replica's engines that have since been replaced.
         self._retired: list[list[EngineStats]] = [[] for _ in range(setup.num_replicas)]
         self._lock = threading.Lock()

@@ -11,9 +11,12 @@ import signal
 import socket
 import threading
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coserve.server.replicas.config import APP_NAME, RAY_OBJECT_STORE_BYTES, ReplicaSetup
+
+if TYPE_CHECKING:
+    from coserve.cluster.rebalance import RebalanceConfig
 
 
 def partition_of(setup: ReplicaSetup) -> dict[str, int]:
@@ -95,7 +98,9 @@ def serve_replicas(setup: ReplicaSetup, ray_address: str | None = None) -> None:
 def app_builder(args: dict[str, Any]) -> Any:
     """For `serve run coserve.server.replicas:app_builder repo=DIR replicas=N
     [budget_fraction=F] [executors=cpu:1] [storage=P] [no_measure=1] [trust_repo_code=1]
-    [routing=random] [repartition=0]` (`setup_from_args`)."""
+    [routing=random] [spill_margin_s=S] [repartition=0] [repartition_window_s=S]
+    [repartition_min_requests=N] [repartition_check_s=S] [repartition_max_imbalance=X]`
+    (`setup_from_args`)."""
     from coserve.server.replicas.ingress import build_app
 
     setup = setup_from_args(args)
@@ -108,7 +113,7 @@ def setup_from_args(args: dict[str, Any]) -> ReplicaSetup:
     same)."""
     from pathlib import Path
 
-    from coserve.cluster.rebalance import RebalanceConfig
+    from coserve.cluster.partition import SPILL_MARGIN_S
     from coserve.config import EngineConfig
     from coserve.executors.spec import parse_executors
 
@@ -125,7 +130,21 @@ def setup_from_args(args: dict[str, Any]) -> ReplicaSetup:
                         engine_config=EngineConfig(**kwargs),
                         trust_code=_flag(args.get("trust_repo_code")),
                         routing=args.get("routing", "partitioned"),
-                        rebalance=RebalanceConfig(follow_usage=_flag(args.get("repartition", "1"))))
+                        spill_margin_s=float(args.get("spill_margin_s", SPILL_MARGIN_S)),
+                        rebalance=_rebalance(args))
+
+
+def _rebalance(args: dict[str, Any]) -> RebalanceConfig:
+    """repartition=0 and the repartition_* keys, as `coserve serve`'s --repartition*."""
+    from coserve.cluster.rebalance import RebalanceConfig
+
+    defaults = RebalanceConfig()
+    return RebalanceConfig(
+        window_s=float(args.get("repartition_window_s", defaults.window_s)),
+        min_requests=int(args.get("repartition_min_requests", defaults.min_requests)),
+        max_imbalance=float(args.get("repartition_max_imbalance", defaults.max_imbalance)),
+        check_interval_s=float(args.get("repartition_check_s", defaults.check_interval_s)),
+        follow_usage=_flag(args.get("repartition", "1")))
 
 
 def _flag(value: Any) -> bool:
