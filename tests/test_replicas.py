@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -164,6 +165,16 @@ class FakeCall:
         self.remote = fn
 
 
+class FakeAnswer:
+    def __init__(self, value, dead: bool) -> None:
+        self._value, self._dead = value, dead
+
+    def result(self, timeout_s: float):
+        if self._dead:
+            raise ActorDiedError("killed")
+        return self._value
+
+
 class FakeReplica:
     """A replica handle without Ray: status answers at once, infer records the request."""
 
@@ -179,11 +190,18 @@ class FakeReplica:
             stats=engine_stats(index), incarnation="one")
         self.status = FakeCall(lambda: self)
         self.infer = FakeCall(self._infer)
+        self.adopted: list[dict[str, int]] = []  # the partitions the ingress sent it
+        self.adopt_partition = FakeCall(self._adopt)
 
     def result(self, timeout_s: float):
         if self.dead:
             raise ActorDiedError("killed")
         return self._status
+
+    def _adopt(self, owner: dict[str, int]) -> FakeAnswer:
+        if not self.dead:
+            self.adopted.append(dict(owner))
+        return FakeAnswer(None, self.dead)
 
     async def _infer(self, request) -> Result:
         self.requests.append(request.request_id)
@@ -337,6 +355,36 @@ def test_the_ingress_repartitions_when_the_routed_mix_shifts(tiny_zoo, by_type):
     for component in shifted:
         run(send(component, 1))
     assert len(fakes[0].requests) == 1 and len(fakes[1].requests) == 21
+    # Both replicas were told the new partition (their engines favour what they own now).
+    assert [fake.adopted for fake in fakes] == [[dict(replicas.partition.owner)]] * 2
+    # A replica that restarts starts from the deployed partition: it is told again.
+    fakes[0]._status = replace(fakes[0]._status, incarnation="two")
+    replicas.poll()
+    assert [len(fake.adopted) for fake in fakes] == [2, 1]
+
+
+def test_a_replica_adopts_a_new_partition_as_its_engines_prior(tiny_zoo):
+    from coserve import open_repository
+    from coserve.server.replicas.deployment import FOREIGN_USAGE_SCALE, EngineReplica
+
+    model = open_repository(tiny_zoo[0])
+    experts = sorted(model.experts)
+    setup = ReplicaSetup(tiny_zoo[0], 2, engine_config=replace(
+        ReplicaSetup(tiny_zoo[0], 2).engine_config, measure_costs=False))
+    replica = EngineReplica(setup, 0, dict.fromkeys(experts, 0))
+    try:
+        assert replica.engine.usage() == pytest.approx(dict(model.usage))  # owns them all
+        gave_away = experts[0]
+        replica.adopt_partition({e: int(e == gave_away) for e in experts})
+        usage = replica.engine.usage()
+        assert usage[gave_away] == pytest.approx(model.usage[gave_away] * FOREIGN_USAGE_SCALE)
+        assert usage[experts[1]] == pytest.approx(model.usage[experts[1]])
+        with pytest.raises(Exception, match="known experts"):
+            replica.engine.set_usage_prior({"nobody": 0.5})
+        with pytest.raises(Exception, match="probabilities in"):
+            replica.engine.set_usage_prior({experts[1]: 1.5})
+    finally:
+        replica.engine.close()
 
 
 # -- on a local Ray -----------------------------------------------------------------------------

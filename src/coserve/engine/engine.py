@@ -507,6 +507,17 @@ class Engine:
         """Usage probabilities now: the prior blended with the routing observed."""
         return self._usage.usage()
 
+    def set_usage_prior(self, prior: Mapping[str, float]) -> None:
+        """Replace the usage prior of the experts given (the others keep theirs); what is
+        resident moves only as eviction next reads the usage. ConfigError for an unknown
+        expert or a probability outside [0, 1]."""
+        unknown = sorted(e for e in prior if e not in self.model.experts)
+        bad = sorted(e for e, p in prior.items() if not 0 <= p <= 1)  # NaN fails this too
+        if unknown or bad:
+            raise ConfigError(f"a usage prior needs known experts and probabilities in [0, 1]; "
+                              f"unknown: {unknown[:5]}, out of range: {bad[:5]}")
+        self._usage.set_prior(prior)
+
     def queue_depths(self) -> list[int]:
         """Tasks waiting in each executor's queue now."""
         if not self._started:

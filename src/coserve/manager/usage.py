@@ -82,6 +82,12 @@ class UsageTracker:
         request.in_window = False
         self._counts.subtract(request.experts)
 
+    def set_prior(self, prior: Mapping[str, float]) -> None:
+        """Replace the prior the observed usage is blended with (experts not given keep
+        theirs): a replica told that the cluster's partition changed."""
+        with self._lock:
+            self._prior.update({e: float(p) for e, p in prior.items() if e in self._prior})
+
     # -- what eviction and placement read ------------------------------------------------
     def usage(self) -> dict[str, float]:
         """P(a request uses e) for every expert of the prior, in [0, 1]."""

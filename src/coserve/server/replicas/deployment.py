@@ -72,10 +72,10 @@ class EngineReplica:
         self.incarnation = uuid.uuid4().hex
         self._drain_timeout_s = setup.server_config.drain_timeout_s
         model = open_repository(setup.repo, trust_code=setup.trust_code)
-        prior = setup.plan.usage if setup.plan is not None else model.usage
-        routed_by_partition = replica_routing(setup.routing).uses_partition
-        usage = owned_usage(prior, owner, index) if routed_by_partition else dict(prior)
-        self.engine = Engine(model, setup.engine_config, plan=setup.plan, usage=usage)
+        self._prior = dict(setup.plan.usage if setup.plan is not None else model.usage)
+        self._routed_by_partition = replica_routing(setup.routing).uses_partition
+        self.engine = Engine(model, setup.engine_config, plan=setup.plan,
+                             usage=self._usage_for(owner))
         self.engine.start()  # Serve marks the replica running once this returns
         log.info("replica %d ready: %d expert(s) placed", index,
                  sum(len(r) for r in self.engine.resident()))
@@ -84,6 +84,17 @@ class EngineReplica:
         """The request's Result (a failed request is a failed Result, never an exception;
         EngineClosedError while this replica drains: the ingress retries elsewhere)."""
         return await asyncio.wrap_future(self.engine.submit(request))
+
+    def adopt_partition(self, owner: Mapping[str, int]) -> None:
+        """The ingress re-partitioned: favour the experts this replica owns now (its
+        engine's usage prior, as at deployment), so it keeps them and lets go of the
+        ones it gave away."""
+        self.engine.set_usage_prior(self._usage_for(owner))
+
+    def _usage_for(self, owner: Mapping[str, int]) -> dict[str, float]:
+        if not self._routed_by_partition:
+            return dict(self._prior)
+        return owned_usage(self._prior, owner, self.index)
 
     def status(self) -> ReplicaStatus:
         engine = self.engine

@@ -15,9 +15,11 @@ flight to it are failed over (`failover`): cancelled and retried on the next rep
 The partition requests are routed by is kept by a `cluster.rebalance.Rebalancer`: every
 routed request's first experts are observed, and after each poll the experts of the
 replicas that are down are re-homed to the others (given back when they return), and
-every `check_interval_s` the partition is recomputed if the routed mix shifted. The new
-owners warm what they now own simply by being routed its requests (their engines load
-what they lack and learn the usage online); nothing is prefetched."""
+every `check_interval_s` the partition is recomputed if the routed mix shifted. Every
+replica is then told the new partition (`tell_partition`: its engine's usage prior
+favours what it owns now, as at deployment; a replica that restarts is told again), and
+the new owners warm what they now own by being routed its requests (their engines load
+what they lack); nothing is prefetched."""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
 from typing import Any
@@ -54,6 +56,7 @@ class ReplicaSet:
         self.config = setup.engine_config
         self.num_replicas = setup.num_replicas
         self._clock = clock  # of the usage window and the repartition checks
+        self._deployed_owner = dict(owner)  # what a replica starts (or restarts) from
         self.rebalancer = Rebalancer(model, Partition(setup.num_replicas, owner), setup.rebalance,
                                      usage=setup.plan.usage if setup.plan is not None else None)
         self._partition_lock = threading.Lock()  # the rebalancer's: observe vs. poll
@@ -131,6 +134,7 @@ class ReplicaSet:
         """Ask every replica for its status at once; wait at most STATUS_TIMEOUT_S."""
         calls = [h.status.remote() for h in self.handles]
         deadline_s = time.monotonic() + STATUS_TIMEOUT_S
+        restarted_now: list[int] = []
         for i, call in enumerate(calls):
             try:
                 status = call.result(timeout_s=max(0.0, deadline_s - time.monotonic()))
@@ -152,7 +156,10 @@ class ReplicaSet:
                     self._down[i] = "; ".join(status.problems) or "its engine is not running"
             if restarted:  # what the old engine held is lost (calls sent since: a spare retry)
                 self._fail_over(i, "it restarted")
+                restarted_now.append(i)
         self._rebalance()
+        if restarted_now and self.partition.owner != self._deployed_owner:
+            self.tell_partition(restarted_now)  # it started from the deployed partition
 
     def _rebalance(self) -> None:
         """Re-home around the replicas down now; re-partition if the usage shifted. A
@@ -165,6 +172,21 @@ class ReplicaSet:
         for change in changes:
             if change is not None:
                 self._record(change)
+        if any(change is not None for change in changes):
+            self.tell_partition(range(self.num_replicas))
+
+    def tell_partition(self, replicas: Iterable[int]) -> None:
+        """Send the partition to `replicas` (each favours what it owns now); wait at most
+        STATUS_TIMEOUT_S. A replica that does not take it is logged: the next poll
+        finds it down, and it is told again when it comes back."""
+        owner = dict(self.partition.owner)
+        calls = [(i, self.handles[i].adopt_partition.remote(owner)) for i in replicas]
+        deadline_s = time.monotonic() + STATUS_TIMEOUT_S
+        for i, call in calls:
+            try:
+                call.result(timeout_s=max(0.0, deadline_s - time.monotonic()))
+            except Exception as exc:
+                log.warning("replica %d did not take the new partition: %s", i, exc)
 
     def _record(self, change: PartitionChange) -> None:
         with self._lock:
