@@ -285,3 +285,7 @@ def test_the_server_answers_escalated_steps_and_counts_them(tmp_path: Path) -> N
             labels = [step["label"] for step in answer.json()["steps"]]
             assert (labels[0] == LOW_CONFIDENCE) == (request.fields["component_type"] != "U")
         assert metric(client, "coserve_escalated_total") == 2
+        listed = {e["name"]: e for e in client.get("/v1/experts").json()["experts"]}
+        assert listed["lite"]["cascade_threshold"] == 1.0
+        assert listed["lite"]["escalates_to"] == ["cls-C", "cls-R"]
+        assert listed["cls-U"]["cascade_threshold"] is None and listed["cls-U"]["escalates_to"] == []

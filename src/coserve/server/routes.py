@@ -167,8 +167,10 @@ async def experts(request: Request) -> dict[str, Any]:
             engine.pool_budgets(), strict=True))
     ]
     rows = []
+    cascade = engine.model.router.cascade
     for name, spec in engine.model.experts.items():
         record = records.get(name)
+        rule = cascade.get(name)
         rows.append({
             "name": name, "architecture": spec.architecture, "stage": spec.stage.value,
             "num_bytes": spec.num_bytes, "file_bytes": spec.file_bytes,
@@ -179,6 +181,8 @@ async def experts(request: Request) -> dict[str, Any]:
             "consecutive_failures": record.consecutive_failures if record else 0,
             "total_failures": record.total_failures if record else 0,
             "last_error": redact_paths(record.last_error) if record and record.last_error else None,
+            "cascade_threshold": rule.threshold if rule else None,
+            "escalates_to": sorted(rule.all_targets) if rule else [],
         })
     return {"model": engine.model.name, "executors": executors, "experts": rows}
 

@@ -140,6 +140,11 @@ class ExpertOut(BaseModel):
     consecutive_failures: int
     total_failures: int
     last_error: str | None = None
+    cascade_threshold: float | None = Field(
+        default=None, description="a cascade expert (routing.cascade): answers whose top "
+        "score is below this escalate (label low_confidence); null: not a cascade expert")
+    escalates_to: list[str] = Field(default_factory=list,
+                                    description="the experts its unsure answers can go to")
 
 
 class ExpertsResponse(BaseModel):
