@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from coserve.bench.runner import switch_floor
 from coserve.cli import build_parser
 from coserve.cli.options import planned_config
 from coserve.config import EngineConfig
@@ -150,9 +151,11 @@ def _waste(sim: RecordingSimulator) -> None:
 
 
 def storage_bound_s(model: CoEModel, config: EngineConfig, plan: Any,
-                    requests: Sequence[Request], backlog: bool) -> tuple[float, float]:
-    """(the wall-time bound, the t it is taken at), from an all-resident run."""
+                    requests: Sequence[Request], backlog: bool) -> tuple[float, float, int]:
+    """(the wall-time bound, the t it is taken at, the switch floor), from an all-resident
+    run: the floor is the experts the trace needs that initial placement could not hold."""
     sim, _ = _run(model, replace(config, policy="all-resident"), plan, requests, backlog)
+    floor = switch_floor(model, config, {expert for _, expert in sim.enqueued})
     last: dict[str, float] = {}
     for t, expert in sim.enqueued:
         last[expert] = max(last.get(expert, 0.0), t)
@@ -164,7 +167,7 @@ def storage_bound_s(model: CoEModel, config: EngineConfig, plan: Any,
     for t in sorted(set(last.values())):
         needed = sum(size[e] for e, at in last.items() if at >= t)
         best = max(best, (t + max(0, needed - budget) / speed, t))
-    return best
+    return best[0], best[1], floor
 
 
 def main() -> None:
@@ -178,9 +181,10 @@ def main() -> None:
     _by_stage_and_size(sim)
     _synth_phases(sim, args.repo)
     _waste(sim)
-    bound, at = storage_bound_s(model, config, plan, requests, args.backlog)
+    bound, at, floor = storage_bound_s(model, config, plan, requests, args.backlog)
     print(f"\nstorage bound: wall >= {bound:.2f} s (taken at t = {at:.2f} s), "
-          f"<= {len(requests) / bound:.1f} req/s")
+          f"<= {len(requests) / bound:.1f} req/s; switch floor {floor} "
+          f"({stats['num_switches'] / max(floor, 1):.1f}x)")
 
 
 if __name__ == "__main__":
