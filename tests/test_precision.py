@@ -229,8 +229,31 @@ def test_load_times_share_the_read_and_measure_each_expansion():
     read = (1 - w) * 0.01 + w * 0.02
     assert times.predict_s("int8", 50) == pytest.approx(50 * (read + 0.01))
     assert times.predict_s("fp32", 200) == pytest.approx(200 * read)  # the same device
+    assert times.predict_s("fp16", 100) == pytest.approx(100 * read)  # not expanded yet
     times.observe("int8", 50, read_s=read * 50, expand_s=0.0)
-    assert times.predict_s("int8", 50) == pytest.approx(50 * (read + (1 - w) * 0.01))
+    assert times.predict_s("int8", 50) == pytest.approx(50 * (read + 0.005))  # the median
+
+
+def test_one_slow_expansion_does_not_move_the_estimate():
+    """A preempted expansion is an outlier: the median of the last loads ignores it."""
+    times = LoadTimes(storage_bytes_per_s=100.0)
+    for expand_s in (0.01, 0.01, 0.01, 10.0):
+        times.observe("int8", 10, read_s=0.1, expand_s=expand_s)
+    assert times.predict_s("int8", 10) == pytest.approx(0.1 + 0.01)
+
+
+def test_a_variant_not_read_for_a_while_is_tried_again():
+    times = LoadTimes(storage_bytes_per_s=100.0)
+    for _ in range(3):
+        times.observe("int8", 10, read_s=0.1, expand_s=1.0)  # slow while the cores were busy
+    times.observe("fp16", 20, read_s=0.2, expand_s=0.02)
+    assert times.predict_s("int8", 10) > times.predict_s("fp16", 20)
+    for _ in range(LoadTimes.STALE_LOADS):
+        times.observe("fp16", 20, read_s=0.2, expand_s=0.02)
+    assert times.predict_s("int8", 10) == pytest.approx(0.1)  # forgotten: the read alone
+    assert times.predict_s("int8", 10) < times.predict_s("fp16", 20)
+    times.observe("int8", 10, read_s=0.1, expand_s=0.01)  # measured afresh, not averaged
+    assert times.predict_s("int8", 10) == pytest.approx(0.1 + 0.01)
 
 
 def test_a_slow_read_does_not_lock_a_variant_out():

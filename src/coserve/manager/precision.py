@@ -16,6 +16,9 @@ only makes the storage read smaller (see coserve.loader.precision).
 
 from __future__ import annotations
 
+import statistics
+import threading
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -109,23 +112,31 @@ class LoadTimes:
     """Predicted seconds of a load at each precision, in two measured parts:
 
     - the storage read, seconds per stored byte: one estimate for every precision (they
-      share the device), following every load, starting from the storage bandwidth;
-    - the expansion to fp32, seconds per stored byte per precision (0 for fp32 and for
-      a variant before its first load, so a variant is tried first), following that
-      precision's own loads.
+      share the device), an exponentially weighted mean over every load, starting from
+      the storage bandwidth;
+    - the expansion to fp32, seconds per stored byte per precision: the median of that
+      precision's last EXPAND_SAMPLES loads (0 for fp32, and for a variant before its
+      first load, so a variant is tried first), forgotten once STALE_LOADS loads went
+      by without one (so a variant that looked slow is tried again).
 
-    (One estimate of whole loads per precision locked in on board A: a variant's only
-    signal came from its own loads, so one read slowed by a concurrent load made int8
-    look slower than fp16, and then int8 was never read again: auto read 2.9 GB of fp16
-    against int8's 0.6 GB.) Thread-safe enough for its use: floats, replaced whole."""
+    Why not one estimate of whole loads per precision: a variant's only signal is its
+    own loads, so one load slowed by another (a concurrent read, a preempted expansion)
+    made int8 look slower than fp16, and then int8 was never read again (board A, 10%,
+    trace: auto read 2.9 GB of fp16 against int8's 0.6 GB). A median shrugs off such an
+    outlier; forgetting undoes a lock-in that a run of them causes."""
 
-    EWMA_WEIGHT = 0.2  # of the newest load: a few loads follow a change of conditions
+    EWMA_WEIGHT = 0.2  # of the newest load in the read estimate
+    EXPAND_SAMPLES = 8
+    STALE_LOADS = 32
 
     def __init__(self, storage_bytes_per_s: float) -> None:
         if not storage_bytes_per_s > 0:
             raise ConfigError(f"storage_bytes_per_s must be > 0, got {storage_bytes_per_s}")
         self._read_s_per_byte = 1.0 / storage_bytes_per_s
-        self._expand_s_per_byte: dict[str, float] = {}
+        self._expand: dict[str, deque[float]] = {}  # precision -> seconds per stored byte
+        self._last_load: dict[str, int] = {}  # precision -> the load count at its last load
+        self._num_loads = 0
+        self._lock = threading.Lock()  # loads of several executors observe at once
 
     def observe(self, precision: str, num_bytes: int, read_s: float,
                 expand_s: float = 0.0) -> None:
@@ -133,15 +144,23 @@ class LoadTimes:
         if num_bytes <= 0:
             return
         w = self.EWMA_WEIGHT
-        self._read_s_per_byte = (1 - w) * self._read_s_per_byte + w * read_s / num_bytes
-        if precision == FULL_PRECISION:
-            return
-        seen = self._expand_s_per_byte.get(precision)
-        new = expand_s / num_bytes
-        self._expand_s_per_byte[precision] = new if seen is None else (1 - w) * seen + w * new
+        with self._lock:
+            self._num_loads += 1
+            self._read_s_per_byte = (1 - w) * self._read_s_per_byte + w * read_s / num_bytes
+            if precision == FULL_PRECISION:
+                return
+            if self._num_loads - self._last_load.get(precision, self._num_loads) > self.STALE_LOADS:
+                self._expand.pop(precision, None)
+            self._last_load[precision] = self._num_loads
+            samples = self._expand.setdefault(precision, deque(maxlen=self.EXPAND_SAMPLES))
+            samples.append(expand_s / num_bytes)
 
     def predict_s(self, precision: str, num_bytes: int) -> float:
-        return num_bytes * (self._read_s_per_byte + self._expand_s_per_byte.get(precision, 0.0))
+        with self._lock:
+            samples = self._expand.get(precision)
+            stale = self._num_loads - self._last_load.get(precision, 0) > self.STALE_LOADS
+            expand = 0.0 if not samples or stale else statistics.median(samples)
+            return num_bytes * (self._read_s_per_byte + expand)
 
 
 def precision_policy(mode: str) -> PrecisionPolicy:
