@@ -45,9 +45,9 @@ def add_engine_options(p: argparse.ArgumentParser, *, backlog: bool) -> None:
     p.add_argument("--batch-deadline-s", type=float, default=None, help="a batch (one forward, or loading its expert) running longer marks its executor stuck: its requests fail, its queue moves to the other executors; 0: no watchdog (default 60)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16", "int8", "auto"),
                    help="the stored precision every expert load reads (a variant written by "
-                        "`coserve repo quantize`, expanded to fp32 in memory), or auto: low "
-                        "precision on a load when the queue is long, fp32 when there is time, "
-                        "upgrades when idle (default fp32)")
+                        "`coserve repo quantize`, expanded to fp32 in memory), or auto: the "
+                        "variant measured to load soonest whenever work waits on the executor, "
+                        "fp32 when nothing waits, upgrades when idle (default fp32)")
     if backlog:
         p.add_argument("--backlog", action="store_true", help="submit every request at once instead of at its arrival offset")
     p.add_argument("--no-measure", action="store_true", help="skip the start-up cost measurement and use default costs")

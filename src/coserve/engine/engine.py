@@ -82,7 +82,7 @@ class Engine:
         self._usage = self._assembly.usage_tracker()
         self._requests = RequestTracker(clock=clock, stats=self._stats, usage=self._usage,
                                         latency_target_s=self.config.latency_target_s)
-        self._precision = precision_policy(self.config.precision, self.config.latency_target_s)
+        self._precision = precision_policy(self.config.precision)
         self._stored_files = stored_files(model, self.config.precision)  # ConfigError now
         self._quarantine = Quarantine(self.config.quarantine_after, clock,
                                       probe_s=self.config.quarantine_probe_s)

@@ -142,22 +142,36 @@ class PrecisionLoader:
 
     def read(self, expert: str, precision: str = FULL_PRECISION
              ) -> tuple[dict[str, torch.Tensor], float]:
-        tensors, seconds = self._loaders[precision].read(expert)
+        tensors, read_s, expand_s = self.read_timed(expert, precision)
+        return tensors, read_s + expand_s
+
+    def read_timed(self, expert: str, precision: str = FULL_PRECISION
+                   ) -> tuple[dict[str, torch.Tensor], float, float]:
+        """fp32 tensors, the storage read's seconds and the expansion's (0 for fp32):
+        apart, because the read follows the shared device and the expansion the cores."""
+        tensors, read_s = self._loaders[precision].read(expert)
         if precision == FULL_PRECISION:
-            return tensors, seconds
+            return tensors, read_s, 0.0
         t0 = time.perf_counter()
         full = expand(tensors, precision)
-        return full, seconds + time.perf_counter() - t0
+        return full, read_s, time.perf_counter() - t0
 
     def read_host(self, expert: str, precision: str = FULL_PRECISION
                   ) -> tuple[Any, float]:
-        """A host copy for a device load (see ExpertLoader.read_host): fp32 lands in the
-        arena; a variant is expanded into memory of its own (its fp32 copy is bigger than
-        what was read, so it cannot reuse the read's extent)."""
+        copy, read_s, expand_s = self.read_host_timed(expert, precision)
+        return copy, read_s + expand_s
+
+    def read_host_timed(self, expert: str, precision: str = FULL_PRECISION
+                        ) -> tuple[Any, float, float]:
+        """A host copy for a device load (see ExpertLoader.read_host), with the read's and
+        the expansion's seconds: fp32 lands in the arena; a variant is expanded into
+        memory of its own (its fp32 copy is bigger than what was read, so it cannot reuse
+        the read's extent)."""
         if precision == FULL_PRECISION:
-            return self._loaders[FULL_PRECISION].read_host(expert)
-        tensors, seconds = self.read(expert, precision)
-        return _OwnCopy(tensors), seconds
+            copy, read_s = self._loaders[FULL_PRECISION].read_host(expert)
+            return copy, read_s, 0.0
+        tensors, read_s, expand_s = self.read_timed(expert, precision)
+        return _OwnCopy(tensors), read_s, expand_s
 
     def to_device(self, tensors: dict[str, torch.Tensor], processor: str
                   ) -> tuple[dict[str, torch.Tensor], float]:

@@ -257,27 +257,29 @@ class ExpertManager:
     def _read(self, expert: str, precision: str,
               upgrade: bool = False) -> tuple[dict[str, Any], float]:
         """Storage -> host tensors at `precision` (a CPU's executing tier)."""
-        return self._counted(self._loader.read, expert, precision, upgrade)
+        if self._precision is None:
+            return self._plain(self._loader.read, expert)
+        return self._timed(self._loader.read_timed, expert, precision, upgrade)  # type: ignore[attr-defined]
 
     def _read_host(self, expert: str, precision: str) -> tuple[HostCopyLike, float]:
         """Storage -> a host copy for a device load at `precision` (the host tier's
         reader)."""
-        return self._counted(self._loader.read_host, expert, precision, False)
-
-    def _counted(self, read: Callable[..., tuple[Any, float]], expert: str, precision: str,
-                 upgrade: bool) -> tuple[Any, float]:
-        """`read(expert[, precision])`, counted per precision and timed for `auto`."""
         if self._precision is None:
-            result, seconds = read(expert)
-            self._stats.precision_read(FULL_PRECISION, None)
-            return result, seconds
-        result, seconds = read(expert, precision)
+            return self._plain(self._loader.read_host, expert)
+        return self._timed(self._loader.read_host_timed, expert, precision, False)  # type: ignore[attr-defined]
+
+    def _plain(self, read: Callable[[str], tuple[Any, float]], expert: str) -> tuple[Any, float]:
+        """`read(expert)` of a loader without precision tiers, counted as fp32."""
+        result, seconds = read(expert)
+        self._stats.precision_read(FULL_PRECISION, None)
+        return result, seconds
+
+    def _timed(self, read: Callable[[str, str], tuple[Any, float, float]], expert: str,
+               precision: str, upgrade: bool) -> tuple[Any, float]:
+        """`read(expert, precision)`, a PrecisionLoader's timed read: counted per
+        precision, its read and expansion seconds apart into auto's load times."""
+        result, read_s, expand_s = read(expert, precision)
         num_bytes = self._loader.file_bytes(expert, precision)  # type: ignore[attr-defined]
         self._stats.precision_read(precision, num_bytes, upgrade)
-        self._load_times.observe(precision, num_bytes, seconds)
-        return result, seconds
-        copy, seconds = self._loader.read_host(expert, precision)  # type: ignore[call-arg]
-        num_bytes = self._loader.file_bytes(expert, precision)  # type: ignore[attr-defined]
-        self._stats.precision_read(precision, num_bytes)
-        self._load_times.observe(precision, num_bytes, seconds)
-        return copy, seconds
+        self._load_times.observe(precision, num_bytes, read_s, expand_s)
+        return result, read_s + expand_s
