@@ -87,8 +87,10 @@ def test_arrivals_and_rejected_requests(tiny, plan):
     stats, results = simulate(model, [*spaced, bad], _config(), plan=plan)
     assert stats.num_completed == 40 and results[-1].error_kind.value == "rejected"
     assert stats.wall_s >= 39 * gap_s  # the last request cannot finish before it arrives
-    # Spaced out, requests do not queue behind each other as a backlog of the same ones does.
-    assert stats.latency_p99_s < backlog.latency_p99_s / 2
+    # Spaced out, a request whose expert is not resident may wait for others to join its
+    # group (coserve's switch hold), but never past its latency target.
+    assert stats.num_deadline_misses == 0
+    assert stats.latency_p99_s < _config().latency_target_s
 
 
 def test_a_plan_cost_model_follows_the_executor_layout(tiny, plan):

@@ -70,6 +70,15 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"consecutive failures that quarantine an expert; 0 never (default {EngineConfig.quarantine_after})")
     p.add_argument("--quarantine-probe-s", type=float, default=EngineConfig.quarantine_probe_s,
                    help=f"a quarantined expert is tried again after this long (doubling after each failed try); 0: only an operator lifts a quarantine (default {EngineConfig.quarantine_probe_s:g})")
+    _add_replica_options(p)
+    add_engine_options(p, backlog=False)
+    add_plan_option(p)
+    add_trust_option(p)
+    p.set_defaults(func=cmd_serve)
+
+
+def _add_replica_options(p: argparse.ArgumentParser) -> None:
+    """`--replicas` and what only it reads: Ray, routing, spilling, repartitioning."""
     p.add_argument("--replicas", type=int, default=0,
                    help="serve with N engine replicas on Ray Serve behind one ingress (same API; docs/replicas.md); 0: one engine in this process (default 0)")
     p.add_argument("--ray-address", default=None,
@@ -93,10 +102,6 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"with --replicas: how often the usage is checked, in seconds (default {CHECK_INTERVAL_S:g})")
     p.add_argument("--repartition-max-imbalance", type=float, default=MAX_IMBALANCE,
                    help=f"with --replicas: re-partition once the busiest replica's predicted work passes this multiple of the mean (default {MAX_IMBALANCE:g})")
-    add_engine_options(p, backlog=False)
-    add_plan_option(p)
-    add_trust_option(p)
-    p.set_defaults(func=cmd_serve)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ the engine's executor threads use."""
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ class Scheduler:
         self._lock = threading.RLock()  # next_batch holds it around take_batch
         # One condition per executor: a task queued for one executor wakes only that one.
         self._ready = [threading.Condition(self._lock) for _ in processors]
+        self._newest_deadline_s = -math.inf  # of any task queued: are requests streaming in?
         self._closed = False
         self._held = False
         self._retired: set[int] = set()  # stuck executors: assigned nothing until reinstated
@@ -96,6 +98,7 @@ class Scheduler:
             i = active[k]
             added_s = added_latency_s(task.expert, views[k], self._costs, in_host)
             self._queues[i].push(task, added_s)
+            self._newest_deadline_s = max(self._newest_deadline_s, task.deadline_s)
             self._repredict(i, task.expert)
             self._ready[i].notify()
             return i
@@ -139,29 +142,47 @@ class Scheduler:
         """Select a group, cut it to the batch size and take it; None if the queue is empty."""
         with self._lock:
             group = self._selected(executor)
-            if group is None:
-                return None
-            expert = group.expert
-            n = self._batch_size(executor, expert, group.num_tasks)
-            tasks = self._queues[executor].pop(expert, n)
-            # The batch's own switch counts too: a queue whose executor is loading is busy.
-            self._running_s[executor] = self._group_s(executor, expert, n)
-            self._repredict(executor, expert)
-            return Batch(executor, expert, tasks, self._clock())
+            return None if group is None else self._take(executor, group)
+
+    def _take(self, executor: int, group: GroupView) -> Batch:
+        expert = group.expert
+        n = self._batch_size(executor, expert, group.num_tasks)
+        tasks = self._queues[executor].pop(expert, n)
+        # The batch's own switch counts too: a queue whose executor is loading is busy.
+        self._running_s[executor] = self._group_s(executor, expert, n)
+        self._repredict(executor, expert)
+        return Batch(executor, expert, tasks, self._clock())
+
+    def _take_any(self, executor: int) -> Batch:
+        """The earliest-deadline group, held or not (the queue is draining)."""
+        return self._take(executor, min(self._queues[executor].groups(),
+                                        key=lambda g: g.deadline_s))
 
     def _selected(self, executor: int) -> GroupView | None:
         groups = self._queues[executor].groups()
         if not groups:
             return None
-        expert = self._select.order(groups, self._context(executor), 1)[0]
-        return next(g for g in groups if g.expert == expert)
+        chosen = self._select.order(groups, self._context(executor), 1)
+        if not chosen:  # every group is held back for now
+            return None
+        return next(g for g in groups if g.expert == chosen[0])
+
+    def wake_s(self, executor: int) -> float | None:
+        """When a group held back in `executor`'s queue may be served at the latest (None:
+        nothing is held); a task queued there before then wakes it anyway."""
+        with self._lock:
+            groups = self._queues[executor].groups()
+            if not groups:
+                return None
+            return self._select.wake_s(groups, self._context(executor))
 
     def _context(self, executor: int) -> SelectContext:
         return SelectContext(
             now_s=self._clock(), processor=self.processors[executor],
             resident=self._resident_of(executor), costs=self._costs, in_host=self._in_host,
             batch_size=lambda expert, n: self._batch_size(executor, expert, n),
-            fed=self._fed,
+            fed=self._fed, backlog_s=self._backlog_s[executor] + self._running_s[executor],
+            newest_deadline_s=self._newest_deadline_s,
         )
 
     def _fed(self, expert: str) -> bool:
@@ -178,9 +199,16 @@ class Scheduler:
         with self._lock:
             while True:
                 batch = None if self._held else self.take_batch(executor)
-                if batch is not None or (self._closed and not self._held):
+                if batch is not None:
                     return batch
-                self._ready[executor].wait()
+                if self._closed and not self._held:
+                    if not self._queues[executor]:
+                        return None
+                    # Draining: a held group is served at once, nothing more will come.
+                    return self._take_any(executor)
+                wake_s = None if self._held else self.wake_s(executor)
+                timeout_s = None if wake_s is None else max(0.0, wake_s - self._clock())
+                self._ready[executor].wait(timeout_s)
 
     def hold(self, held: bool) -> None:
         """While held, executors take nothing: a backlog is queued whole before the first

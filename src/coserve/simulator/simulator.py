@@ -169,10 +169,19 @@ class Simulator:
         batch = self._scheduler.take_batch(i)
         if batch is None:
             self._idle[i] = True
+            wake_s = self._scheduler.wake_s(i)  # a group held back ripens then
+            if wake_s is not None:
+                self._at(max(wake_s, self._clock.now + 1e-9), self._wake, i)
             return
         entry = self._residency.pools[i].entries.get(batch.expert)
         self._stats.pool_lookup(hit=entry is not None and not entry.loading)
         self._acquire(i, batch)
+
+    def _wake(self, i: int) -> None:
+        """A held group's time came; an executor a task woke meanwhile is busy already."""
+        if self._idle[i]:
+            self._idle[i] = False
+            self._next_batch(i)
 
     def _acquire(self, i: int, batch: Batch) -> None:
         """Ensure resident: run on a loaded entry, load into reserved room, or wait for
