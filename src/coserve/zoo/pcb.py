@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -194,7 +194,14 @@ class _DetectorJob:
         save_file(detector.eval().state_dict(), self.path)
 
 
-_Job = Any  # _ClassifierJob | _DetectorJob | pcb_cascade.LiteJob: each has name and run()
+class _Job(Protocol):
+    """An expert to build in a worker process (_ClassifierJob, _DetectorJob, LiteJob)."""
+
+    name: str
+
+    def run(self) -> Any:
+        """Build and write the expert; what it returns is reported (or None)."""
+        ...
 
 
 def _expert_jobs(
