@@ -4,6 +4,7 @@ expand to fp32 with outputs close to fp32; `--precision` picks what every load r
 and `auto` is a pure policy."""
 
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -335,3 +336,26 @@ def test_auto_loads_low_under_pressure_and_upgrades_when_idle():
     assert s.bytes_read_by_precision == {"int8": 10, "fp32": 80}
     assert s.num_upgrades == 1
     assert residency.pool_bytes(0) == 80  # an upgrade does not change resident bytes
+
+
+def test_the_simulator_reads_a_stored_variant_at_its_own_size(quantized, requests):
+    from coserve.engine.costs import default_costs
+    from coserve.simulator import simulate
+
+    model = open_repository(quantized)
+    base = EngineConfig(budget_fraction=0.3, executors=parse_executors("cpu:1"),
+                        storage="sata-530", measure_costs=False)
+    fp32, _ = simulate(model, requests, base, costs=default_costs(model), backlog=True)
+    int8, results = simulate(model, requests, replace(base, precision="int8"),
+                             costs=default_costs(model), backlog=True)
+    assert all(r.ok for r in results)
+    assert set(int8.loads_by_precision) == {"int8"} and set(fp32.loads_by_precision) == {"fp32"}
+    sizes = {e.name: e.variants["int8"].file_bytes for e in model.experts.values()}
+    assert int8.bytes_read_by_precision["int8"] == int8.bytes_read
+    assert int8.bytes_read <= int8.num_switches * max(sizes.values())
+    assert int8.bytes_read < 0.4 * fp32.bytes_read * int8.num_switches / max(fp32.num_switches, 1)
+    assert int8.tasks_by_precision == {"int8": sum(len(r.steps) for r in results)}
+    with pytest.raises(ConfigError, match="not --precision auto"):
+        simulate(model, requests, replace(base, precision="auto"), costs=default_costs(model))
+    with pytest.raises(ConfigError, match="repo quantize"):
+        simulate(model, requests, replace(base, precision="bf16"), costs=default_costs(model))

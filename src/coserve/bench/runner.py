@@ -267,8 +267,8 @@ class _Bench:
     def twin(self, cfg: EngineConfig, mode: str, row: dict[str, Any],
              with_plan: bool) -> dict[str, Any] | None:
         assert self.plan is not None
-        if cfg.precision != "fp32":
-            return None  # the simulator models fp32 loads only
+        if cfg.precision == "auto":
+            return None  # the simulator models fixed precisions only
         return simulated_twin(self.model, self.requests, cfg, self.plan, mode == "backlog",
                               row["throughput_rps"], row["num_switches"],
                               None if with_plan else self.costs)
