@@ -18,7 +18,7 @@ from coserve.errors import EngineClosedError, RequestError
 from coserve.manager.usage import RoutedRequest, UsageTracker
 from coserve.scheduler.task import Task
 from coserve.stats import StatsRecorder
-from coserve.types import LOW_CONFIDENCE, FailureKind, Request, Result, Step
+from coserve.types import FailureKind, Request, Result, Step
 
 
 @dataclass(eq=False)
@@ -170,7 +170,7 @@ class RequestTracker:
         )
         self._stats.request_done(result.latency_s, result.ok, now,
                                  missed_deadline=now > state.deadline_s,
-                                 escalated=any(s.label == LOW_CONFIDENCE for s in result.steps))
+                                 escalated=result.escalated)
         state.deliver(result)
 
 

@@ -78,6 +78,11 @@ class Result:
         return tuple(s.expert for s in self.steps)
 
     @property
+    def escalated(self) -> bool:
+        """Whether a confidence cascade escalated it (a step answered LOW_CONFIDENCE)."""
+        return any(step.label == LOW_CONFIDENCE for step in self.steps)
+
+    @property
     def latency_s(self) -> float:
         return self.completed_s - self.submitted_s
 

@@ -117,9 +117,8 @@ class DeadlineAwareSelect:
     def wake_s(self, groups: Sequence[GroupView], ctx: SelectContext) -> float | None:
         if self.hold is None:
             return None
-        held = [self.hold.ripe_at(g, ctx) for g in groups
-                if g.expert not in ctx.resident and not self._ripe(g, ctx)]
-        return min(held, default=None)
+        ripe_at = (self.hold.ripe_at(g, ctx) for g in groups if g.expert not in ctx.resident)
+        return min((t for t in ripe_at if t > ctx.now_s), default=None)
 
     def _ripe(self, g: GroupView, ctx: SelectContext) -> bool:
         return self.hold is None or ctx.now_s >= self.hold.ripe_at(g, ctx)

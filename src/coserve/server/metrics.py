@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from coserve.engine.engine import Engine
 from coserve.server.limits import Admission
 from coserve.stats import EngineStats
-from coserve.types import LOW_CONFIDENCE, Result
+from coserve.types import Result
 
 # HTTP inference endpoints, by path: the `endpoint` label.
 ENDPOINTS = {"/v1/inspect": "inspect", "/v1/inspect/batch": "inspect_batch"}
@@ -81,7 +81,7 @@ class ServerMetrics:
         self.engine_latency.observe(result.latency_s)
         if result.latency_s > latency_target_s:
             self.deadline_misses.inc()
-        if any(step.label == LOW_CONFIDENCE for step in result.steps):
+        if result.escalated:
             self.escalated.inc()
 
 
