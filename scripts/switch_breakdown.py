@@ -56,8 +56,8 @@ class Load:
 class RecordingSimulator(Simulator):
     """The simulator with every load, batch and eviction recorded (diagnostics only)."""
 
-    def _setup(self) -> None:
-        super()._setup()
+    def attach(self, loop: Any, **kwargs: Any) -> None:
+        super().attach(loop, **kwargs)
         self.loads: list[Load] = []
         self.enqueued: list[tuple[float, str]] = []
         self._current: dict[tuple[int, str], Load] = {}

@@ -17,6 +17,7 @@ from coserve.cluster.partition import (
 from coserve.cluster.routing import OwnerFirst, ReplicaView, UniformRandom, replica_routing
 from coserve.repository import CoEModel, ExpertSpec, Stage
 from coserve.repository.routing import Router
+from plan_fixtures import hand_made_plan
 
 MB = 1_000_000
 
@@ -145,26 +146,13 @@ def test_repartition_re_homes_the_experts_of_a_replica_that_is_gone(synth_tiny):
     assert sum(new.owner[e] == old.owner[e] for e in kept) >= len(kept) * 3 // 4
 
 
-def _plan_for(model: CoEModel):
-    """A hand-made plan covering `model`'s architectures: no profiling in the test."""
-    from coserve.plan import ArchCost
-    from coserve.planfile import ArchProfile, LoadProfile, Plan
-
-    profiles = {arch: ArchProfile(ArchCost(0.002, 0.001, 16, 1 << 16), {1: 0.003, 2: 0.005},
-                                  1e-4, 0.03, 1_000_000) for arch in model.architectures}
-    return Plan(repository=model.name, processors={"cpu": profiles}, threads={"cpu": 1},
-                loads={"storage->host": LoadProfile(1.2e9, 0.002, 6)}, usage=dict(model.usage),
-                label_probs={e: dict(p) for e, p in model.label_probs.items()},
-                usage_source="rules", machine={"cpu_count": 2})
-
-
 def test_cluster_simulate_command_writes_rows(synth_tiny, tmp_path, capsys):
     import json
 
     from coserve.cli import main
 
     model, trace = synth_tiny
-    plan = _plan_for(model).save(tmp_path / "plan.json")
+    plan = hand_made_plan(model).save(tmp_path / "plan.json")
     out = tmp_path / "rows.json"
     argv = ["cluster", "simulate", str(model.root), str(trace), "--plan", str(plan),
             "--replicas", "1,2,4", "--routing", "partitioned,random", "--budget-fraction", "0.3",
@@ -270,7 +258,7 @@ def test_cluster_simulate_scales_the_load_with_replicas(synth_tiny, tmp_path):
     from coserve.cli import main
 
     model, trace = synth_tiny
-    plan = _plan_for(model).save(tmp_path / "plan.json")
+    plan = hand_made_plan(model).save(tmp_path / "plan.json")
     out = tmp_path / "rows.json"
     argv = ["cluster", "simulate", str(model.root), str(trace), "--plan", str(plan),
             "--replicas", "1,2", "--routing", "partitioned", "--budget-fraction", "0.3",

@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from coserve.errors import EngineClosedError
 from coserve.server.replicas.config import ReplicaSetup, replica_name
-from coserve.server.replicas.deployment import owned_usage
+from coserve.server.replicas.deployment import replica_prior
 from coserve.server.replicas.routing import (
     Loads,
     NoReplicaError,
@@ -132,7 +132,7 @@ def test_serve_options_make_the_replica_routing_and_repartition_settings():
 
 
 def test_each_replica_favours_its_own_experts_and_setup_is_checked():
-    usage = owned_usage({"a": 0.5, "b": 0.5}, {"a": 0, "b": 1}, 0)
+    usage = replica_prior({"a": 0.5, "b": 0.5}, {"a": 0, "b": 1}, 0)
     assert usage["a"] == 0.5 and 0 < usage["b"] < 0.5
     with pytest.raises(Exception, match="num_replicas"):
         ReplicaSetup(Path("x"), 0)
@@ -186,7 +186,7 @@ class FakeReplica:
         self._status = ReplicaStatus(
             index=index, running=True, problems=(), executor_specs=("cpu",), queue_depths=(0,),
             pool_bytes=(0,), pool_budgets=(None,), resident=(frozenset(),),
-            in_host_cache=frozenset(), usage=dict(model.usage), quarantine={},
+            in_host_cache=frozenset(), usage=dict(model.usage), queued=frozenset(), quarantine={},
             stats=engine_stats(index), incarnation="one")
         self.status = FakeCall(lambda: self)
         self.infer = FakeCall(self._infer)
@@ -365,7 +365,8 @@ def test_the_ingress_repartitions_when_the_routed_mix_shifts(tiny_zoo, by_type):
 
 def test_a_replica_adopts_a_new_partition_as_its_engines_prior(tiny_zoo):
     from coserve import open_repository
-    from coserve.server.replicas.deployment import FOREIGN_USAGE_SCALE, EngineReplica
+    from coserve.cluster.partition import FOREIGN_USAGE_SCALE
+    from coserve.server.replicas.deployment import EngineReplica
 
     model = open_repository(tiny_zoo[0])
     experts = sorted(model.experts)

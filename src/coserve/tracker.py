@@ -35,6 +35,7 @@ class InFlight:
     error_kind: FailureKind | None = None
     failed_expert: str | None = None
     routed: RoutedRequest | None = None  # what usage learns from this request's routing
+    handoffs: list[str] = field(default_factory=list)  # experts left to their owner
 
     def task(self, expert: str, now_s: float, payload: Any = None) -> Task:
         """The request's next task, at `expert`, under the request's deadline."""
@@ -60,6 +61,13 @@ class RequestTracker:
         self._idle = threading.Condition(self._lock)  # notified when nothing is in flight
         self._inflight: dict[str, InFlight] = {}
         self._open = False
+        self._owned: frozenset[str] | None = None  # None: every expert runs here
+
+    def set_owned(self, experts: frozenset[str] | None) -> None:
+        """Step handoff: a step routed to an expert outside `experts` is not queued
+        here but named in the Result's `handoffs`, for the caller to continue on its
+        owner (a request's own start experts always run). None: run every step."""
+        self._owned = None if experts is None else frozenset(experts)
 
     # -- intake --------------------------------------------------------------------------
     def open(self) -> None:
@@ -116,14 +124,20 @@ class RequestTracker:
         return self._inflight.get(state.request.request_id) is state
 
     # -- progress ------------------------------------------------------------------------
-    def advance(self, state: InFlight, step: Step, following: Sequence[str]) -> None:
-        """A task finished as `step` and routed to the `following` experts, whose tasks
-        the caller queues next (then calls `finish_if_done`)."""
+    def advance(self, state: InFlight, step: Step, following: Sequence[str]) -> tuple[str, ...]:
+        """A task finished as `step` and routed to the `following` experts. Returns
+        those the caller queues here next (then calls `finish_if_done`): all of them,
+        less those another replica owns (`set_owned`), which become handoffs."""
+        owned = self._owned
+        here = tuple(following) if owned is None else tuple(e for e in following if e in owned)
         with self._lock:
             state.steps.append(step)
-            state.pending += len(following) - 1
+            state.pending += len(here) - 1
+            if len(here) < len(following):
+                state.handoffs.extend(e for e in following if e not in here)
         if state.routed is not None:
-            self._usage.routed(state.routed, step.expert, following)
+            self._usage.routed(state.routed, step.expert, here)
+        return here
 
     def fail(self, state: InFlight, error: str, kind: FailureKind, expert: str | None) -> None:
         """One of the request's tasks failed (or could not be queued): it counts as done,
@@ -166,7 +180,7 @@ class RequestTracker:
             request_id=state.request.request_id, ok=state.error is None,
             steps=tuple(state.steps), submitted_s=state.submitted_s, completed_s=now,
             error=state.error, fields=dict(state.request.fields), error_kind=state.error_kind,
-            failed_expert=state.failed_expert,
+            failed_expert=state.failed_expert, handoffs=tuple(state.handoffs),
         )
         self._stats.request_done(result.latency_s, result.ok, now,
                                  missed_deadline=now > state.deadline_s,

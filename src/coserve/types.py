@@ -19,6 +19,9 @@ class Request:
     input: Any
     arrival_s: float = 0.0  # offset in a trace; ignored by submit()
     latency_target_s: float | None = None  # when to answer by; None: the engine's default
+    # Where to begin instead of `routing.first`: a continuation of a request whose
+    # earlier steps ran on another replica (step handoff, docs/replicas.md).
+    start: tuple[str, ...] | None = None
 
 # Precisions an expert's weights may be stored at (coserve repo quantize); experts always
 # execute in fp32, a variant is expanded after its (smaller) storage read.
@@ -58,6 +61,7 @@ class FailureKind(enum.Enum):
     ROUTING_FAILED = "routing_failed"  # a routing rule failed on an expert's output
     NOT_QUEUED = "not_queued"  # the scheduler could not queue a task (an engine bug)
     REJECTED = "rejected"  # never accepted (a trace request that failed validation)
+    NO_REPLICA = "no_replica"  # no replica could take a step handed off to another one
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,6 +75,9 @@ class Result:
     fields: dict[str, Any] = field(default_factory=dict)
     error_kind: FailureKind | None = None
     failed_expert: str | None = None  # the expert the error is about, when there is one
+    # Experts its routing reached that this engine left to their owner (step handoff):
+    # the caller continues the request there. Empty for an engine that owns everything.
+    handoffs: tuple[str, ...] = ()
 
     @property
     def path(self) -> tuple[str, ...]:
@@ -94,6 +101,7 @@ class Result:
             "error_kind": self.error_kind.value if self.error_kind else None,
             "failed_expert": self.failed_expert,
             "path": list(self.path),
+            "handoffs": list(self.handoffs),
             "latency_s": self.latency_s,
             "steps": [s.__dict__ for s in self.steps],
         }

@@ -43,7 +43,7 @@ def add_cluster_parser(sub: argparse._SubParsersAction) -> None:
                         "longer) and/or random (seeded uniform); default both")
     s.add_argument("--spill-margin-s", type=float, default=None,
                    help="partitioned: spill once the owner's predicted queue is this many "
-                        "seconds longer than the shortest (default 0.5)")
+                        "seconds longer than the shortest (default 0.5; 2 with --handoff on)")
     s.add_argument("--repeat", type=int, default=1,
                    help="the trace K times back to back at its own offsets (default 1)")
     s.add_argument("--rate-scale", type=float, default=1.0,
@@ -58,6 +58,14 @@ def add_cluster_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--spill-switches", action="store_true",
                    help="partitioned: the spill estimate adds the predicted switch seconds "
                         "of replicas whose pool lacks the request's experts")
+    s.add_argument("--handoff", choices=("on", "off"), default="off",
+                   help="partitioned: on, each replica runs only the steps of the experts it "
+                        "holds and hands the others to their replica (for CoEs with fan-out; "
+                        "replicas simulated together on one clock); off (default): a replica "
+                        "runs whole requests")
+    s.add_argument("--hop-s", type=float, default=None,
+                   help="--handoff on: seconds from a part's end to its continuation queued "
+                        "on the next replica (default 0.002)")
     s.add_argument("--seed", type=int, default=0, help="random routing's seed (default 0)")
     s.add_argument("--json", type=Path, default=None, dest="json_out",
                    help="write {\"rows\": [...]} to this file")
@@ -68,7 +76,8 @@ def add_cluster_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_cluster_simulate(args: argparse.Namespace) -> int:
-    from coserve.cluster.partition import SPILL_MARGIN_S
+    from coserve.cluster.coupled import HANDOFF_HOP_S
+    from coserve.cluster.partition import HANDOFF_SPILL_MARGIN_S, SPILL_MARGIN_S
     from coserve.cluster.simulate import ClusterSetup, scale_rate, simulate_cluster, tile
     from coserve.errors import ConfigError
     from coserve.repository import open_repository
@@ -81,11 +90,15 @@ def cmd_cluster_simulate(args: argparse.Namespace) -> int:
     routings = [r.strip() for r in args.routing.split(",") if r.strip()]
     if not routings:
         raise ConfigError("--routing names no routing: give partitioned, random or both")
-    margin_s = SPILL_MARGIN_S if args.spill_margin_s is None else args.spill_margin_s
+    default_margin_s = HANDOFF_SPILL_MARGIN_S if args.handoff == "on" else SPILL_MARGIN_S
+    margin_s = default_margin_s if args.spill_margin_s is None else args.spill_margin_s
+    hop_s = HANDOFF_HOP_S if args.hop_s is None else args.hop_s
+    if not hop_s >= 0:
+        raise ConfigError(f"--hop-s must be >= 0 seconds, got {args.hop_s}")
     setup = ClusterSetup(model, config, plan, backlog=args.backlog, margin_s=margin_s,
                          seed=args.seed, replicate=args.replicate,
                          spill_switches=args.spill_switches,
-                         scale_load=args.scale_load)
+                         scale_load=args.scale_load, handoff=args.handoff == "on", hop_s=hop_s)
     bar, progress = progress_bar("simulating replicas")
     with bar:
         rows = simulate_cluster(setup, requests, int_list(args.replicas, "--replicas"), routings,
@@ -98,7 +111,9 @@ def cmd_cluster_simulate(args: argparse.Namespace) -> int:
     if args.json_out is not None:
         doc = {"repo": str(args.repo), "trace": str(args.trace), "repeat": args.repeat,
                "rate_scale": args.rate_scale, "scale_load": args.scale_load,
-               "replicate": args.replicate, "spill_switches": args.spill_switches, "backlog": args.backlog, "policy": config.policy,
+               "replicate": args.replicate, "spill_switches": args.spill_switches,
+               "handoff": args.handoff, "hop_s": hop_s, "backlog": args.backlog,
+               "policy": config.policy,
                "rows": [r.to_dict() for r in rows]}
         args.json_out.write_text(json.dumps(doc, indent=2) + "\n")
     return 0 if all(r.num_failed == 0 for r in rows) else 1
@@ -110,12 +125,12 @@ def print_cluster_table(rows: Sequence[ClusterRow]) -> None:
 
     table = Table(title="coserve cluster (simulated)")
     for col in ("replicas", "routing", "req/s", "efficiency", "switches", "switches/req",
-                "p99 s", "read MB", "busiest", "spilled", "failed"):
+                "p99 s", "read MB", "busiest", "spilled", "handoffs", "failed"):
         table.add_column(col, justify="left" if col == "routing" else "right")
     for r in rows:
         table.add_row(str(r.replicas), r.routing, f"{r.throughput_rps:.1f}",
                       f"{r.scaling_efficiency:.2f}", str(r.num_switches),
                       f"{r.switches_per_request:.3f}", f"{r.latency_p99_s:.2f}",
                       f"{r.bytes_read / 1e6:.0f}", f"{r.max_replica_share:.0%}",
-                      str(r.num_spilled), str(r.num_failed))
+                      str(r.num_spilled), str(r.num_handoffs), str(r.num_failed))
     Console(width=140).print(table)

@@ -87,11 +87,13 @@ def _add_replica_options(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--replica-routing", choices=ROUTINGS, default="partitioned",
                    help="with --replicas: send each image to the replica owning its first expert (partitioned), or to a seeded random replica that is up (random: a baseline for comparison only) (default partitioned)")
-    from coserve.cluster.partition import SPILL_MARGIN_S
+    from coserve.cluster.partition import HANDOFF_SPILL_MARGIN_S, SPILL_MARGIN_S
     from coserve.cluster.rebalance import CHECK_INTERVAL_S, MAX_IMBALANCE, MIN_REQUESTS, WINDOW_S
 
-    p.add_argument("--spill-margin-s", type=float, default=SPILL_MARGIN_S,
-                   help=f"with --replicas, partitioned: send an image past its owner once the owner's predicted queue is this much longer than the shortest (default {SPILL_MARGIN_S:g})")
+    p.add_argument("--handoff", choices=("on", "off"), default="off",
+                   help="with --replicas, partitioned: on, each replica runs only the steps of the experts it owns and the ingress sends each later step to its expert's replica (for CoEs with fan-out, where every first expert leads to most later ones); off: a replica runs whole requests (default off)")
+    p.add_argument("--spill-margin-s", type=float, default=None,
+                   help=f"with --replicas, partitioned: send an image past its owner once the owner's predicted queue is this much longer than the shortest (default {SPILL_MARGIN_S:g}; {HANDOFF_SPILL_MARGIN_S:g} with --handoff on)")
     p.add_argument("--repartition", choices=("on", "off"), default="on",
                    help="with --replicas: re-partition the experts when the routed mix shifts (off: keep the deployed partition; a replica that is down is re-homed either way) (default on)")
     p.add_argument("--repartition-window-s", type=float, default=WINDOW_S,
@@ -166,10 +168,20 @@ def _serve_replicas(args: argparse.Namespace, config: ServerConfig, engine_confi
     setup = ReplicaSetup(args.repo.resolve(), args.replicas, engine_config=engine_config,
                          server_config=config, plan=plan, trust_code=args.trust_repo_code,
                          replica_num_cpus=num_cpus, routing=args.replica_routing,
-                         spill_margin_s=args.spill_margin_s, rebalance=rebalance_config(args))
+                         spill_margin_s=spill_margin(args.spill_margin_s, args.handoff == "on"),
+                         handoff=args.handoff == "on", rebalance=rebalance_config(args))
     serve_replicas(setup, ray_address=args.ray_address)
     print("coserve: Serve shut down", flush=True)
     return 0
+
+
+def spill_margin(given: float | None, handoff: bool) -> float:
+    """The spill margin given, else the default for the mode."""
+    from coserve.cluster.partition import HANDOFF_SPILL_MARGIN_S, SPILL_MARGIN_S
+
+    if given is not None:
+        return given
+    return HANDOFF_SPILL_MARGIN_S if handoff else SPILL_MARGIN_S
 
 
 def rebalance_config(args: argparse.Namespace) -> RebalanceConfig:

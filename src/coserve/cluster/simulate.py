@@ -23,10 +23,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from coserve.cluster.coupled import HANDOFF_HOP_S, CoupledCluster, replica_priors
 from coserve.cluster.partition import (
     SPILL_MARGIN_S,
     Partition,
     partition_experts,
+    partition_steps,
     reach_probabilities,
     replica_traffic,
     replica_usage,
@@ -59,6 +61,7 @@ class ClusterRow:
     num_spilled: int  # requests sent to a replica not holding their first expert
     num_failed: int
     scaling_efficiency: float  # throughput / (replicas x the one-replica throughput)
+    num_handoffs: int = 0  # steps handed to another replica (step handoff)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -189,7 +192,9 @@ class ClusterSetup:
     `replicate`: partitioned routing may hold a hot or shared expert on several replicas.
     `spill_switches`: its spill estimate counts predicted switches (`FluidReplicas`).
     Both off by default: measured worse on board A and synth (README).
-    `scale_load`: N replicas get N copies of the trace overlaid (weak scaling)."""
+    `scale_load`: N replicas get N copies of the trace overlaid (weak scaling).
+    `handoff`: each replica runs only the steps of the experts it holds and hands the
+    rest on (`coserve.cluster.coupled`, `hop_s` a hop); partitioned routing only."""
 
     model: CoEModel
     config: EngineConfig
@@ -200,6 +205,8 @@ class ClusterSetup:
     replicate: bool = False
     spill_switches: bool = False
     scale_load: bool = False
+    handoff: bool = False
+    hop_s: float = HANDOFF_HOP_S
 
 
 def overlay(requests: Sequence[Request], copies: int) -> list[Request]:
@@ -268,6 +275,8 @@ def simulate_partition(
         num_executors=plan.num_executors, backlog=setup.backlog,
         load_s=plan.load_s if setup.spill_switches else None, budget_bytes=plan.budget_bytes)
     started = prior_partition or partition
+    if setup.handoff and policy.uses_partition:
+        return _run_coupled(setup, requests, partition, started, routing, policy, plan, single)
     priors = ([replica_usage(setup.model, started, r, plan.usage) for r in range(n)]
               if policy.uses_partition and n > 1 else [None] * n)
     return _run_replicas(setup, n, routing, shares, spilled, priors, single)
@@ -286,6 +295,7 @@ class _RoutingPlan:
     num_executors: int
     budget_bytes: int | None
     usage: Mapping[str, float]
+    step_s: Callable[[str], float]  # executor seconds of one task of an expert
 
     @classmethod
     def of(cls, setup: ClusterSetup) -> _RoutingPlan:
@@ -297,9 +307,13 @@ class _RoutingPlan:
         processor = assembly.processors[0]
         return cls(setup, expected_cost(setup.model, costs, processor),
                    lambda e: costs.load_s(e, processor, from_host=False),
-                   len(assembly.processors), assembly.budget_bytes, setup.model.usage)
+                   len(assembly.processors), assembly.budget_bytes, setup.model.usage,
+                   lambda e: costs.per_item_s(e, processor) + costs.task_overhead_s)
 
     def partition(self, num_replicas: int) -> Partition:
+        if self.setup.handoff:  # each expert's own work: its tasks' executor seconds
+            return partition_steps(self.setup.model, num_replicas, usage=self.usage,
+                                   weight=lambda e: self.usage.get(e, 0.0) * self.step_s(e))
         return partition_experts(
             self.setup.model, num_replicas, usage=self.usage,
             weight=_work_weight(self.setup.model, self.cost, self.usage),
@@ -347,3 +361,32 @@ def _run_replicas(setup: ClusterSetup, n: int, routing: str, shares: Sequence[Se
     )
 
 
+
+
+def _run_coupled(setup: ClusterSetup, requests: Sequence[Request], partition: Partition,
+                 started: Partition, routing: str, policy: ReplicaRouting, plan: _RoutingPlan,
+                 single: ClusterRow | None) -> ClusterRow:
+    from coserve.simulator import Simulator
+
+    sims = [Simulator(setup.model, setup.config, plan=setup.plan, usage=prior)
+            for prior in replica_priors(started, plan.usage)]
+    cluster = CoupledCluster(sims, partition, policy, hop_s=setup.hop_s, load_s=plan.load_s,
+                             latency_target_s=setup.config.latency_target_s)
+    out = cluster.run(requests, setup.backlog)
+    n, num_requests = partition.num_replicas, len(requests)
+    throughput = num_requests / out.wall_s if out.wall_s > 0 else 0.0
+    switches = sum(s.num_switches for s in out.stats)
+    base = single.throughput_rps if single else throughput
+    parts = sum(out.parts_per_replica)
+    return ClusterRow(
+        replicas=n, routing=routing, num_requests=num_requests, wall_s=out.wall_s,
+        throughput_rps=throughput, num_switches=switches,
+        switches_per_request=switches / num_requests if num_requests else 0.0,
+        latency_p99_s=percentile([r.latency_s for r in out.results.values() if r.ok], 99),
+        bytes_read=sum(s.bytes_read for s in out.stats),
+        max_replica_share=max(out.parts_per_replica) / parts if parts else 0.0,
+        num_spilled=out.num_spilled,
+        num_failed=sum(not r.ok for r in out.results.values()),
+        scaling_efficiency=throughput / (n * base) if base > 0 else 0.0,
+        num_handoffs=out.num_handoffs,
+    )

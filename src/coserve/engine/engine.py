@@ -17,7 +17,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import Future
 
 import torch
@@ -203,7 +203,7 @@ class Engine:
     def validate(self, request: Request) -> tuple[str, ...]:
         """The experts `request` starts at. Raises RequestError for a request that cannot
         be served (unknown routing value, wrong input shape); queues nothing."""
-        first = self.model.router.first(request.fields)
+        first = self.model.router.entry(request.fields, request.start)
         check_input(self.model, request, first)
         return first
 
@@ -371,9 +371,9 @@ class Engine:
             self._requests.fail(state, f"routing after expert {batch.expert!r} failed: {exc}",
                                 FailureKind.ROUTING_FAILED, batch.expert)
             return
-        self._requests.advance(state, batch.step(task, label, out.detail, exec_s, precision),
-                               following)
-        for expert in following:
+        here = self._requests.advance(
+            state, batch.step(task, label, out.detail, exec_s, precision), following)
+        for expert in here:
             self._enqueue_or_fail(state, expert)
         self._requests.finish_if_done(state)
 
@@ -517,6 +517,27 @@ class Engine:
             raise ConfigError(f"a usage prior needs known experts and probabilities in [0, 1]; "
                               f"unknown: {unknown[:5]}, out of range: {bad[:5]}")
         self._usage.set_prior(prior)
+
+    def set_owned(self, experts: Collection[str] | None) -> None:
+        """Step handoff (a replica of a cluster): from now on a step routed to an expert
+        outside `experts` is not run here; the request's Result names it in `handoffs`
+        for the caller to continue where that expert lives. None: run every step (the
+        default). ConfigError for an unknown expert."""
+        if experts is not None:
+            unknown = sorted(e for e in experts if e not in self.model.experts)
+            if unknown:
+                raise ConfigError(f"cannot own unknown expert(s) {unknown[:5]}")
+        self._requests.set_owned(None if experts is None else frozenset(experts))
+
+    def queued_experts(self) -> set[str]:
+        """Experts with a task queued now."""
+        return self._scheduler.queued_experts() if self._started else set()
+
+    def set_queued_elsewhere(self, experts: Collection[str]) -> None:
+        """Step handoff: experts with tasks queued on the other replicas now (the
+        ingress's poll); see `Scheduler.set_queued_elsewhere`."""
+        if self._started:
+            self._scheduler.set_queued_elsewhere(frozenset(experts))
 
     def queue_depths(self) -> list[int]:
         """Tasks waiting in each executor's queue now."""

@@ -138,6 +138,21 @@ class Router:
                                f"routing.first.map; known values: {listed(self._first)}")
         return experts
 
+    def entry(self, fields: Mapping[str, Any], start: Sequence[str] | None = None) -> tuple[str, ...]:
+        """Where a request begins: `start` when it is a continuation (a handed-off step,
+        checked against the model's experts), else `first(fields)`."""
+        if start is None:
+            return self.first(fields)
+        if isinstance(start, str) or not start:
+            raise RequestError(f"a request's start must be a non-empty list of expert names, "
+                               f"got {start!r}")
+        unknown = [e for e in start if e not in self._known]
+        if unknown:
+            raise RequestError(f"cannot start at unknown expert(s) {unknown}; known: "
+                               f"{listed(self._experts)}")
+        self.first(fields)  # the fields must still route (later steps may read them)
+        return tuple(start)
+
     def next(self, expert: str, label: str, fields: Mapping[str, Any]) -> tuple[str, ...]:
         """The experts `expert`'s output `label` sends the request to; () ends it."""
         if expert not in self._known:

@@ -83,6 +83,8 @@ class Scheduler:
         self._closed = False
         self._held = False
         self._retired: set[int] = set()  # stuck executors: assigned nothing until reinstated
+        # Experts with tasks queued on other replicas (step handoff), as last told.
+        self._queued_elsewhere: frozenset[str] = frozenset()
 
     # -- assign + arrange ---------------------------------------------------------------
     def enqueue(self, task: Task) -> int:
@@ -186,8 +188,17 @@ class Scheduler:
         )
 
     def _fed(self, expert: str) -> bool:
-        """Whether an expert that routes to `expert` has tasks queued on any executor."""
-        return any(q.counts.get(e) for e in self._predecessors(expert) for q in self._queues)
+        """Whether an expert that routes to `expert` has tasks queued on any executor, or
+        on another replica (`set_queued_elsewhere`)."""
+        return any(e in self._queued_elsewhere or any(q.counts.get(e) for q in self._queues)
+                   for e in self._predecessors(expert))
+
+    def set_queued_elsewhere(self, experts: frozenset[str]) -> None:
+        """Step handoff: the experts with tasks queued on the other replicas now. Their
+        steps will hand tasks on to this replica, so a group they feed here waits for
+        them as it waits for predecessors queued here."""
+        with self._lock:
+            self._queued_elsewhere = frozenset(experts)
 
     def _batch_size(self, executor: int, expert: str, num_queued: int) -> int:
         cost = self._costs.arch_cost(expert, self.processors[executor])
@@ -270,7 +281,7 @@ class Scheduler:
     def queued_experts(self) -> set[str]:
         """Experts with a task queued on any executor."""
         with self._lock:
-            return set().union(*(q.counts for q in self._queues))
+            return {e for q in self._queues for e, n in q.counts.items() if n}
 
     def depth(self, executor: int) -> int:
         with self._lock:

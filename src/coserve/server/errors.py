@@ -113,6 +113,7 @@ FAILURE_STATUS: dict[FailureKind, int] = {
     FailureKind.TIMED_OUT: 504,  # its batch ran past the batch deadline
     FailureKind.EXECUTOR_STUCK: 503,
     FailureKind.SHUT_DOWN: 503,  # send it to another replica
+    FailureKind.NO_REPLICA: 503,  # every replica of a handed-off step failed: retry later
     FailureKind.EXPERT_QUARANTINED: 503,
     FailureKind.ROUTING_FAILED: 500,
     FailureKind.NOT_QUEUED: 500,

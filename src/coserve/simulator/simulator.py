@@ -43,12 +43,31 @@ from coserve.types import FULL_PRECISION, STORAGE_TO_HOST, LoadPath, Request, Re
 LOADED: dict[str, Any] = {}  # a simulated resident expert's "tensors": present, empty
 
 
-class _VirtualClock:
+class EventLoop:
+    """A virtual clock and the events due on it: one simulator's, or shared by the
+    simulators of a coupled cluster (`coserve.cluster.coupled`)."""
+
     def __init__(self) -> None:
         self.now = 0.0
+        self._events: list[tuple[float, int, Callable[..., None], tuple]] = []
+        self._seq = itertools.count()
 
     def __call__(self) -> float:
         return self.now
+
+    def at(self, t: float, action: Callable[..., None], *args: Any) -> None:
+        heapq.heappush(self._events, (t, next(self._seq), action, args))
+
+    def pending(self) -> int:
+        """Events not run yet."""
+        return len(self._events)
+
+    def run(self) -> None:
+        """Run events in time order (ties in the order they were booked) until none is left."""
+        while self._events:
+            t, _, action, args = heapq.heappop(self._events)
+            self.now = t
+            action(*args)
 
 
 class Simulator:
@@ -96,29 +115,28 @@ class Simulator:
         """Simulate the trace: with `backlog` every request is queued first, at the plan's
         submit cost each, before any executor starts (as the engine holds a backlog);
         otherwise each arrives at its `arrival_s`."""
-        self._setup()
+        loop = EventLoop()
+        self.attach(loop)
         start_s = 0.0
         if backlog:  # queued one by one while the executors are held, as the engine does
             for request in requests:
-                self._submit(request)
-                self._clock.now += self.costs.submit_s
-            start_s = self._clock.now
+                self.submit(request)
+                loop.now += self.costs.submit_s
+            start_s = loop.now
             self._stats.note("backlog_submit_s", start_s)
         else:
             for request in requests:
-                self._at(request.arrival_s, self._submit, request)
-        for i in range(len(self._processors)):
-            self._at(start_s, self._next_batch, i)
-        while self._events:
-            t, _, action, args = heapq.heappop(self._events)
-            self._clock.now = t
-            action(*args)
+                loop.at(request.arrival_s, self.submit, request)
+        self.start_executors(start_s)
+        loop.run()
         ordered = [self._results[r.request_id] for r in requests if r.request_id in self._results]
-        return self._snapshot(), ordered
+        return self.snapshot(), ordered
 
-    def _setup(self) -> None:
-        """Fresh parts for one run, from the same builder the engine uses."""
-        self._clock = _VirtualClock()
+    def attach(self, loop: EventLoop, *, owned: frozenset[str] | None = None,
+               deliver: Callable[[Result], None] | None = None) -> None:
+        """Fresh parts for one run on `loop`, from the same builder the engine uses.
+        `owned`: step handoff, as `Engine.set_owned`. `deliver`: hears each Result."""
+        self._clock = loop
         assembly = Assembly.of(self.model, self.config, plan=self.plan, costs=self._costs,
                                usage=self._usage)
         self.costs: CostModel = assembly.costs  # type: ignore[assignment]
@@ -129,11 +147,11 @@ class Simulator:
         usage = assembly.usage_tracker()
         self._requests = RequestTracker(clock=self._clock, stats=self._stats, usage=usage,
                                         latency_target_s=self.config.latency_target_s)
+        self._requests.set_owned(owned)
         parts = assembly.build(clock=self._clock, usage=usage,
                                scheduling_costs=self._scheduling_costs)
         self._residency, self._scheduler = parts.residency, parts.scheduler
-        self._events: list[tuple[float, int, Callable[..., None], tuple]] = []
-        self._seq = itertools.count()
+        self._on_result = deliver
         self._idle = [False] * len(self._processors)
         self._loading: dict[tuple[int, str], float] = {}  # (pool, expert) -> ready at
         self._storage_free_s = 0.0
@@ -142,7 +160,29 @@ class Simulator:
         self._results: dict[str, Result] = {}
         self._place(assembly.initial_placement())
         self._requests.open()
-        self._stats.reset(0.0)
+        self._stats.reset(self._clock())
+
+    def start_executors(self, at_s: float) -> None:
+        """The executors take their first batches at `at_s` (until then tasks queue)."""
+        for i in range(len(self._processors)):
+            self._at(at_s, self._next_batch, i)
+
+    def holds(self, expert: str) -> bool:
+        """Whether an executor's pool holds `expert` now (resident, or loading)."""
+        return any(expert in self._residency.resident(i) for i in range(len(self._processors)))
+
+    def queued_experts(self) -> set[str]:
+        """Experts with a task queued now."""
+        return self._scheduler.queued_experts()
+
+    def set_queued_elsewhere(self, experts: frozenset[str]) -> None:
+        """As `Scheduler.set_queued_elsewhere` (a coupled cluster's status poll)."""
+        self._scheduler.set_queued_elsewhere(experts)
+
+    def backlog_s(self) -> float:
+        """Executor seconds of work queued now, over all executors (what a cluster's
+        router compares replicas by)."""
+        return sum(self._scheduler.backlog_s(i) for i in range(len(self._processors)))
 
     def _place(self, placement: list[list[str]]) -> None:
         """Initial placement happens before the measured window, as in the engine."""
@@ -152,14 +192,15 @@ class Simulator:
                     self._residency.pools[executor].entries[expert].tensors = LOADED
 
     def _at(self, t: float, action: Callable[..., None], *args: Any) -> None:
-        heapq.heappush(self._events, (t, next(self._seq), action, args))
+        self._clock.at(t, action, *args)
 
     # -- submit: route, assign, arrange --------------------------------------------------
-    def _submit(self, request: Request) -> None:
+    def submit(self, request: Request) -> None:
+        """Admit `request` now (a rejected one is answered at once)."""
         try:
-            first = self.model.router.first(request.fields)
+            first = self.model.router.entry(request.fields, request.start)
         except RequestError as exc:
-            self._results[request.request_id] = rejected(request, str(exc), self._clock())
+            self._deliver(rejected(request, str(exc), self._clock()))
             return
         state = self._requests.admit(request, first, self._deliver)
         for expert in first:
@@ -167,6 +208,8 @@ class Simulator:
 
     def _deliver(self, result: Result) -> None:
         self._results[result.request_id] = result
+        if self._on_result is not None:
+            self._on_result(result)
 
     def _enqueue(self, state: InFlight, expert: str) -> None:
         now = self._clock()
@@ -292,12 +335,13 @@ class Simulator:
         state = self._requests.get(task.request_id)
         label = self.labels.label(state.request, batch.expert)
         following = self.model.router.next(batch.expert, label, state.request.fields)
-        self._requests.advance(state, batch.step(task, label, {}, exec_s), following)
-        for expert in following:
+        here = self._requests.advance(state, batch.step(task, label, {}, exec_s), following)
+        for expert in here:
             self._enqueue(state, expert)
         self._requests.finish_if_done(state)
 
-    def _snapshot(self) -> EngineStats:
+    def snapshot(self) -> EngineStats:
+        """The run's statistics as of now (its wall time: the clock now)."""
         stats = self._stats.snapshot(
             self._clock(),
             bytes_read=self._bytes_read,

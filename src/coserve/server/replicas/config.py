@@ -9,7 +9,7 @@ from pathlib import Path
 
 from coserve.cluster.partition import SPILL_MARGIN_S
 from coserve.cluster.rebalance import RebalanceConfig
-from coserve.cluster.routing import DEFAULT_ROUTING, check_routing
+from coserve.cluster.routing import DEFAULT_ROUTING, check_routing, replica_routing
 from coserve.config import EngineConfig
 from coserve.errors import ConfigError
 from coserve.planfile import Plan
@@ -58,6 +58,11 @@ class ReplicaSetup:
     # "partitioned": spill once the owner's predicted queue is this much longer than the
     # shortest (coserve.cluster.routing.OwnerFirst)
     spill_margin_s: float = SPILL_MARGIN_S
+    # Step handoff (coserve.cluster.handoff; "partitioned" only): each replica runs only
+    # the steps of the experts it owns and the ingress sends the rest on to their owner,
+    # over a partition made expert by expert (`partition_steps`). For CoEs with fan-out;
+    # off: a replica runs whole requests (families of experts live together).
+    handoff: bool = False
     # When the ingress re-partitions on a usage shift (re-homing on a replica's death
     # always happens).
     rebalance: RebalanceConfig = field(default_factory=RebalanceConfig)
@@ -71,6 +76,9 @@ class ReplicaSetup:
         if self.replica_num_cpus < 0:
             raise ConfigError(f"replica_num_cpus must be >= 0, got {self.replica_num_cpus}")
         check_routing(self.routing)
+        if self.handoff and not replica_routing(self.routing).uses_partition:
+            raise ConfigError(f"handoff needs the partitioned routing (steps go to their "
+                              f"expert's owner), not {self.routing!r}")
         if not self.spill_margin_s >= 0:  # NaN fails this too
             raise ConfigError(f"spill_margin_s must be >= 0 seconds, got {self.spill_margin_s}")
 

@@ -4,7 +4,7 @@ started from the repository path, answering requests with their Result and its s
 
 Each replica starts with its own partition's experts favoured: its engine's usage prior
 is the model's (or the plan's) with every expert another replica owns scaled down by
-FOREIGN_USAGE_SCALE, so initial placement loads what this replica will be asked for.
+`FOREIGN_USAGE_SCALE` (`coserve.cluster.partition`), so initial placement loads what this replica will be asked for.
 A request for an expert it does not own (spilled, or re-homed from a replica that is
 down) is served all the same: the engine loads what it lacks. With random routing
 (`--replica-routing random`) every replica is asked for every expert alike, so each
@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from coserve.cluster.partition import owned_usage
 from coserve.cluster.routing import replica_routing
 from coserve.server.replicas.config import ReplicaSetup
 from coserve.stats import EngineStats
@@ -30,10 +31,6 @@ from coserve.types import Request, Result
 
 log = logging.getLogger(__name__)
 
-# Usage prior of the experts another replica owns, relative to their model prior: small,
-# so the initial placement prefers this replica's own, but not zero (eviction still
-# orders them among themselves).
-FOREIGN_USAGE_SCALE = 0.01
 
 
 @dataclass(frozen=True)
@@ -50,15 +47,16 @@ class ReplicaStatus:
     resident: tuple[frozenset[str], ...]
     in_host_cache: frozenset[str]
     usage: Mapping[str, float]
+    queued: frozenset[str]  # experts with tasks queued now
     quarantine: Mapping[str, Any]  # expert -> QuarantineRecord
     stats: EngineStats  # its engine's counters, without latencies
     incarnation: str  # new each time the replica's engine is constructed
 
 
-def owned_usage(prior: Mapping[str, float], owner: Mapping[str, int], index: int) -> dict[str, float]:
+def replica_prior(prior: Mapping[str, float], owner: Mapping[str, int], index: int) -> dict[str, float]:
     """The usage prior of replica `index`: its own experts as they are, the others scaled
     down by FOREIGN_USAGE_SCALE."""
-    return {e: p if owner.get(e) == index else p * FOREIGN_USAGE_SCALE for e, p in prior.items()}
+    return owned_usage(prior, {e for e, r in owner.items() if r == index})
 
 
 class EngineReplica:
@@ -74,8 +72,10 @@ class EngineReplica:
         model = open_repository(setup.repo, trust_code=setup.trust_code)
         self._prior = dict(setup.plan.usage if setup.plan is not None else model.usage)
         self._routed_by_partition = replica_routing(setup.routing).uses_partition
+        self._handoff = setup.handoff
         self.engine = Engine(model, setup.engine_config, plan=setup.plan,
                              usage=self._usage_for(owner))
+        self._own(owner)
         self.engine.start()  # Serve marks the replica running once this returns
         log.info("replica %d ready: %d expert(s) placed", index,
                  sum(len(r) for r in self.engine.resident()))
@@ -90,11 +90,22 @@ class EngineReplica:
         engine's usage prior, as at deployment), so it keeps them and lets go of the
         ones it gave away."""
         self.engine.set_usage_prior(self._usage_for(owner))
+        self._own(owner)
+
+    def _own(self, owner: Mapping[str, int]) -> None:
+        """With handoff, the engine runs only the steps of what this replica owns."""
+        if self._handoff:
+            self.engine.set_owned({e for e, r in owner.items() if r == self.index})
+
+    def set_queued_elsewhere(self, experts: frozenset[str]) -> None:
+        """The ingress's poll: experts with tasks queued on the other replicas (with
+        handoff, groups they feed here wait for them, as for predecessors queued here)."""
+        self.engine.set_queued_elsewhere(experts)
 
     def _usage_for(self, owner: Mapping[str, int]) -> dict[str, float]:
         if not self._routed_by_partition:
             return dict(self._prior)
-        return owned_usage(self._prior, owner, self.index)
+        return replica_prior(self._prior, owner, self.index)
 
     def status(self) -> ReplicaStatus:
         engine = self.engine
@@ -104,7 +115,8 @@ class EngineReplica:
             pool_bytes=tuple(engine.pool_bytes()), pool_budgets=tuple(engine.pool_budgets()),
             resident=tuple(frozenset(r) for r in engine.resident()),
             in_host_cache=frozenset(e for e in engine.model.experts if engine.in_host_cache(e)),
-            usage=engine.usage(), quarantine=engine.quarantine.records(),
+            usage=engine.usage(), queued=frozenset(engine.queued_experts()),
+            quarantine=engine.quarantine.records(),
             stats=engine.stats(latencies=False), incarnation=self.incarnation)
 
     def stats(self, latencies: bool = False) -> EngineStats:

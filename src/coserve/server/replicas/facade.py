@@ -33,6 +33,7 @@ from concurrent.futures import Future
 from dataclasses import replace
 from typing import Any
 
+from coserve.cluster.handoff import HandoffJoin
 from coserve.cluster.partition import Partition
 from coserve.cluster.rebalance import ChangeReason, PartitionChange, Rebalancer
 from coserve.cluster.routing import ReplicaView, replica_routing
@@ -41,10 +42,10 @@ from coserve.repository.inputs import check_input
 from coserve.server.replicas.config import STATUS_INTERVAL_S, STATUS_TIMEOUT_S, ReplicaSetup
 from coserve.server.replicas.deployment import ReplicaStatus
 from coserve.server.replicas.failover import InFlight
-from coserve.server.replicas.routing import Loads, call_with_retries
+from coserve.server.replicas.routing import Loads, NoReplicaError, call_with_retries
 from coserve.server.replicas.stats import summed_stats
 from coserve.stats import EngineStats
-from coserve.types import Request, Result
+from coserve.types import FailureKind, Request, Result
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,12 @@ class ReplicaSet:
         self.num_replicas = setup.num_replicas
         self._clock = clock  # of the usage window and the repartition checks
         self._deployed_owner = dict(owner)  # what a replica starts (or restarts) from
-        self.rebalancer = Rebalancer(model, Partition(setup.num_replicas, owner), setup.rebalance,
+        # With handoff the partition is made expert by expert (`partition_steps`), which
+        # the usage repartition (family by family) would undo: it keeps its target then,
+        # and only re-homes the experts of replicas that are down.
+        rebalance = (replace(setup.rebalance, follow_usage=False) if setup.handoff
+                     else setup.rebalance)
+        self.rebalancer = Rebalancer(model, Partition(setup.num_replicas, owner), rebalance,
                                      usage=setup.plan.usage if setup.plan is not None else None)
         self._partition_lock = threading.Lock()  # the rebalancer's: observe vs. poll
         self.num_moved = dict.fromkeys(ChangeReason, 0)  # experts moved, by reason
@@ -66,7 +72,11 @@ class ReplicaSet:
         self.in_flight = InFlight(setup.num_replicas)
         self.quarantine = MergedQuarantine(self)
         self.num_retries = 0
-        self.num_answered = [0] * setup.num_replicas
+        self.num_handoffs = 0  # steps sent on to another replica (handoff)
+        self.num_answered = [0] * setup.num_replicas  # calls (a request's parts, each)
+        # Step handoff: the requests whose parts are out (the event loop's alone).
+        self._join = (HandoffJoin(clock, setup.engine_config.latency_target_s)
+                      if setup.handoff else None)
         self.handles = list(handles)
         self._max_attempts = setup.attempts
         self.routing = replica_routing(setup.routing, margin_s=setup.spill_margin_s,
@@ -158,8 +168,20 @@ class ReplicaSet:
                 self._fail_over(i, "it restarted")
                 restarted_now.append(i)
         self._rebalance()
+        if self._join is not None:
+            self._tell_queued()
         if restarted_now and self.partition.owner != self._deployed_owner:
             self.tell_partition(restarted_now)  # it started from the deployed partition
+
+    def _tell_queued(self) -> None:
+        """Handoff: tell each replica the experts queued on the others (fire and forget:
+        a replica that misses one hears the next poll's)."""
+        with self._lock:
+            queued = {s.index: s.queued for s in self._statuses if s is not None}
+        for i, handle in enumerate(self.handles):
+            elsewhere = frozenset().union(*(q for r, q in queued.items() if r != i))
+            with contextlib.suppress(Exception):
+                handle.set_queued_elsewhere.remote(elsewhere)
 
     def _rebalance(self) -> None:
         """Re-home around the replicas down now; re-partition if the usage shifted. A
@@ -239,15 +261,48 @@ class ReplicaSet:
 
     async def _run(self, request: Request, first: Sequence[str], future: Future) -> None:
         try:
-            result, replica, _ = await call_with_retries(
-                lambda r: self._call(r, request), lambda tried: self._choose(first, tried),
-                self._max_attempts, self._failed)
+            if self._join is None:
+                result = await self._run_part(request, first)
+            else:
+                result = await self._run_parts(request, first)
         except BaseException as exc:  # NoReplicaError, or a bug: the handler answers it
             future.set_exception(exc)
             return
+        future.set_result(result)
+
+    async def _run_part(self, request: Request, first: Sequence[str]) -> Result:
+        """One call's Result (retried on replica failures), its executors renumbered."""
+        result, replica, _ = await call_with_retries(
+            lambda r: self._call(r, request), lambda tried: self._choose(first, tried),
+            self._max_attempts, self._failed)
         with self._lock:
             self.num_answered[replica] += 1
-        future.set_result(self._renumbered(result, replica))
+        return self._renumbered(result, replica)
+
+    async def _run_parts(self, request: Request, first: Sequence[str]) -> Result:
+        """With handoff: the request's parts, each on the replica its routing picks for
+        its first expert, joined into one Result. NoReplicaError when no replica took the
+        first part; a later part no replica took fails the request (NO_REPLICA)."""
+        assert self._join is not None
+        joined: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+
+        async def run(part: Request, part_first: Sequence[str], later: bool) -> None:
+            try:
+                result = await self._run_part(part, part_first)
+            except NoReplicaError as exc:
+                if not later:
+                    self._join.forget(part.request_id)
+                    raise
+                result = _no_replica(part, str(exc), part_first[0])
+            continuations, done = self._join.part_done(result)
+            if done is not None:
+                joined.set_result(done)
+            with self._lock:
+                self.num_handoffs += len(continuations)
+            await asyncio.gather(*(run(c, c.start or (), True) for c in continuations))
+
+        await run(self._join.begin(request), first, False)
+        return await joined
 
     def _choose(self, first: Sequence[str], tried: list[int]) -> int:
         view = ReplicaView(self.partition, self.loads.seconds(), down=self.down_replicas(),
@@ -342,6 +397,14 @@ class ReplicaSet:
         total = sum(weights)
         return {e: sum(w * s.usage.get(e, 0.0) for w, s in zip(weights, known, strict=True)) / total
                 for e in self.model.experts}
+
+
+def _no_replica(part: Request, error: str, expert: str) -> Result:
+    """A handed-off part that no replica took, as a failed part."""
+    return Result(request_id=part.request_id, ok=False, steps=(), submitted_s=0.0,
+                  completed_s=0.0, error=f"step at expert {expert!r}: {error}",
+                  fields=dict(part.fields), error_kind=FailureKind.NO_REPLICA,
+                  failed_expert=expert)
 
 
 class MergedQuarantine:

@@ -32,10 +32,14 @@ class ReplicaCollector(Collector):
         yield CounterMetricFamily("coserve_replica_retries", "Calls repeated on another replica "
                                   "after a replica failed (died, restarting, draining)",
                                   value=replicas.num_retries)
+        yield CounterMetricFamily("coserve_replica_handoffs", "Steps handed off: sent on to the "
+                                  "replica of their expert (--handoff on)",
+                                  value=replicas.num_handoffs)
         up = GaugeMetricFamily("coserve_replica_up", "1 while the replica answers", labels=["replica"])
         in_flight = GaugeMetricFamily("coserve_replica_in_flight", "Calls in flight to the replica",
                                       labels=["replica"])
-        answered = CounterMetricFamily("coserve_replica_answered", "Requests the replica answered",
+        answered = CounterMetricFamily("coserve_replica_answered", "Calls the replica answered "
+                                       "(requests; with handoff, parts of requests)",
                                        labels=["replica"])
         for i in range(replicas.num_replicas):
             up.add_metric([str(i)], float(i not in down))

@@ -21,12 +21,13 @@ if TYPE_CHECKING:
 
 def partition_of(setup: ReplicaSetup) -> dict[str, int]:
     """Expert -> owning replica, computed once (in the driver) and sent to every replica."""
-    from coserve.cluster.partition import partition_experts
+    from coserve.cluster.partition import partition_experts, partition_steps
     from coserve.repository import open_repository
 
     model = open_repository(setup.repo, trust_code=setup.trust_code)
     usage = setup.plan.usage if setup.plan is not None else None
-    return dict(partition_experts(model, setup.num_replicas, usage=usage).owner)
+    place = partition_steps if setup.handoff else partition_experts
+    return dict(place(model, setup.num_replicas, usage=usage).owner)
 
 
 @contextlib.contextmanager
@@ -98,7 +99,7 @@ def serve_replicas(setup: ReplicaSetup, ray_address: str | None = None) -> None:
 def app_builder(args: dict[str, Any]) -> Any:
     """For `serve run coserve.server.replicas:app_builder repo=DIR replicas=N
     [budget_fraction=F] [executors=cpu:1] [storage=P] [no_measure=1] [trust_repo_code=1]
-    [routing=random] [spill_margin_s=S] [repartition=0] [repartition_window_s=S]
+    [routing=random] [handoff=1] [spill_margin_s=S] [repartition=0] [repartition_window_s=S]
     [repartition_min_requests=N] [repartition_check_s=S] [repartition_max_imbalance=X]`
     (`setup_from_args`)."""
     from coserve.server.replicas.ingress import build_app
@@ -113,7 +114,7 @@ def setup_from_args(args: dict[str, Any]) -> ReplicaSetup:
     same)."""
     from pathlib import Path
 
-    from coserve.cluster.partition import SPILL_MARGIN_S
+    from coserve.cluster.partition import HANDOFF_SPILL_MARGIN_S, SPILL_MARGIN_S
     from coserve.config import EngineConfig
     from coserve.executors.spec import parse_executors
 
@@ -126,11 +127,13 @@ def setup_from_args(args: dict[str, Any]) -> ReplicaSetup:
         kwargs["executors"] = parse_executors(args["executors"])
     if "storage" in args:
         kwargs["storage"] = args["storage"]
+    handoff = _flag(args.get("handoff"))
+    margin_s = HANDOFF_SPILL_MARGIN_S if handoff else SPILL_MARGIN_S
     return ReplicaSetup(Path(args["repo"]), int(args.get("replicas", 2)),
                         engine_config=EngineConfig(**kwargs),
                         trust_code=_flag(args.get("trust_repo_code")),
-                        routing=args.get("routing", "partitioned"),
-                        spill_margin_s=float(args.get("spill_margin_s", SPILL_MARGIN_S)),
+                        routing=args.get("routing", "partitioned"), handoff=handoff,
+                        spill_margin_s=float(args.get("spill_margin_s", margin_s)),
                         rebalance=_rebalance(args))
 
 
