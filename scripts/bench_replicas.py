@@ -6,6 +6,8 @@ Variants, one after another, each on a fresh server on loopback (a fresh Ray for
   partitioned  `coserve serve --replicas 2 --executors cpu:1` (each replica one core and
                the budget of one machine), requests routed to their first expert's owner
   random       the same with `--replica-routing random` (the baseline routing)
+  handoff      partitioned with `--handoff on`: each replica runs only the steps of the
+               experts it owns, the ingress sends the others on (for CoEs with fan-out)
   one-engine   `coserve serve --executors cpu:2`: one engine, both cores, one budget
   ray-mux      the Ray Serve multiplexing peer (coserve.bench.ray_peer) with 2 replicas
                of one core, each holding as many experts as one machine's budget allows;
@@ -53,7 +55,7 @@ from loadtest import Clients, Tally, make_bodies, percentile_ms  # noqa: E402
 from coserve import read_trace  # noqa: E402
 
 ZOO = Path.home() / ".cache/coserve/zoo/pcb-default"
-VARIANTS = ("partitioned", "random", "one-engine", "ray-mux")
+VARIANTS = ("partitioned", "random", "handoff", "one-engine", "ray-mux")
 READY_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 90.0
 ENGINE_STATS_MAX_AGE_S = 5.0  # ServerConfig's default: one engine's /metrics counters' age
@@ -85,7 +87,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--storage", default="sata-530", help="storage pacing, per engine or replica")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, in order")
     p.add_argument("--kill-replica-at", type=int, default=None,
-                   help="in the partitioned run, SIGKILL replica 0's actor after K answers")
+                   help="in the partitioned and handoff runs, SIGKILL replica 0's actor after K answers")
     return p.parse_args(argv)
 
 
@@ -151,6 +153,8 @@ def serve_argv(repo: Path, plan: Path | None, args: argparse.Namespace, variant:
     argv += ["--plan", str(plan)] if plan is not None else []
     if variant == "one-engine":
         return [*argv, "--executors", "cpu:2"]
+    if variant == "handoff":
+        return [*argv, "--executors", "cpu:1", "--replicas", "2", "--handoff", "on"]
     return [*argv, "--executors", "cpu:1", "--replicas", "2", "--replica-routing", variant]
 
 
@@ -238,7 +242,7 @@ async def http_run(variant: str, url: str, bodies: list[bytes], args: argparse.N
     replicas = variant != "one-engine"
     switches, read = (("coserve_replica_switches_total", "coserve_replica_storage_read_bytes_total")
                       if replicas else ("coserve_expert_switches_total", "coserve_storage_read_bytes_total"))
-    kill_at = args.kill_replica_at if variant == "partitioned" else None
+    kill_at = args.kill_replica_at if variant in ("partitioned", "handoff") else None
     killed: list[int] = []
 
     def on_answer(tally: Tally) -> None:
