@@ -14,7 +14,16 @@ import pytest
 
 from coserve.cli import main
 from coserve.cluster.handoff import HandoffJoin
-from coserve.cluster.partition import _Graph, _levels, default_weight, partition_steps
+from coserve.cluster.partition import (
+    HANDOFF_REACH,
+    _Graph,
+    _levels,
+    default_weight,
+    partition_experts,
+    partition_steps,
+    wants_handoff,
+    whole_request_reach,
+)
 from coserve.config import EngineConfig
 from coserve.engine.engine import Engine
 from coserve.errors import ConfigError, RequestError
@@ -149,10 +158,11 @@ def test_cluster_simulate_hands_steps_off_and_one_replica_is_one_machine(synth_t
             "--executors", "cpu:2", "--backlog"]
     out_on, out_off = tmp_path / "on.json", tmp_path / "off.json"
     assert main([*argv, "--replicas", "1,2,4", "--handoff", "on", "--json", str(out_on)]) == 0
-    assert main([*argv, "--replicas", "1", "--json", str(out_off)]) == 0
+    assert main([*argv, "--replicas", "1", "--handoff", "off", "--json", str(out_off)]) == 0
     on = json.loads(out_on.read_text())
     rows = on["rows"]
     assert on["handoff"] == "on" and [r["replicas"] for r in rows] == [1, 2, 4]
+    assert [r["handoff"] for r in rows] == [False, True, True]
     assert all(r["num_failed"] == 0 and r["num_requests"] == 360 for r in rows)
     assert rows[0]["num_handoffs"] == 0 and all(r["num_handoffs"] > 100 for r in rows[1:])
     # One replica owns everything: the coupled run is the plain simulator's, exactly.
@@ -162,3 +172,18 @@ def test_cluster_simulate_hands_steps_off_and_one_replica_is_one_machine(synth_t
     capsys.readouterr()
     assert main([*argv, "--handoff", "on", "--hop-s", "-1"]) == 2
     assert "--hop-s must be >= 0" in capsys.readouterr().err
+
+
+def test_auto_hands_off_where_whole_requests_would_reach_the_model_several_times(
+        synth_tiny, tiny_zoo):
+    synth_model, _ = synth_tiny
+    board = open_repository(tiny_zoo[0])
+    # Synth: each first-stage expert leads to most later experts, so whole requests on 2
+    # replicas reach the model's bytes well over once; the tiny board's families do not.
+    assert whole_request_reach(synth_model, partition_experts(synth_model, 2)) >= HANDOFF_REACH
+    assert whole_request_reach(board, partition_experts(board, 2)) < HANDOFF_REACH
+    assert wants_handoff("auto", synth_model, 2) and not wants_handoff("auto", board, 2)
+    assert not wants_handoff("auto", synth_model, 1)  # one replica owns everything
+    assert wants_handoff("on", board, 2) and not wants_handoff("off", synth_model, 2)
+    with pytest.raises(ValueError, match="handoff must be one of"):
+        wants_handoff("sometimes", board, 2)

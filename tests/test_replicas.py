@@ -23,6 +23,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from coserve.cluster.partition import HANDOFF_SPILL_MARGIN_S
 from coserve.errors import EngineClosedError
 from coserve.server.replicas.config import ReplicaSetup, replica_name
 from coserve.server.replicas.deployment import replica_prior
@@ -113,6 +114,11 @@ def test_serve_run_arguments_make_the_setup():
             tuned.rebalance.max_imbalance) == (30.0, 100, 1.0, 1.5)
     with pytest.raises(Exception, match="min_requests"):
         setup_from_args({"repo": "r", "repartition_min_requests": "0"})
+    handed = setup_from_args({"repo": "r", "handoff": "1"})
+    assert handed.handoff and handed.spill_margin_s == HANDOFF_SPILL_MARGIN_S
+    assert not setup_from_args({"repo": "r"}).handoff
+    with pytest.raises(Exception, match="handoff needs the partitioned routing"):
+        setup_from_args({"repo": "r", "handoff": "1", "routing": "random"})
 
 
 def test_serve_options_make_the_replica_routing_and_repartition_settings():
@@ -129,6 +135,23 @@ def test_serve_options_make_the_replica_routing_and_repartition_settings():
     assert defaults == type(config)()
     with pytest.raises(Exception, match="spill_margin_s"):
         ReplicaSetup(Path("x"), 2, spill_margin_s=-1.0)
+
+
+def test_serve_handoff_auto_follows_the_shape_and_on_needs_partitioned(tiny_zoo, tmp_path):
+    from coserve.cli import build_parser
+    from coserve.cli.serve import resolved_handoff, spill_margin
+    from coserve.zoo.synth import build_synth
+
+    synth_root, _ = build_synth(tmp_path / "synth", "tiny")
+    parse = build_parser().parse_args
+    assert resolved_handoff(parse(["serve", str(synth_root), "--replicas", "2"]), None)
+    assert not resolved_handoff(parse(["serve", str(tiny_zoo[0]), "--replicas", "2"]), None)
+    assert not resolved_handoff(parse(["serve", str(synth_root), "--replicas", "2",
+                                       "--handoff", "off"]), None)
+    with pytest.raises(Exception, match="needs --replica-routing partitioned"):
+        resolved_handoff(parse(["serve", str(synth_root), "--replicas", "2", "--handoff", "on",
+                                "--replica-routing", "random"]), None)
+    assert spill_margin(None, True) == HANDOFF_SPILL_MARGIN_S and spill_margin(0.3, True) == 0.3
 
 
 def test_each_replica_favours_its_own_experts_and_setup_is_checked():

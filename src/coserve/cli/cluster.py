@@ -43,7 +43,8 @@ def add_cluster_parser(sub: argparse._SubParsersAction) -> None:
                         "longer) and/or random (seeded uniform); default both")
     s.add_argument("--spill-margin-s", type=float, default=None,
                    help="partitioned: spill once the owner's predicted queue is this many "
-                        "seconds longer than the shortest (default 0.5; 2 with --handoff on)")
+                        "seconds longer than the shortest (default 0.5; 2 where steps are "
+                        "handed off)")
     s.add_argument("--repeat", type=int, default=1,
                    help="the trace K times back to back at its own offsets (default 1)")
     s.add_argument("--rate-scale", type=float, default=1.0,
@@ -58,13 +59,14 @@ def add_cluster_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--spill-switches", action="store_true",
                    help="partitioned: the spill estimate adds the predicted switch seconds "
                         "of replicas whose pool lacks the request's experts")
-    s.add_argument("--handoff", choices=("on", "off"), default="off",
+    s.add_argument("--handoff", choices=("auto", "on", "off"), default="auto",
                    help="partitioned: on, each replica runs only the steps of the experts it "
                         "holds and hands the others to their replica (for CoEs with fan-out; "
-                        "replicas simulated together on one clock); off (default): a replica "
-                        "runs whole requests")
+                        "replicas simulated together on one clock); off: a replica runs whole "
+                        "requests; auto (default): on where whole requests would make the "
+                        "replicas reach 1.5 copies of the model's bytes or more")
     s.add_argument("--hop-s", type=float, default=None,
-                   help="--handoff on: seconds from a part's end to its continuation queued "
+                   help="with handoff: seconds from a part's end to its continuation queued "
                         "on the next replica (default 0.002)")
     s.add_argument("--seed", type=int, default=0, help="random routing's seed (default 0)")
     s.add_argument("--json", type=Path, default=None, dest="json_out",
@@ -77,7 +79,6 @@ def add_cluster_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_cluster_simulate(args: argparse.Namespace) -> int:
     from coserve.cluster.coupled import HANDOFF_HOP_S
-    from coserve.cluster.partition import HANDOFF_SPILL_MARGIN_S, SPILL_MARGIN_S
     from coserve.cluster.simulate import ClusterSetup, scale_rate, simulate_cluster, tile
     from coserve.errors import ConfigError
     from coserve.repository import open_repository
@@ -90,15 +91,15 @@ def cmd_cluster_simulate(args: argparse.Namespace) -> int:
     routings = [r.strip() for r in args.routing.split(",") if r.strip()]
     if not routings:
         raise ConfigError("--routing names no routing: give partitioned, random or both")
-    default_margin_s = HANDOFF_SPILL_MARGIN_S if args.handoff == "on" else SPILL_MARGIN_S
-    margin_s = default_margin_s if args.spill_margin_s is None else args.spill_margin_s
+    if args.spill_margin_s is not None and not args.spill_margin_s >= 0:
+        raise ConfigError(f"--spill-margin-s must be >= 0 seconds, got {args.spill_margin_s}")
     hop_s = HANDOFF_HOP_S if args.hop_s is None else args.hop_s
     if not hop_s >= 0:
         raise ConfigError(f"--hop-s must be >= 0 seconds, got {args.hop_s}")
-    setup = ClusterSetup(model, config, plan, backlog=args.backlog, margin_s=margin_s,
+    setup = ClusterSetup(model, config, plan, backlog=args.backlog, margin_s=args.spill_margin_s,
                          seed=args.seed, replicate=args.replicate,
                          spill_switches=args.spill_switches,
-                         scale_load=args.scale_load, handoff=args.handoff == "on", hop_s=hop_s)
+                         scale_load=args.scale_load, handoff=args.handoff, hop_s=hop_s)
     bar, progress = progress_bar("simulating replicas")
     with bar:
         rows = simulate_cluster(setup, requests, int_list(args.replicas, "--replicas"), routings,

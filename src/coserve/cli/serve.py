@@ -90,10 +90,10 @@ def _add_replica_options(p: argparse.ArgumentParser) -> None:
     from coserve.cluster.partition import HANDOFF_SPILL_MARGIN_S, SPILL_MARGIN_S
     from coserve.cluster.rebalance import CHECK_INTERVAL_S, MAX_IMBALANCE, MIN_REQUESTS, WINDOW_S
 
-    p.add_argument("--handoff", choices=("on", "off"), default="off",
-                   help="with --replicas, partitioned: on, each replica runs only the steps of the experts it owns and the ingress sends each later step to its expert's replica (for CoEs with fan-out, where every first expert leads to most later ones); off: a replica runs whole requests (default off)")
+    p.add_argument("--handoff", choices=("auto", "on", "off"), default="auto",
+                   help="with --replicas, partitioned: on, each replica runs only the steps of the experts it owns and the ingress sends each later step to its expert's replica (for CoEs with fan-out, where every first expert leads to most later ones); off: a replica runs whole requests; auto: on where whole requests would make the replicas reach 1.5 copies of the model's bytes or more (default auto)")
     p.add_argument("--spill-margin-s", type=float, default=None,
-                   help=f"with --replicas, partitioned: send an image past its owner once the owner's predicted queue is this much longer than the shortest (default {SPILL_MARGIN_S:g}; {HANDOFF_SPILL_MARGIN_S:g} with --handoff on)")
+                   help=f"with --replicas, partitioned: send an image past its owner once the owner's predicted queue is this much longer than the shortest (default {SPILL_MARGIN_S:g}; {HANDOFF_SPILL_MARGIN_S:g} where steps are handed off)")
     p.add_argument("--repartition", choices=("on", "off"), default="on",
                    help="with --replicas: re-partition the experts when the routed mix shifts (off: keep the deployed partition; a replica that is down is re-homed either way) (default on)")
     p.add_argument("--repartition-window-s", type=float, default=WINDOW_S,
@@ -165,14 +165,35 @@ def _serve_replicas(args: argparse.Namespace, config: ServerConfig, engine_confi
         raise ConfigError(f"--replicas must be 0 (one engine here) or a positive count, got {args.replicas}")
     # Locally the replicas share this machine's cores; on a cluster each gets one.
     num_cpus = 1.0 if args.ray_address else (os.cpu_count() or 1) / args.replicas
+    handoff = resolved_handoff(args, plan)
     setup = ReplicaSetup(args.repo.resolve(), args.replicas, engine_config=engine_config,
                          server_config=config, plan=plan, trust_code=args.trust_repo_code,
                          replica_num_cpus=num_cpus, routing=args.replica_routing,
-                         spill_margin_s=spill_margin(args.spill_margin_s, args.handoff == "on"),
-                         handoff=args.handoff == "on", rebalance=rebalance_config(args))
+                         spill_margin_s=spill_margin(args.spill_margin_s, handoff),
+                         handoff=handoff, rebalance=rebalance_config(args))
+    steps = "each step on its expert's replica" if handoff else "whole requests per replica"
+    print(f"coserve: {args.replicas} replicas, {steps} (--handoff {args.handoff})", flush=True)
     serve_replicas(setup, ray_address=args.ray_address)
     print("coserve: Serve shut down", flush=True)
     return 0
+
+
+def resolved_handoff(args: argparse.Namespace, plan: Plan | None) -> bool:
+    """--handoff on/off, or auto's choice for this repository and replica count (only
+    with the partitioned routing: random routing runs whole requests)."""
+    from coserve.cluster.partition import wants_handoff
+    from coserve.cluster.routing import replica_routing
+    from coserve.repository import open_repository
+
+    if not replica_routing(args.replica_routing).uses_partition:
+        if args.handoff == "on":
+            from coserve.errors import ConfigError
+            raise ConfigError("--handoff on needs --replica-routing partitioned")
+        return False
+    if args.handoff != "auto":
+        return args.handoff == "on"
+    model = open_repository(args.repo, trust_code=args.trust_repo_code)
+    return wants_handoff("auto", model, args.replicas, plan.usage if plan is not None else None)
 
 
 def spill_margin(given: float | None, handoff: bool) -> float:

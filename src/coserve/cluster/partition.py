@@ -39,6 +39,12 @@ SPILL_MARGIN_S = 0.5
 # requests, 20% budget, sata-530): efficiency 0.75 / 0.93 / 0.91 at 2 / 4 / 8 replicas
 # with 0.5 s, 0.85 / 0.94 / 0.91 with 1 s, 0.90 / 0.94 / 0.92 with 2 s, the same with 5 s.
 HANDOFF_SPILL_MARGIN_S = 2.0
+# `handoff auto` hands steps off when replicas running whole requests would reach this many
+# copies of the model's bytes between them (`whole_request_reach`): board A reaches 0.84 /
+# 0.91 / 0.96 at 2 / 4 / 8 replicas (its families are private), synth 1.61 / 2.51 / 4.15
+# (each first-stage expert leads to most of the later stages).
+HANDOFF_REACH = 1.5
+HANDOFF_MODES = ("auto", "on", "off")
 # Usage prior of the experts another replica owns, relative to their model prior: small,
 # so a replica's initial placement prefers its own, but not zero (eviction still orders
 # them among themselves).
@@ -281,6 +287,30 @@ def partition_steps(
             work.add(chosen, w, 0.0)
             level.add(chosen, 0.0, b)
     return Partition(num_replicas, owner)
+
+
+def whole_request_reach(model: CoEModel, partition: Partition,
+                        usage: Mapping[str, float] | None = None) -> float:
+    """The bytes of the experts each replica's requests visit when replicas run whole
+    requests (`replica_traffic`), summed over the replicas, over the model's bytes: 1.0
+    when every expert is needed on one replica only, N when every replica needs all."""
+    total = sum(s.num_bytes for s in model.experts.values())
+    reached = sum(model.experts[e].num_bytes for traffic in replica_traffic(model, partition, usage)
+                  for e, p in traffic.items() if p > 0)
+    return reached / total if total else 0.0
+
+
+def wants_handoff(mode: str, model: CoEModel, num_replicas: int,
+                  usage: Mapping[str, float] | None = None) -> bool:
+    """Whether `mode` (HANDOFF_MODES) hands steps off at `num_replicas`: `auto` when the
+    family partition's whole requests would reach at least HANDOFF_REACH copies of the
+    model. ValueError for an unknown mode."""
+    if mode not in HANDOFF_MODES:
+        raise ValueError(f"handoff must be one of {', '.join(HANDOFF_MODES)}, got {mode!r}")
+    if mode != "auto" or num_replicas < 2:
+        return mode == "on" and num_replicas >= 1
+    family = partition_experts(model, num_replicas, usage=usage)
+    return whole_request_reach(model, family, usage) >= HANDOFF_REACH
 
 
 def _levels(graph: _Graph) -> dict[str, int]:

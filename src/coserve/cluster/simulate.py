@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from coserve.cluster.coupled import HANDOFF_HOP_S, CoupledCluster, replica_priors
 from coserve.cluster.partition import (
+    HANDOFF_SPILL_MARGIN_S,
     SPILL_MARGIN_S,
     Partition,
     partition_experts,
@@ -32,6 +33,7 @@ from coserve.cluster.partition import (
     reach_probabilities,
     replica_traffic,
     replica_usage,
+    wants_handoff,
 )
 from coserve.cluster.routing import ReplicaRouting, ReplicaView, check_routing, replica_routing
 from coserve.errors import ConfigError
@@ -62,6 +64,7 @@ class ClusterRow:
     num_failed: int
     scaling_efficiency: float  # throughput / (replicas x the one-replica throughput)
     num_handoffs: int = 0  # steps handed to another replica (step handoff)
+    handoff: bool = False  # whether the row's replicas handed steps off
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -193,19 +196,21 @@ class ClusterSetup:
     `spill_switches`: its spill estimate counts predicted switches (`FluidReplicas`).
     Both off by default: measured worse on board A and synth (README).
     `scale_load`: N replicas get N copies of the trace overlaid (weak scaling).
-    `handoff`: each replica runs only the steps of the experts it holds and hands the
-    rest on (`coserve.cluster.coupled`, `hop_s` a hop); partitioned routing only."""
+    `handoff` (on, off or auto: `wants_handoff` per replica count): each replica runs
+    only the steps of the experts it holds and hands the rest on
+    (`coserve.cluster.coupled`, `hop_s` a hop); partitioned routing only. `margin_s`
+    None: SPILL_MARGIN_S, or HANDOFF_SPILL_MARGIN_S with handoff."""
 
     model: CoEModel
     config: EngineConfig
     plan: Plan
     backlog: bool = False
-    margin_s: float = SPILL_MARGIN_S
+    margin_s: float | None = None
     seed: int = 0
     replicate: bool = False
     spill_switches: bool = False
     scale_load: bool = False
-    handoff: bool = False
+    handoff: str = "off"
     hop_s: float = HANDOFF_HOP_S
 
 
@@ -269,14 +274,18 @@ def simulate_partition(
     Efficiency against `single` (the one-replica row), else 1."""
     plan = plan or _RoutingPlan.of(setup)
     n = partition.num_replicas
-    policy = replica_routing(routing, margin_s=setup.margin_s, seed=setup.seed + n)
+    handoff = plan.handoff(n) and replica_routing(routing).uses_partition
+    margin_s = setup.margin_s if setup.margin_s is not None else (
+        HANDOFF_SPILL_MARGIN_S if handoff else SPILL_MARGIN_S)
+    policy = replica_routing(routing, margin_s=margin_s, seed=setup.seed + n)
+    if handoff:
+        return _run_coupled(setup, requests, partition, prior_partition or partition,
+                            routing, policy, plan, single)
     shares, spilled = route_requests(
         setup.model, requests, policy, partition, cost=plan.cost,
         num_executors=plan.num_executors, backlog=setup.backlog,
         load_s=plan.load_s if setup.spill_switches else None, budget_bytes=plan.budget_bytes)
     started = prior_partition or partition
-    if setup.handoff and policy.uses_partition:
-        return _run_coupled(setup, requests, partition, started, routing, policy, plan, single)
     priors = ([replica_usage(setup.model, started, r, plan.usage) for r in range(n)]
               if policy.uses_partition and n > 1 else [None] * n)
     return _run_replicas(setup, n, routing, shares, spilled, priors, single)
@@ -310,8 +319,12 @@ class _RoutingPlan:
                    len(assembly.processors), assembly.budget_bytes, setup.model.usage,
                    lambda e: costs.per_item_s(e, processor) + costs.task_overhead_s)
 
+    def handoff(self, num_replicas: int) -> bool:
+        """Whether this setup hands steps off at `num_replicas`."""
+        return wants_handoff(self.setup.handoff, self.setup.model, num_replicas, self.usage)
+
     def partition(self, num_replicas: int) -> Partition:
-        if self.setup.handoff:  # each expert's own work: its tasks' executor seconds
+        if self.handoff(num_replicas):  # each expert's own work: its tasks' executor seconds
             return partition_steps(self.setup.model, num_replicas, usage=self.usage,
                                    weight=lambda e: self.usage.get(e, 0.0) * self.step_s(e))
         return partition_experts(
@@ -388,5 +401,5 @@ def _run_coupled(setup: ClusterSetup, requests: Sequence[Request], partition: Pa
         num_spilled=out.num_spilled,
         num_failed=sum(not r.ok for r in out.results.values()),
         scaling_efficiency=throughput / (n * base) if base > 0 else 0.0,
-        num_handoffs=out.num_handoffs,
+        num_handoffs=out.num_handoffs, handoff=n > 1,
     )
