@@ -187,3 +187,32 @@ def test_auto_hands_off_where_whole_requests_would_reach_the_model_several_times
     assert wants_handoff("on", board, 2) and not wants_handoff("off", synth_model, 2)
     with pytest.raises(ValueError, match="handoff must be one of"):
         wants_handoff("sometimes", board, 2)
+
+
+def test_with_handoff_the_rebalancer_re_homes_and_repartitions_expert_by_expert(synth_tiny):
+    from coserve.cluster.partition import StepPlacement, step_loads
+    from coserve.cluster.rebalance import ChangeReason, RebalanceConfig, Rebalancer
+
+    model, _ = synth_tiny
+    start = partition_steps(model, 3)
+    config = RebalanceConfig(window_s=10.0, min_requests=100, check_interval_s=0.0)
+    rebalancer = Rebalancer(model, start, config, placement=StepPlacement())
+    # A replica down: only its experts move, to the replicas that are up; back: all return.
+    down = rebalancer.set_down({1}, now_s=1.0)
+    assert down is not None and down.reason is ChangeReason.REPLICA_DOWN
+    assert not down.partition.experts_of(1)
+    assert down.num_moved == len(start.experts_of(1))
+    assert all(down.partition.owner[e] == r for e, r in start.owner.items() if r != 1)
+    back = rebalancer.set_down(set(), now_s=2.0)
+    assert back is not None and rebalancer.partition == start
+    # Every request starting at replica 0's first-stage experts: replica 0 is the busiest
+    # by the per-expert loads; the repartition evens that out, keeping most experts.
+    mine = sorted(e for e in start.experts_of(0) if e.startswith("s1-"))
+    for i in range(300):
+        rebalancer.observe([mine[i % len(mine)]], 3.0 + i * 1e-3)
+    change = rebalancer.check(4.0)
+    assert change is not None and change.reason is ChangeReason.USAGE
+    assert change.imbalance_after < change.imbalance_before
+    assert 0 < change.num_moved < len(model.experts) // 2
+    usage = rebalancer.usage(4.0)
+    assert max(step_loads(model, change.partition, usage)) < max(step_loads(model, start, usage))

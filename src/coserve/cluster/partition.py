@@ -200,11 +200,14 @@ class _Graph:
 class _Loads:
     """Per-replica work and bytes, normalised so 1.0 is an even 1/N share."""
 
-    def __init__(self, num_replicas: int, total_work: float, total_bytes: float) -> None:
+    def __init__(self, num_replicas: int, total_work: float, total_bytes: float,
+                 num_sharing: int | None = None) -> None:
+        """`num_sharing`: the replicas the totals are shared by (default all)."""
         self.work = [0.0] * num_replicas
         self.bytes = [0.0] * num_replicas
-        self._work_unit = max(total_work, 1e-300) / num_replicas
-        self._bytes_unit = max(total_bytes, 1e-300) / num_replicas
+        sharing = num_sharing or num_replicas
+        self._work_unit = max(total_work, 1e-300) / sharing
+        self._bytes_unit = max(total_bytes, 1e-300) / sharing
 
     def cost(self, replica: int, work: float = 0.0, num_bytes: float = 0.0) -> float:
         """The larger of work share and byte share on `replica` after adding these."""
@@ -256,6 +259,9 @@ def partition_steps(
     num_replicas: int,
     usage: Mapping[str, float] | None = None,
     weight: Callable[[str], float] | None = None,
+    *,
+    previous: Partition | None = None,
+    down: Collection[int] = (),
 ) -> Partition:
     """A partition for step handoff, where each expert's steps run where it lives:
     experts are placed one by one, not in families. Each replica gets about 1/N of every
@@ -264,29 +270,84 @@ def partition_steps(
     parents send most traffic from (fewer hops). Per level, because a level's experts
     are busy together: a backlog passes through the levels in waves, and a level's 1/N
     then fits a pool sized for 1/N of the model (synth, 2 replicas: one replica read 2x
-    the other's bytes when it held 62% of the last stage). Deterministic."""
-    if num_replicas < 1:
-        raise ValueError(f"num_replicas must be at least 1, got {num_replicas}")
+    the other's bytes when it held 62% of the last stage). With `previous`, an expert
+    stays with its owner there whenever that replica is within the tolerance (a usage
+    shift moves few experts); with `down` too, only the experts of the replicas that are
+    down move (re-homing), and those replicas get nothing. Deterministic."""
+    up = [r for r in range(num_replicas) if r not in down]
+    if not up:
+        raise ValueError(f"no replica of {num_replicas} is up to place experts on")
     usage = model.usage if usage is None else usage
     graph = _Graph(model, usage, weight or default_weight(model, usage))
     levels = _levels(graph)
     owner: dict[str, int] = {}
-    work = _Loads(num_replicas, sum(graph.work.values()), 1.0)
+    work = _Loads(num_replicas, sum(graph.work.values()), 1.0, len(up))
     for depth in sorted(set(levels.values())):
         members = sorted((e for e in graph.experts if levels[e] == depth),
                          key=lambda e: (-graph.num_bytes[e], e))
-        level = _Loads(num_replicas, 1.0, sum(graph.num_bytes[e] for e in members))
+        level = _Loads(num_replicas, 1.0, sum(graph.num_bytes[e] for e in members), len(up))
         for expert in members:
             w, b = graph.work[expert], graph.num_bytes[expert]
-            score = [max(work.cost(r, w), level.bytes_share(r, b)) for r in range(num_replicas)]
-            best = min(score)
-            near = [r for r in range(num_replicas) if score[r] <= best * (1 + BALANCE_TOLERANCE)]
+            score = {r: max(work.cost(r, w), level.bytes_share(r, b)) for r in up}
+            best = min(score.values())
+            near = [r for r in up if score[r] <= best * (1 + BALANCE_TOLERANCE)]
             traffic = _parent_traffic(graph, owner, expert, num_replicas)
-            chosen = min(near, key=lambda r: (-traffic[r], score[r], r))
+            kept = previous.owner.get(expert) if previous is not None else None
+            if down and kept in score:  # re-homing: what is on a replica up stays there
+                near = [kept]
+            chosen = min(near, key=lambda r: (r != kept, -traffic[r], score[r], r))
             owner[expert] = chosen
             work.add(chosen, w, 0.0)
             level.add(chosen, 0.0, b)
     return Partition(num_replicas, owner)
+
+
+def step_loads(model: CoEModel, partition: Partition,
+               usage: Mapping[str, float] | None = None,
+               weight: Callable[[str], float] | None = None) -> list[float]:
+    """With step handoff: the work (`weight`, default usage x bytes) of the experts each
+    replica owns, the measure `partition_steps` balances."""
+    usage = model.usage if usage is None else usage
+    weight = weight or default_weight(model, usage)
+    loads = [0.0] * partition.num_replicas
+    for expert, replica in partition.owner.items():
+        loads[replica] += weight(expert)
+    return loads
+
+
+class FamilyPlacement:
+    """Replicas run whole requests: families of experts (`partition_experts`)."""
+
+    def repartition(self, old: Partition, model: CoEModel, usage: Mapping[str, float],
+                    weight: Callable[[str], float] | None) -> Partition:
+        return repartition(old, model, usage, weight)
+
+    def rehome(self, target: Partition, model: CoEModel, usage: Mapping[str, float],
+               down: Collection[int], weight: Callable[[str], float] | None) -> Partition:
+        return rehome(target, model, usage, down, weight)
+
+    def loads(self, model: CoEModel, partition: Partition, usage: Mapping[str, float],
+              weight: Callable[[str], float] | None) -> list[float]:
+        return replica_loads(model, partition, usage, weight)
+
+
+class StepPlacement:
+    """Step handoff: expert by expert (`partition_steps`), sticking to the old owners."""
+
+    def repartition(self, old: Partition, model: CoEModel, usage: Mapping[str, float],
+                    weight: Callable[[str], float] | None) -> Partition:
+        return partition_steps(model, old.num_replicas, usage, weight, previous=old)
+
+    def rehome(self, target: Partition, model: CoEModel, usage: Mapping[str, float],
+               down: Collection[int], weight: Callable[[str], float] | None) -> Partition:
+        if not down:
+            return target
+        return partition_steps(model, target.num_replicas, usage, weight, previous=target,
+                               down=down)
+
+    def loads(self, model: CoEModel, partition: Partition, usage: Mapping[str, float],
+              weight: Callable[[str], float] | None) -> list[float]:
+        return step_loads(model, partition, usage, weight)
 
 
 def whole_request_reach(model: CoEModel, partition: Partition,

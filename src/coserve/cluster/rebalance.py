@@ -30,13 +30,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from coserve.cluster.partition import (
+    FamilyPlacement,
     Partition,
+    StepPlacement,
     imbalance,
     num_moved,
     reach_probabilities,
-    rehome,
-    repartition,
-    replica_loads,
 )
 from coserve.errors import ConfigError
 
@@ -144,11 +143,15 @@ class Rebalancer:
 
     def __init__(self, model: CoEModel, target: Partition, config: RebalanceConfig | None = None,
                  usage: Mapping[str, float] | None = None,
-                 cost: Callable[[str], float] | None = None) -> None:
+                 cost: Callable[[str], float] | None = None,
+                 placement: FamilyPlacement | StepPlacement | None = None) -> None:
         """`cost(e)`: what one request visiting expert e costs its replica (default: e's
         bytes, the partition's default); an expert's work is its usage x its cost, under
-        whichever usage is current."""
+        whichever usage is current. `placement`: how experts are placed, re-homed and
+        weighed (default FamilyPlacement: replicas run whole requests; StepPlacement with
+        step handoff)."""
         self.model, self.config, self._cost = model, config or RebalanceConfig(), cost
+        self.placement = placement or FamilyPlacement()
         self._prior = dict(model.usage if usage is None else usage)
         self.target = target
         self.partition = target
@@ -175,7 +178,7 @@ class Rebalancer:
             return None
         usage = self.usage(now_s)
         before = self._imbalance(self.partition, usage)
-        new = rehome(self.target, self.model, usage, down, self._weight(usage))
+        new = self.placement.rehome(self.target, self.model, usage, down, self._weight(usage))
         reason = ChangeReason.REPLICA_DOWN if down - self.down else ChangeReason.REPLICA_BACK
         self.down = down
         return self._adopt(reason, new, usage, before)
@@ -192,8 +195,8 @@ class Rebalancer:
         before = self.imbalance = self._imbalance(self.partition, usage)
         if before <= config.max_imbalance:
             return None
-        target = repartition(self.target, self.model, usage, self._weight(usage))
-        new = rehome(target, self.model, usage, self.down, self._weight(usage))
+        target = self.placement.repartition(self.target, self.model, usage, self._weight(usage))
+        new = self.placement.rehome(target, self.model, usage, self.down, self._weight(usage))
         if self._imbalance(new, usage) > before - config.min_gain:
             return None  # moving experts cannot balance it (one family is too heavy)
         self.target = target
@@ -207,7 +210,8 @@ class Rebalancer:
 
     def _imbalance(self, partition: Partition, usage: Mapping[str, float]) -> float:
         up = [r for r in range(partition.num_replicas) if r not in self.down] or None
-        return imbalance(replica_loads(self.model, partition, usage, self._weight(usage)), up)
+        return imbalance(self.placement.loads(self.model, partition, usage, self._weight(usage)),
+                         up)
 
     def _weight(self, usage: Mapping[str, float]) -> Callable[[str], float] | None:
         """The partition's weight under `usage` (None: its default, usage x bytes)."""

@@ -34,7 +34,7 @@ from dataclasses import replace
 from typing import Any
 
 from coserve.cluster.handoff import HandoffJoin
-from coserve.cluster.partition import Partition
+from coserve.cluster.partition import FamilyPlacement, Partition, StepPlacement
 from coserve.cluster.rebalance import ChangeReason, PartitionChange, Rebalancer
 from coserve.cluster.routing import ReplicaView, replica_routing
 from coserve.repository import CoEModel
@@ -58,13 +58,11 @@ class ReplicaSet:
         self.num_replicas = setup.num_replicas
         self._clock = clock  # of the usage window and the repartition checks
         self._deployed_owner = dict(owner)  # what a replica starts (or restarts) from
-        # With handoff the partition is made expert by expert (`partition_steps`), which
-        # the usage repartition (family by family) would undo: it keeps its target then,
-        # and only re-homes the experts of replicas that are down.
-        rebalance = (replace(setup.rebalance, follow_usage=False) if setup.handoff
-                     else setup.rebalance)
-        self.rebalancer = Rebalancer(model, Partition(setup.num_replicas, owner), rebalance,
-                                     usage=setup.plan.usage if setup.plan is not None else None)
+        # With handoff the partition is made, re-made and re-homed expert by expert.
+        placement = StepPlacement() if setup.handoff else FamilyPlacement()
+        self.rebalancer = Rebalancer(model, Partition(setup.num_replicas, owner), setup.rebalance,
+                                     usage=setup.plan.usage if setup.plan is not None else None,
+                                     placement=placement)
         self._partition_lock = threading.Lock()  # the rebalancer's: observe vs. poll
         self.num_moved = dict.fromkeys(ChangeReason, 0)  # experts moved, by reason
         self.num_changes = dict.fromkeys(ChangeReason, 0)  # partition changes, by reason
