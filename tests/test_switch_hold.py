@@ -180,3 +180,30 @@ def test_at_light_load_the_simulated_engine_switches_less_and_stays_on_time(tiny
     eager = run()
     assert held[0] < 0.8 * eager[0], (held, eager)
     assert held[1] == 0
+
+
+def test_a_quiet_queue_prefetches_past_its_resident_groups_into_room_nothing_needs() -> None:
+    """A backlog's head: every next group is resident, so storage would sit idle. Once no
+    request arrives and storage is idle, the first group needing a load is prefetched,
+    evicting only experts no queued task can reach."""
+    clock = Clock()
+    resident = {"a", "child", "done"}  # a: queued; child: a routes to it; done: neither
+    s = Scheduler(
+        processors=["cpu"], assign=MinMaxLatencyAssign(), arrange=GroupByExpert(),
+        select=DeadlineAwareSelect(RISK_S, hold=hold()), costs=costs(), activation_bytes=1000,
+        resident_of=lambda i: frozenset(resident), in_host=lambda e: False, clock=clock,
+        predecessors=lambda e: frozenset({"a"}) if e == "child" else frozenset())
+    for i in range(3):
+        s.enqueue(task(i, "a", 0.0))
+    s.enqueue(task(3, "b", 0.0))
+    # Requests still arriving: only the next group is looked at, and it is resident.
+    assert s.prefetch_order(0, running="x", num_groups=1, storage_idle=True) == []
+    clock.now_s = 1.0  # no request for QUIET_S: what is queued is all there is
+    assert s.prefetch_order(0, running="x", num_groups=1, storage_idle=False) == []
+    [(expert, protected)] = s.prefetch_order(0, running="x", num_groups=1, storage_idle=True)
+    assert expert == "b"
+    assert {"x", "a", "child"} <= protected and "done" not in protected
+    # A next group that needs a load is prefetched as always, whatever storage does.
+    s.enqueue(task(4, "c", 1.0))
+    clock.now_s = 2.0
+    assert [e for e, _ in s.prefetch_order(0, running="a", num_groups=1)] == ["b"]

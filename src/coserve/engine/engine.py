@@ -318,7 +318,8 @@ class Engine:
         """Start loading the next groups' experts (best effort: a failure only logs)."""
         try:
             for upcoming, protected in self._scheduler.prefetch_order(
-                    executor, running, self._assembly.policies.prefetch_groups):
+                    executor, running, self._assembly.policies.prefetch_groups,
+                    storage_idle=self._expert_loader.idle()):
                 if self._quarantine.may_run(upcoming):
                     self._manager.prefetch(executor, upcoming, protected=protected)
             if self._precision.upgrades_when_idle() and self._idle():

@@ -55,6 +55,10 @@ class ExpertLoader:
         over it is the loader's delivered bandwidth, however the loads overlapped."""
         return self._busy.busy_s()
 
+    def idle(self) -> bool:
+        """Whether no storage load is in flight now."""
+        return self._busy.num_in_flight() == 0
+
     def read_layouts(self) -> int:
         """Read every expert's header now (a few KiB each, not left cached), so even
         first loads build their views during the read. A file that cannot be read is

@@ -180,6 +180,10 @@ class PrecisionLoader:
     def read_layouts(self) -> int:
         return sum(loader.read_layouts() for loader in self._loaders.values())
 
+    def idle(self) -> bool:
+        """Whether no load is in flight at any precision."""
+        return all(loader.idle() for loader in self._loaders.values())
+
     def busy_s(self) -> float:
         """Seconds with a load in flight, summed over the precisions' loaders (loads at
         two precisions at once count twice)."""

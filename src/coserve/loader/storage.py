@@ -131,6 +131,10 @@ class BusyClock:
             if self._num_in_flight == 0:
                 self._busy_s += self._clock() - self._since_s
 
+    def num_in_flight(self) -> int:
+        with self._lock:
+            return self._num_in_flight
+
     def busy_s(self) -> float:
         with self._lock:
             running_s = self._clock() - self._since_s if self._num_in_flight else 0.0

@@ -59,6 +59,12 @@ class SelectPolicy(Protocol):
         tasks may ripen one sooner."""
         ...
 
+    def quiet(self, ctx: SelectContext) -> bool:
+        """Whether no request has arrived for a while (a backlog, or a stream's tail):
+        what is queued is then all the work there is, and an expert no queued task can
+        reach is done with."""
+        ...
+
 
 class HeadSelect:
     """The head of the queue (a list queue offers only its head)."""
@@ -68,6 +74,9 @@ class HeadSelect:
 
     def wake_s(self, groups: Sequence[GroupView], ctx: SelectContext) -> float | None:
         return None  # never holds
+
+    def quiet(self, ctx: SelectContext) -> bool:
+        return False  # it knows nothing of arrivals
 
 
 class DeadlineAwareSelect:
@@ -119,6 +128,9 @@ class DeadlineAwareSelect:
             return None
         ripe_at = (self.hold.ripe_at(g, ctx) for g in groups if g.expert not in ctx.resident)
         return min((t for t in ripe_at if t > ctx.now_s), default=None)
+
+    def quiet(self, ctx: SelectContext) -> bool:
+        return self.hold is not None and self.hold.quiet(ctx)
 
     def _ripe(self, g: GroupView, ctx: SelectContext) -> bool:
         return self.hold is None or ctx.now_s >= self.hold.ripe_at(g, ctx)
@@ -181,8 +193,7 @@ class SwitchHold:
         """When `g` is served at the latest (now or earlier: ripe)."""
         if ctx.backlog_s >= self.hold_s / 2 or not math.isfinite(g.deadline_s):
             return ctx.now_s
-        # The newest request arrived a target before its deadline.
-        quiet_at = ctx.newest_deadline_s - self.target_s + self.quiet_s
+        quiet_at = self._quiet_at(ctx)
         if quiet_at <= ctx.now_s:
             return ctx.now_s
         load_s = ctx.costs.load_s(g.expert, ctx.processor, ctx.in_host(g.expert))
@@ -191,6 +202,19 @@ class SwitchHold:
             return ctx.now_s
         waited_at = g.deadline_s - self.target_s + self.hold_s
         return min(waited_at, quiet_at, g.deadline_s - self.risk_s - load_s - exec_s)
+
+
+    def quiet(self, ctx: SelectContext) -> bool:
+        """No request has arrived for `quiet_s`."""
+        return self._quiet_at(ctx) <= ctx.now_s
+
+    @staticmethod
+    def _quiet_at_of(ctx: SelectContext, target_s: float, quiet_s: float) -> float:
+        # The newest request arrived a target before its deadline.
+        return ctx.newest_deadline_s - target_s + quiet_s
+
+    def _quiet_at(self, ctx: SelectContext) -> float:
+        return self._quiet_at_of(ctx, self.target_s, self.quiet_s)
 
 
 def _group_exec_s(g: GroupView, ctx: SelectContext) -> float:

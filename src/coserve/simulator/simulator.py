@@ -257,7 +257,8 @@ class Simulator:
 
     def _execute(self, i: int, batch: Batch, entry: Resident) -> None:
         for upcoming, protected in self._scheduler.prefetch_order(
-                i, batch.expert, self.policies.prefetch_groups):
+                i, batch.expert, self.policies.prefetch_groups,
+                storage_idle=self._storage_free_s <= self._clock()):
             self._prefetch(i, upcoming, protected=protected)
         exec_s = self.costs.exec_s(batch.expert, self._processors[i], len(batch.tasks))
         self._at(self._clock() + exec_s, self._batch_done, i, batch, entry, exec_s)
