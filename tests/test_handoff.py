@@ -216,3 +216,13 @@ def test_with_handoff_the_rebalancer_re_homes_and_repartitions_expert_by_expert(
     assert 0 < change.num_moved < len(model.experts) // 2
     usage = rebalancer.usage(4.0)
     assert max(step_loads(model, change.partition, usage)) < max(step_loads(model, start, usage))
+
+
+def test_a_forgotten_request_leaves_nothing_behind_and_its_late_parts_are_dropped():
+    join = HandoffJoin(lambda: 0.0, latency_target_s=5.0)
+    join.begin(Request("r1", {}, None))
+    parts, _ = join.part_done(_part("r1", True, (_step("a"),), handoffs=("b",)))
+    join.forget("r1")  # e.g. running its continuation failed: answered as an error
+    assert len(join) == 0
+    assert join.part_done(_part(parts[0].request_id, True, (_step("b"),))) == ([], None)
+    join.begin(Request("r1", {}, None))  # the id may be used again

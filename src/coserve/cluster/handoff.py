@@ -74,18 +74,21 @@ class HandoffJoin:
         return request
 
     def forget(self, request_id: str) -> None:
-        """Stop tracking a request whose first part was never taken (its caller answers
-        it otherwise)."""
-        self._request_of.pop(request_id, None)
+        """Stop tracking a request its caller answers otherwise (its first part was never
+        taken, or running it failed): its parts still out are dropped when they end."""
         self._open.pop(request_id, None)
+        for part in [p for p, r in self._request_of.items() if r == request_id]:
+            del self._request_of[part]
 
     def part_done(self, result: Result) -> tuple[list[Request], Result | None]:
         """A part's Result: the continuations to send now (one per handoff, each starting
         at its expert, due by the request's deadline) and, once no part is out, the
         request's Result (its steps in the order the parts finished; its times on the
         join's clock: replicas' clocks need not agree)."""
-        request_id = self._request_of.pop(result.request_id)
-        state = self._open[request_id]
+        request_id = self._request_of.pop(result.request_id, None)
+        state = self._open.get(request_id) if request_id is not None else None
+        if state is None:  # forgotten: its request was answered otherwise
+            return [], None
         state.parts -= 1
         state.steps.extend(result.steps)
         if not result.ok and state.error is None:

@@ -289,7 +289,6 @@ class ReplicaSet:
                 result = await self._run_part(part, part_first)
             except NoReplicaError as exc:
                 if not later:
-                    self._join.forget(part.request_id)
                     raise
                 result = _no_replica(part, str(exc), part_first[0])
             continuations, done = self._join.part_done(result)
@@ -299,7 +298,11 @@ class ReplicaSet:
                 self.num_handoffs += len(continuations)
             await asyncio.gather(*(run(c, c.start or (), True) for c in continuations))
 
-        await run(self._join.begin(request), first, False)
+        try:
+            await run(self._join.begin(request), first, False)
+        except BaseException:  # the first part found no replica, or a bug: answered so
+            self._join.forget(request.request_id)
+            raise
         return await joined
 
     def _choose(self, first: Sequence[str], tried: list[int]) -> int:
