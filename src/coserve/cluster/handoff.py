@@ -25,8 +25,8 @@ from dataclasses import dataclass, field, replace
 
 from coserve.types import FailureKind, Request, Result, Step
 
-# A continuation's id: the request's id, this separator, the part's number (the first
-# part keeps the request's own id).
+# A continuation's id: the request's id, this separator, its expert (the first part keeps
+# the request's own id).
 PART_SEPARATOR = "~"
 # A continuation's latency target never drops below this: a part that arrives past the
 # request's deadline is still served, just first.
@@ -104,7 +104,12 @@ class HandoffJoin:
 
     def _continuation(self, state: _Open, expert: str) -> Request:
         remaining_s = max(MIN_PART_TARGET_S, state.deadline_s - self._clock())
-        part = f"{state.request.request_id}{PART_SEPARATOR}{next(self._numbers)}"
+        # Named by the request and the expert, not by a counter, so a part's name (and
+        # what is seeded by it, like the simulator's label draws) does not depend on the
+        # order other requests' parts happened to end in.
+        part = f"{state.request.request_id}{PART_SEPARATOR}{expert}"
+        while part in self._request_of:  # the same expert twice at once (a cycle)
+            part += f"{PART_SEPARATOR}{next(self._numbers)}"
         self._request_of[part] = state.request.request_id
         return replace(state.request, request_id=part, start=(expert,),
                        latency_target_s=remaining_s)
