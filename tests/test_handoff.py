@@ -226,3 +226,20 @@ def test_a_forgotten_request_leaves_nothing_behind_and_its_late_parts_are_droppe
     assert len(join) == 0
     assert join.part_done(_part(parts[0].request_id, True, (_step("b"),))) == ([], None)
     join.begin(Request("r1", {}, None))  # the id may be used again
+
+
+def test_the_usage_prior_does_not_depend_on_the_hash_seed(synth_tiny):
+    """A cluster run reads the repository's prior; it was summed over a set, so its last
+    bits (and with them a coupled run's ties) changed with PYTHONHASHSEED."""
+    import os
+    import subprocess
+    import sys
+
+    model, _ = synth_tiny
+    code = ("import sys; from coserve.repository import open_repository; "
+            "print(repr(sorted(open_repository(sys.argv[1]).usage.items())))")
+    outs = {subprocess.run([sys.executable, "-c", code, str(model.root)], check=True,
+                           capture_output=True, text=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+            for seed in ("0", "5", "11")}
+    assert len(outs) == 1 and "s3-" in outs.pop()

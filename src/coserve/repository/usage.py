@@ -87,8 +87,10 @@ def _carried(
             for target in targets:
                 parents[target].add(parent)
     for expert in TopologicalSorter(parents).static_order():
+        # In name order: a float sum over a set would change in its last bits with the
+        # interpreter's hash seed, and so every run that reads this prior.
         routed = sum(usage[p] * _route_prob(next_table[p], label_probs[p], expert)
-                     for p in parents[expert])
+                     for p in sorted(parents[expert]))
         usage[expert] = min(1.0, usage[expert] + routed)
     return usage
 
