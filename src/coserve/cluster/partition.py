@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from coserve.types import LOW_CONFIDENCE
 
 if TYPE_CHECKING:
+    from coserve.plan import CostModel
     from coserve.repository import CoEModel
 
 # A replica may carry this much more than 1/N of the work (or the bytes) before the
@@ -315,8 +316,21 @@ def step_loads(model: CoEModel, partition: Partition,
     return loads
 
 
+def task_work(usage: Mapping[str, float], costs: CostModel,
+              processor: str) -> Callable[[str], float]:
+    """An expert's work with step handoff: its usage x the executor seconds of one of its
+    tasks on `processor` (the plan's per-item cost and per-task handling)."""
+    return lambda e: usage.get(e, 0.0) * (costs.per_item_s(e, processor) + costs.task_overhead_s)
+
+
 class FamilyPlacement:
     """Replicas run whole requests: families of experts (`partition_experts`)."""
+
+    def partition(self, model: CoEModel, num_replicas: int, usage: Mapping[str, float] | None,
+                  weight: Callable[[str], float] | None, *, max_copies: int = 1,
+                  budget_bytes: int | None = None) -> Partition:
+        return partition_experts(model, num_replicas, usage, weight, max_copies=max_copies,
+                                 budget_bytes=budget_bytes)
 
     def repartition(self, old: Partition, model: CoEModel, usage: Mapping[str, float],
                     weight: Callable[[str], float] | None) -> Partition:
@@ -332,7 +346,13 @@ class FamilyPlacement:
 
 
 class StepPlacement:
-    """Step handoff: expert by expert (`partition_steps`), sticking to the old owners."""
+    """Step handoff: expert by expert (`partition_steps`), sticking to the old owners.
+    One owner per expert: copies (`max_copies`) are not made."""
+
+    def partition(self, model: CoEModel, num_replicas: int, usage: Mapping[str, float] | None,
+                  weight: Callable[[str], float] | None, *, max_copies: int = 1,
+                  budget_bytes: int | None = None) -> Partition:
+        return partition_steps(model, num_replicas, usage, weight)
 
     def repartition(self, old: Partition, model: CoEModel, usage: Mapping[str, float],
                     weight: Callable[[str], float] | None) -> Partition:
@@ -348,6 +368,11 @@ class StepPlacement:
     def loads(self, model: CoEModel, partition: Partition, usage: Mapping[str, float],
               weight: Callable[[str], float] | None) -> list[float]:
         return step_loads(model, partition, usage, weight)
+
+
+def placement_for(handoff: bool) -> FamilyPlacement | StepPlacement:
+    """How experts are placed: StepPlacement with step handoff, else FamilyPlacement."""
+    return StepPlacement() if handoff else FamilyPlacement()
 
 
 def whole_request_reach(model: CoEModel, partition: Partition,

@@ -28,11 +28,11 @@ from coserve.cluster.partition import (
     HANDOFF_SPILL_MARGIN_S,
     SPILL_MARGIN_S,
     Partition,
-    partition_experts,
-    partition_steps,
+    placement_for,
     reach_probabilities,
     replica_traffic,
     replica_usage,
+    task_work,
     wants_handoff,
 )
 from coserve.cluster.routing import ReplicaRouting, ReplicaView, check_routing, replica_routing
@@ -304,7 +304,7 @@ class _RoutingPlan:
     num_executors: int
     budget_bytes: int | None
     usage: Mapping[str, float]
-    step_s: Callable[[str], float]  # executor seconds of one task of an expert
+    step_work: Callable[[str], float]  # an expert's work with handoff (`task_work`)
 
     @classmethod
     def of(cls, setup: ClusterSetup) -> _RoutingPlan:
@@ -317,19 +317,18 @@ class _RoutingPlan:
         return cls(setup, expected_cost(setup.model, costs, processor),
                    lambda e: costs.load_s(e, processor, from_host=False),
                    len(assembly.processors), assembly.budget_bytes, setup.model.usage,
-                   lambda e: costs.per_item_s(e, processor) + costs.task_overhead_s)
+                   task_work(setup.model.usage, costs, processor))
 
     def handoff(self, num_replicas: int) -> bool:
         """Whether this setup hands steps off at `num_replicas`."""
         return wants_handoff(self.setup.handoff, self.setup.model, num_replicas, self.usage)
 
     def partition(self, num_replicas: int) -> Partition:
-        if self.handoff(num_replicas):  # each expert's own work: its tasks' executor seconds
-            return partition_steps(self.setup.model, num_replicas, usage=self.usage,
-                                   weight=lambda e: self.usage.get(e, 0.0) * self.step_s(e))
-        return partition_experts(
-            self.setup.model, num_replicas, usage=self.usage,
-            weight=_work_weight(self.setup.model, self.cost, self.usage),
+        handoff = self.handoff(num_replicas)
+        weight = (self.step_work if handoff
+                  else _work_weight(self.setup.model, self.cost, self.usage))
+        return placement_for(handoff).partition(
+            self.setup.model, num_replicas, self.usage, weight,
             max_copies=num_replicas if self.setup.replicate else 1,
             budget_bytes=self.budget_bytes)
 

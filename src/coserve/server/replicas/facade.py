@@ -34,7 +34,7 @@ from dataclasses import replace
 from typing import Any
 
 from coserve.cluster.handoff import HandoffJoin
-from coserve.cluster.partition import FamilyPlacement, Partition, StepPlacement
+from coserve.cluster.partition import Partition, placement_for
 from coserve.cluster.rebalance import ChangeReason, PartitionChange, Rebalancer
 from coserve.cluster.routing import ReplicaView, replica_routing
 from coserve.repository import CoEModel
@@ -59,7 +59,7 @@ class ReplicaSet:
         self._clock = clock  # of the usage window and the repartition checks
         self._deployed_owner = dict(owner)  # what a replica starts (or restarts) from
         # With handoff the partition is made, re-made and re-homed expert by expert.
-        placement = StepPlacement() if setup.handoff else FamilyPlacement()
+        placement = placement_for(setup.handoff)
         self.rebalancer = Rebalancer(model, Partition(setup.num_replicas, owner), setup.rebalance,
                                      usage=setup.plan.usage if setup.plan is not None else None,
                                      placement=placement)

@@ -21,13 +21,20 @@ if TYPE_CHECKING:
 
 def partition_of(setup: ReplicaSetup) -> dict[str, int]:
     """Expert -> owning replica, computed once (in the driver) and sent to every replica."""
-    from coserve.cluster.partition import partition_experts, partition_steps
+    from coserve.cluster.partition import placement_for, task_work
     from coserve.repository import open_repository
 
     model = open_repository(setup.repo, trust_code=setup.trust_code)
     usage = setup.plan.usage if setup.plan is not None else None
-    place = partition_steps if setup.handoff else partition_experts
-    return dict(place(model, setup.num_replicas, usage=usage).owner)
+    weight = None  # the partition's default: usage x bytes
+    if setup.handoff and setup.plan is not None:  # as `coserve cluster simulate` places
+        from coserve.assembly import Assembly
+
+        assembly = Assembly.of(model, setup.engine_config, plan=setup.plan)
+        assert assembly.costs is not None  # the plan gives them
+        weight = task_work(usage or model.usage, assembly.costs, assembly.processors[0])
+    placement = placement_for(setup.handoff)
+    return dict(placement.partition(model, setup.num_replicas, usage, weight).owner)
 
 
 @contextlib.contextmanager
