@@ -67,12 +67,26 @@ def test_device_budgets_are_validated():
 
 # -- pools per device ----------------------------------------------------------------------
 def test_a_cpu_only_config_splits_as_before(model):
+    """The paper's pools: each CPU executor its half."""
     budget = 4 * _largest(model)
-    a = Assembly.of(model, _config("cpu:2", budget_bytes=budget))
+    a = Assembly.of(model, _config("cpu:2", budget_bytes=budget, policy="coserve-paper"))
     assert a.pool_budgets == [budget // 2, budget // 2]
+    assert a.shared_pools == []
     assert a.budget_bytes == budget
     assert a.host_cache_bytes == 0  # no GPU executor: host RAM is the executing tier
     assert a.activation_bytes == [EngineConfig().activation_bytes] * 2
+
+
+def test_coserve_shares_one_pool_between_the_cpu_executors(model):
+    """Each CPU executor's pool is the whole CPU budget, one pool between them; so the
+    budget need only hold the largest expert once (the paper's halves need it twice)."""
+    budget = 4 * _largest(model)
+    a = Assembly.of(model, _config("cpu:2", budget_bytes=budget))
+    assert a.shared_pools == [(0, 1)]
+    assert a.pool_budgets == [budget, budget] and a.budget_bytes == budget
+    Assembly.of(model, _config("cpu:2", budget_bytes=_largest(model)))  # fits once
+    with pytest.raises(ConfigError, match="too small for 2 executor"):
+        Assembly.of(model, _config("cpu:2", budget_bytes=_largest(model), policy="coserve-paper"))
 
 
 def test_each_device_splits_its_own_budget(model):

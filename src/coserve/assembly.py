@@ -82,7 +82,7 @@ class Assembly:
                                     executors_per_kind([s.processor for s in executors]))
         if usage is None and plan is not None:
             usage = plan.usage
-        pools = tuple(_checked_budget(model, p) for p in _device_pools(
+        pools = tuple(_checked_budget(model, p, policies.share_cpu_pool) for p in _device_pools(
             model, config, executors, policies, devices))
         return cls(model=model, config=config, policies=policies, executors=executors,
                    pools=pools, host_cache_bytes=_host_cache_bytes(model, config, pools, devices),
@@ -101,13 +101,24 @@ class Assembly:
 
     @property
     def pool_budgets(self) -> list[int | None]:
-        """Each executor's pool budget: its device's split evenly (None = unlimited)."""
-        return self._per_executor(lambda p: p.executor_budget_bytes)
+        """The budget of each executor's pool (None = unlimited): its device's whole budget
+        where the device's executors share one pool, else its even share of it."""
+        shared = {i for group in self.shared_pools for i in group}
+        whole = self._per_executor(lambda p: p.budget_bytes)
+        share = self._per_executor(lambda p: p.executor_budget_bytes)
+        return [whole[i] if i in shared else share[i] for i in range(len(self.executors))]
 
     @property
     def activation_bytes(self) -> list[int]:
         """Each executor's activation memory (its device's, from the plan or the config)."""
         return self._per_executor(lambda p: p.activation_bytes)
+
+    @property
+    def shared_pools(self) -> list[tuple[int, ...]]:
+        """Groups of executors that share one pool: a CPU's, when the policy shares it."""
+        if not self.policies.share_cpu_pool:
+            return []
+        return [p.executors for p in self.pools if p.device == "cpu" and len(p.executors) > 1]
 
     def _per_executor(self, value: Callable[[DevicePool], Any]) -> list[Any]:
         values: list[Any] = [None] * len(self.executors)
@@ -123,8 +134,17 @@ class Assembly:
         """The experts each pool holds before the first request."""
         expert_bytes = {e.name: e.num_bytes for e in self.model.experts.values()}
         total = self.model.total_expert_bytes
-        return self.policies.place.place(
-            self.prior_usage, expert_bytes, [b if b is not None else total for b in self.pool_budgets])
+        budgets = [b if b is not None else total for b in self.pool_budgets]
+        owners = list(range(len(budgets)))  # the executor each placed pool is loaded by
+        for group in self.shared_pools:  # one pool, placed once, loaded by its first
+            for i in group[1:]:
+                owners.remove(i)
+        placed = self.policies.place.place(self.prior_usage, expert_bytes,
+                                           [budgets[i] for i in owners])
+        out: list[list[str]] = [[] for _ in budgets]
+        for i, experts in zip(owners, placed, strict=True):
+            out[i] = experts
+        return out
 
     # -- what it builds ------------------------------------------------------------------
     def usage_tracker(self) -> UsageTracker:
@@ -157,6 +177,7 @@ class Assembly:
             clock=clock,
             host_cache_bytes=self.host_cache_bytes,
             queued=queued,
+            shared=self.shared_pools,
         )
         scheduler = Scheduler(
             processors=self.processors,
@@ -169,6 +190,7 @@ class Assembly:
             in_host=residency.in_host,
             clock=clock,
             predecessors=self.model.predecessors,
+            siblings=residency.sharing,
         )
         residency.watch(scheduler.residency_changed)
         return Parts(usage, residency, scheduler)
@@ -230,13 +252,14 @@ def _host_cache_bytes(model: CoEModel, config: EngineConfig, pools: Sequence[Dev
     return min(size, int(DEFAULT_HOST_CACHE_RAM_SHARE * host)) if host else size
 
 
-def _checked_budget(model: CoEModel, pool: DevicePool) -> DevicePool:
-    """ConfigError, with the minimum, when a pool could not hold the largest expert."""
+def _checked_budget(model: CoEModel, pool: DevicePool, share_cpu_pool: bool) -> DevicePool:
+    """ConfigError, with the minimum, when a pool could not hold the largest expert (each
+    executor's share of it, unless the CPU's executors share one pool)."""
     if pool.budget_bytes is None:
         return pool
     total = model.total_expert_bytes
     largest = max(e.num_bytes for e in model.experts.values())
-    num_executors = len(pool.executors)
+    num_executors = 1 if share_cpu_pool and pool.device == "cpu" else len(pool.executors)
     minimum = largest * num_executors
     if pool.budget_bytes < minimum:
         where = "" if pool.device == "cpu" else f"{pool.device}: "

@@ -118,6 +118,10 @@ class PolicySet:
     # runs. Three ahead evicted too eagerly on the load-bound synth shape (one engine run
     # each, backlog, 20%: 220 img/s and 6.5 GB read with three, 242 and 5.8 GB with one).
     prefetch_groups: int = 1
+    # Whether the executors of one CPU share one pool (they read the same RAM): an expert
+    # resident once runs on any of them, and an executor with nothing queued takes work
+    # from its siblings' queues. Off: each executor has its own half (the paper's pools).
+    share_cpu_pool: bool = False
 
 
 @dataclass(frozen=True)
@@ -153,7 +157,8 @@ def _coserve_paper(name: str, tuning: Tuning) -> PolicySet:
 def _coserve(name: str, tuning: Tuning) -> PolicySet:
     """The best we have: a group per expert, selection by deadline, residency and yield."""
     risk_s = DEADLINE_RISK_SHARE * tuning.latency_target_s
-    return replace(_coserve_paper(name, tuning), arrange=GroupByExpert(),
+    return replace(_coserve_paper(name, tuning), arrange=GroupByExpert(), share_cpu_pool=True,
+                   evict=TwoStageEviction(queued_last=True),
                    assign=AffinityMinMaxAssign(COPY_LOADS, COPY_WAIT_SHARE * tuning.latency_target_s),
                    select=DeadlineAwareSelect(
                        risk_s, STARVATION_SHARE * tuning.latency_target_s,

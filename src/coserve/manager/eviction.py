@@ -80,6 +80,13 @@ def _unreachable(entry: PoolEntry, ctx: EvictionContext) -> bool:
 
 
 class TwoStageEviction:
+    """`queued_last`: stage 2 takes experts with no task queued before any that has one
+    (each in ascending usage); a queued expert is needed for certain, an idle one only
+    perhaps. Off: the paper's stage 2, usage alone."""
+
+    def __init__(self, queued_last: bool = False) -> None:
+        self.queued_last = queued_last
+
     def victims(
         self,
         entries: Sequence[PoolEntry],
@@ -95,7 +102,8 @@ class TwoStageEviction:
         left = _take_until(sorted(unreachable, key=lambda e: -e.num_bytes), need_bytes, taken)
         rest = sorted(
             (e for e in free if e.expert not in taken),
-            key=lambda e: (ctx.usage.get(e.expert, 0.0), -e.num_bytes),
+            key=lambda e: (self.queued_last and e.expert in ctx.queued,
+                           ctx.usage.get(e.expert, 0.0), -e.num_bytes),
         )
         left = _take_until(rest, left, taken)
         return taken if left <= 0 else None

@@ -26,13 +26,18 @@ class Residency:
         clock: Callable[[], float],
         host_cache_bytes: int = 0,
         queued: Callable[[], Set[str]] = frozenset,
+        shared: Sequence[Sequence[int]] = (),
     ) -> None:
-        """`budgets`: each executor's pool (None = unlimited). `subsequent`: experts that
+        """`budgets`: each executor's pool (None = unlimited). `shared`: groups of
+        executors that share one pool, of the budget `budgets` gives each of them (the
+        executors of one CPU: every one of them reads the same RAM). `subsequent`: experts that
         only a preliminary expert's output leads to; `predecessors(e)` names those in the
         static graph (the routing `usage` observes adds more). `queued()`: the experts
         with a task queued on any executor (the scheduler's `queued_experts`); it may
         take the scheduler's lock, which never waits for the caller's."""
-        self.pools = [ModelPool(b) for b in budgets]
+        self.pools = _pools(budgets, shared)
+        # Executors by pool: pool_index(i) is the index of executor i's pool's first one.
+        self._pool_index = [self.pools.index(pool) for pool in self.pools]
         self.host = ModelPool(host_cache_bytes)  # only used in front of CUDA pools
         self.expert_bytes = expert_bytes
         self._subsequent = subsequent
@@ -45,14 +50,29 @@ class Residency:
     def watch(self, changed: Callable[[int | None, str], None]) -> None:
         """Call `changed(executor, expert)` whenever an expert enters or leaves executor
         `executor`'s pool, or the host cache (executor None)."""
-        for i, pool in enumerate(self.pools):
-            pool.on_change = functools.partial(changed, i)
+        for pool in self.distinct_pools():
+            sharing = [i for i, p in enumerate(self.pools) if p is pool]
+            pool.on_change = functools.partial(_tell_each, changed, sharing)
         self.host.on_change = functools.partial(changed, None)
 
     # -- what the scheduler reads --------------------------------------------------------
     def resident(self, executor: int) -> Set[str]:
         """Experts in the pool, loading ones included (a live view, no copy)."""
         return self.pools[executor].entries.keys()
+
+    def distinct_pools(self) -> list[ModelPool]:
+        """Each pool once (a shared one is in `pools` once per executor sharing it)."""
+        return [pool for i, pool in enumerate(self.pools) if self._pool_index[i] == i]
+
+    def pool_index(self, executor: int) -> int:
+        """The pool executor `executor` runs from, by the first executor that shares it
+        (the executor itself when its pool is its own)."""
+        return self._pool_index[executor]
+
+    def sharing(self, executor: int) -> list[int]:
+        """The other executors that share `executor`'s pool."""
+        pool = self.pools[executor]
+        return [i for i, p in enumerate(self.pools) if p is pool and i != executor]
 
     def in_host(self, expert: str) -> bool:
         return expert in self.host.entries
@@ -104,7 +124,7 @@ class Residency:
         group reaches its subsequent experts next) and every queued expert."""
         queued = frozenset(self._queued())
         present = {incoming, *queued}
-        for pool in self.pools:
+        for pool in self.distinct_pools():
             present.update(pool.entries)
         static = self._predecessors
         learned = self.usage.predecessors()
@@ -114,3 +134,23 @@ class Residency:
             return static(expert) | seen if seen else static(expert)
 
         return EvictionContext(self.usage.usage(), predecessors, present, queued)
+
+
+def _pools(budgets: Sequence[int | None], shared: Sequence[Sequence[int]]) -> list[ModelPool]:
+    """One pool per executor, except that each group in `shared` has one between them."""
+    pools: list[ModelPool | None] = [None] * len(budgets)
+    for group in shared:
+        if len({budgets[i] for i in group}) != 1:
+            raise ValueError(f"executors {list(group)} share a pool but not its budget")
+        pool = ModelPool(budgets[group[0]])
+        for i in group:
+            if pools[i] is not None:
+                raise ValueError(f"executor {i} is in two shared pools")
+            pools[i] = pool
+    return [pool if pool is not None else ModelPool(b) for pool, b in zip(pools, budgets, strict=True)]
+
+
+def _tell_each(changed: Callable[[int | None, str], None], executors: Sequence[int],
+               expert: str) -> None:
+    for i in executors:
+        changed(i, expert)

@@ -25,6 +25,7 @@ class QueueView:
     backlog_s: float  # predicted time until this executor drains its queue
     queued: Mapping[str, int]  # expert -> number of queued tasks
     resident: Set[str]  # experts in this executor's pool (or being loaded into it)
+    pool: int = -1  # which pool it runs from: queues of one CPU share it (-1: its own)
 
     @property
     def num_queued(self) -> int:
@@ -110,7 +111,7 @@ class AffinityMinMaxAssign:
         self, expert: str, queues: Sequence[QueueView], costs: CostModel, in_host: bool
     ) -> int:
         added = [added_latency_s(expert, q, costs, in_host) for q in queues]
-        held = [expert in q.resident or q.queued.get(expert, 0) > 0 for q in queues]
+        held = [_holds(expert, q, queues) for q in queues]
         if any(held) and not all(held):
             added = [a if h else a + self._copy_s(expert, q, costs, in_host)
                      for a, h, q in zip(added, held, queues, strict=True)]
@@ -123,5 +124,18 @@ class AffinityMinMaxAssign:
         return min(range(len(queues)), key=score)
 
     def _copy_s(self, expert: str, queue: QueueView, costs: CostModel, in_host: bool) -> float:
+        """What a second copy, or a group split over two queues of one pool, costs."""
         load_s = costs.load_s(expert, queue.processor, in_host)
         return min(self.copy_wait_s, self.copy_loads * load_s)
+
+
+def _holds(expert: str, queue: QueueView, queues: Sequence[QueueView]) -> bool:
+    """Whether `queue` holds `expert`'s group: queued there, or resident in its pool with
+    no queue sharing that pool holding its tasks (joining a queue beside them would split
+    the group in two, each half needing the expert resident at its own time)."""
+    if queue.queued.get(expert, 0) > 0:
+        return True
+    if expert not in queue.resident:
+        return False
+    return queue.pool < 0 or not any(
+        q is not queue and q.pool == queue.pool and q.queued.get(expert, 0) > 0 for q in queues)

@@ -58,12 +58,15 @@ class Scheduler:
         in_host: Callable[[str], bool],
         clock: Callable[[], float],
         predecessors: Callable[[str], Set[str]] = lambda expert: frozenset(),
+        siblings: Callable[[int], Sequence[int]] = lambda executor: (),
     ) -> None:
         """`activation_bytes`: each executor's activation memory (one value: the same for
         all). `predecessors(e)`: experts whose output can route to e (selection lets a
-        group grow while they have tasks queued)."""
+        group grow while they have tasks queued). `siblings(i)`: the executors that share
+        executor i's pool; one with nothing to serve takes a batch from their queues."""
         self.processors = list(processors)
         self._predecessors = predecessors
+        self._siblings = [tuple(siblings(i)) for i in range(len(processors))]
         self._assign = assign
         self._select = select
         self._costs = costs
@@ -79,6 +82,7 @@ class Scheduler:
         # take re-predicts only the group it touches (O(1), not O(groups) per call).
         self._group_backlog_s: list[dict[str, float]] = [{} for _ in processors]
         self._running_s = [0.0] * len(processors)
+        self._running: list[str | None] = [None] * len(processors)  # each one's batch's expert
         self._lock = threading.RLock()  # next_batch holds it around take_batch
         # One condition per executor: a task queued for one executor wakes only that one.
         self._ready = [threading.Condition(self._lock) for _ in processors]
@@ -105,8 +109,14 @@ class Scheduler:
             self._queues[i].push(task, added_s)
             self._newest_deadline_s = max(self._newest_deadline_s, task.deadline_s)
             self._repredict(i, task.expert)
-            self._ready[i].notify()
+            for j in self.wakes(i):
+                self._ready[j].notify()
             return i
+
+    def wakes(self, executor: int) -> tuple[int, ...]:
+        """The executors a task queued for `executor` may set to work: it, and the ones
+        that share its pool (an idle one takes it)."""
+        return (executor, *self._siblings[executor])
 
     def _view(self, i: int) -> QueueView:
         return QueueView(
@@ -114,6 +124,7 @@ class Scheduler:
             backlog_s=self._backlog_s[i] + self._running_s[i],  # as backlog_s(i)
             queued=self._queues[i].counts,
             resident=self._resident_of(i),
+            pool=min(i, *self._siblings[i]) if self._siblings[i] else -1,
         )
 
     def _repredict(self, i: int, expert: str) -> None:
@@ -147,15 +158,32 @@ class Scheduler:
         """Select a group, cut it to the batch size and take it; None if the queue is empty."""
         with self._lock:
             group = self._selected(executor)
-            return None if group is None else self._take(executor, group)
+            if group is not None:
+                return self._take(executor, group)
+            return self._steal(executor)
 
-    def _take(self, executor: int, group: GroupView) -> Batch:
+    def _steal(self, executor: int) -> Batch | None:
+        """Nothing to serve here: a batch of the group a sibling (an executor sharing
+        this pool) would serve next, when its expert is resident in the pool, from the
+        sibling with the longest backlog."""
+        resident = self._resident_of(executor)
+        for j in sorted(self._siblings[executor], key=lambda j: -self._backlog_s[j]):
+            group = self._selected(j)
+            if group is not None and group.expert in resident:
+                return self._take(executor, group, source=j)
+        return None
+
+    def _take(self, executor: int, group: GroupView, source: int | None = None) -> Batch:
+        """A batch of `group` from queue `source` (default: the executor's own) for
+        `executor` to run."""
+        source = executor if source is None else source
         expert = group.expert
         n = self._batch_size(executor, expert, group.num_tasks)
-        tasks = self._queues[executor].pop(expert, n)
+        tasks = self._queues[source].pop(expert, n)
         # The batch's own switch counts too: a queue whose executor is loading is busy.
         self._running_s[executor] = self._group_s(executor, expert, n)
-        self._repredict(executor, expert)
+        self._running[executor] = expert
+        self._repredict(source, expert)
         return Batch(executor, expert, tasks, self._clock())
 
     def _take_any(self, executor: int) -> Batch:
@@ -234,6 +262,7 @@ class Scheduler:
     def batch_done(self, executor: int) -> None:
         with self._lock:
             self._running_s[executor] = 0.0
+            self._running[executor] = None
 
     # -- supervision ---------------------------------------------------------------------
     def retire(self, executor: int) -> list[Task]:
@@ -276,7 +305,7 @@ class Scheduler:
             limit = len(groups) if ahead_too else num_groups + 1
             ahead = [e for e in self._select.order(groups, ctx, limit) if e != running]
             loads: list[tuple[str, frozenset[str]]] = []
-            nearer = {running}
+            nearer = {running} | self._siblings_next(executor, num_groups)
             for expert in ahead[:num_groups]:
                 if expert not in resident:
                     loads.append((expert, frozenset(nearer)))
@@ -285,6 +314,18 @@ class Scheduler:
             if ahead_too and not loads and later is not None:
                 loads.append((later, frozenset(nearer | self._reachable(resident))))
             return loads
+
+    def _siblings_next(self, executor: int, num_groups: int) -> set[str]:
+        """What the executors sharing this pool run now and serve next: a prefetch here
+        must not evict it from under them."""
+        out: set[str] = set()
+        for j in self._siblings[executor]:
+            if self._running[j] is not None:
+                out.add(self._running[j])
+            groups = self._queues[j].groups()
+            if groups:
+                out.update(self._select.order(groups, self._context(j), num_groups))
+        return out
 
     def _reachable(self, experts: Iterable[str]) -> set[str]:
         """Those of `experts` a queued task can still reach: queued themselves (here or

@@ -153,7 +153,7 @@ class Simulator:
         self._residency, self._scheduler = parts.residency, parts.scheduler
         self._on_result = deliver
         self._idle = [False] * len(self._processors)
-        self._loading: dict[tuple[int, str], float] = {}  # (pool, expert) -> ready at
+        self._loading: dict[tuple[int, str], float] = {}  # (pool index, expert) -> ready at
         self._storage_free_s = 0.0
         self._bytes_read = 0
         self._host_fills: dict[str, float] = {}  # expert -> when its host fill lands
@@ -215,9 +215,10 @@ class Simulator:
         now = self._clock()
         i = self._scheduler.enqueue(state.task(expert, now))
         self._stats.queue_depth(i, self._scheduler.depth(i))
-        if self._idle[i]:
-            self._idle[i] = False
-            self._at(now, self._next_batch, i)
+        for j in self._scheduler.wakes(i):
+            if self._idle[j]:
+                self._idle[j] = False
+                self._at(now, self._next_batch, j)
 
     # -- the executor loop, as events ----------------------------------------------------
     def _next_batch(self, i: int) -> None:
@@ -249,7 +250,8 @@ class Simulator:
         if entry is None and self._residency.reserve(i, batch.expert, frozenset()):
             self._at(self._load(i, batch.expert), self._acquire, i, batch)
             return
-        waits = [t for (pool_i, _), t in self._loading.items() if pool_i == i]
+        here = self._residency.pool_index(i)
+        waits = [t for (pool_i, _), t in self._loading.items() if pool_i == here]
         if not waits:
             raise ConfigError(f"executor {i} cannot make room for {batch.expert!r}: its pool "
                               f"budget is smaller than the expert")
@@ -296,12 +298,12 @@ class Simulator:
             host_ready = self._host_copy(expert)
             ready = host_ready + size / self.costs.host_to_device_bytes_per_s
             self._stats.switch(i, path, size, ready - host_ready)
-        self._loading[(i, expert)] = ready
+        self._loading[(self._residency.pool_index(i), expert)] = ready
         self._at(ready, self._loaded, i, expert)
         return ready
 
     def _loaded(self, i: int, expert: str) -> None:
-        del self._loading[(i, expert)]
+        del self._loading[(self._residency.pool_index(i), expert)]
         self._residency.pools[i].entries[expert].tensors = LOADED
 
     def _storage_read(self, expert: str) -> float:
