@@ -6,6 +6,7 @@ simulator at light load."""
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import pytest
 
@@ -207,3 +208,20 @@ def test_a_quiet_queue_prefetches_past_its_resident_groups_into_room_nothing_nee
     s.enqueue(task(4, "c", 1.0))
     clock.now_s = 2.0
     assert [e for e, _ in s.prefetch_order(0, running="a", num_groups=1)] == ["b"]
+
+
+def test_when_nothing_arrives_a_resident_group_fed_by_queued_experts_waits_for_them() -> None:
+    """In a backlog a fed group grows until its feeders drain: served now, it is served
+    (and perhaps loaded) again for the rest. The unfed one goes first, even at a lower
+    rate; while requests stream in, everything is fed and the rate decides as before."""
+    select = DeadlineAwareSelect(RISK_S, hold=hold())
+    fed = GroupView("a", 8, deadline_s=TARGET_S)  # the bigger group: the higher rate
+    unfed = GroupView("b", 2, deadline_s=TARGET_S)
+    resident = frozenset({"a", "b"})
+    quiet = replace(context(now_s=10.0, newest_arrival_s=0.0, resident=resident),
+                    fed=lambda e: e == "a")
+    streaming = replace(quiet, newest_deadline_s=10.0 + TARGET_S)
+    assert select.quiet(quiet) and not select.quiet(streaming)
+    assert select.order([fed, unfed], quiet, 2) == ["b", "a"]
+    assert select.order([fed, unfed], streaming, 2) == ["a", "b"]
+    assert select.order([fed], quiet, 1) == ["a"]  # still served when nothing else is
