@@ -90,7 +90,9 @@ class ExpertManager:
         self._backlog_s = backlog_s or (lambda executor: 0.0)
         self._load_times = LoadTimes(storage_bytes_per_s)
         self._cond = threading.Condition()
-        self._upgrading: set[int] = set()  # executors with an upgrade in flight
+        # Pools with an upgrade in flight, by `Residency.pool_index` (a shared pool's
+        # executors must not read the same expert's fp32 copy twice).
+        self._upgrading: set[int] = set()
         self.host_tier = HostTier(residency, self._read_host, stats, self._cond)
         self._prefetchers = [
             ThreadPoolExecutor(1, thread_name_prefix=f"coserve-prefetch-{i}")
@@ -161,11 +163,12 @@ class ExpertManager:
 
     def upgrade(self, executor: int) -> None:
         """Read one low-precision resident expert of the pool again in fp32, in the
-        background (the most used first; one at a time per executor). Its resident bytes
+        background (the most used first; one at a time per pool). Its resident bytes
         do not change, since variants are expanded to fp32; for the duration of the read
         both copies exist."""
         with self._cond:
-            if executor in self._upgrading:
+            pool = self.residency.pool_index(executor)
+            if pool in self._upgrading:
                 return
             usage = self.usage.usage()
             low = [e for e in self._pools[executor].entries.values()
@@ -173,12 +176,12 @@ class ExpertManager:
             if not low:
                 return
             expert = max(low, key=lambda e: usage.get(e.expert, 0.0)).expert
-            self._upgrading.add(executor)
+            self._upgrading.add(pool)
         try:
             self._prefetchers[executor].submit(self._upgrade, executor, expert)
         except RuntimeError:  # shutting down
             with self._cond:
-                self._upgrading.discard(executor)
+                self._upgrading.discard(pool)
 
     def _upgrade(self, executor: int, expert: str) -> None:
         try:
@@ -194,7 +197,7 @@ class ExpertManager:
             log.warning("upgrading %s to fp32 failed: %s", expert, exc)
         finally:
             with self._cond:
-                self._upgrading.discard(executor)
+                self._upgrading.discard(self.residency.pool_index(executor))
 
     def close(self, wait: bool = True) -> None:
         """Stop the prefetchers; `wait=False` leaves a load that hangs behind."""
