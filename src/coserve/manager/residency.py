@@ -50,9 +50,9 @@ class Residency:
     def watch(self, changed: Callable[[int | None, str], None]) -> None:
         """Call `changed(executor, expert)` whenever an expert enters or leaves executor
         `executor`'s pool, or the host cache (executor None)."""
-        for pool in self.distinct_pools():
-            sharing = [i for i, p in enumerate(self.pools) if p is pool]
-            pool.on_change = functools.partial(_tell_each, changed, sharing)
+        for i, pool in enumerate(self.pools):
+            if self._pool_index[i] == i:  # each pool once, told to all its executors
+                pool.on_change = functools.partial(_tell_each, changed, [i, *self.sharing(i)])
         self.host.on_change = functools.partial(changed, None)
 
     # -- what the scheduler reads --------------------------------------------------------

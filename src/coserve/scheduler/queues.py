@@ -67,6 +67,8 @@ class Scheduler:
         self.processors = list(processors)
         self._predecessors = predecessors
         self._siblings = [tuple(siblings(i)) for i in range(len(processors))]
+        # Which pool each queue's executor runs from, as assignment sees it (-1: its own).
+        self._pool_of = [min(i, *s) if s else -1 for i, s in enumerate(self._siblings)]
         self._assign = assign
         self._select = select
         self._costs = costs
@@ -124,7 +126,7 @@ class Scheduler:
             backlog_s=self._backlog_s[i] + self._running_s[i],  # as backlog_s(i)
             queued=self._queues[i].counts,
             resident=self._resident_of(i),
-            pool=min(i, *self._siblings[i]) if self._siblings[i] else -1,
+            pool=self._pool_of[i],
         )
 
     def _repredict(self, i: int, expert: str) -> None:
